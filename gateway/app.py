@@ -1,0 +1,119 @@
+"""The aiohttp app: Ollama's HTTP API in front of the gRPC service.
+
+Status before the first byte: the first gRPC message (or error) is awaited before any
+header is sent, so an error that happens before generation gets its real HTTP status.
+After that, an error becomes one last NDJSON line {"error": ...}. When the HTTP client
+goes away, aiohttp cancels the handler, which cancels the RPC: the service stops decoding.
+"""
+from __future__ import annotations
+
+import logging
+from typing import AsyncIterator
+
+import grpc
+from aiohttp import web
+
+from gateway import transcode
+from gateway.errors import BadRequest, http_status
+from gateway.settings import GatewaySettings
+from gengate.v1 import generate_pb2 as pb
+from gengate.v1 import generate_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", GatewaySettings)
+STUB = web.AppKey("stub", pb_grpc.GenerateServiceStub)
+JSON = "application/json; charset=utf-8"
+NDJSON = "application/x-ndjson"
+
+
+def error_response(status: int, message: str, content_type: str = JSON) -> web.Response:
+    return web.Response(status=status, body=transcode.dumps({"error": message}), content_type=None,
+                        headers={"Content-Type": content_type})
+
+
+def json_response(obj: dict) -> web.Response:
+    return web.Response(body=transcode.dumps(obj), headers={"Content-Type": JSON})
+
+
+async def root(request: web.Request) -> web.Response:
+    return web.Response(text="Ollama is running")
+
+
+def _single(msg: pb.GenerateResponse) -> bool:
+    """Replies Ollama always sends as one JSON object: load, unload, debug render."""
+    return msg.HasField("debug_info") or msg.done_reason in (pb.DONE_REASON_LOAD, pb.DONE_REASON_UNLOAD)
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    try:
+        req = transcode.generate_request(await request.read())
+    except BadRequest as exc:
+        return error_response(400, exc.message)
+    call = request.app[STUB].Generate(req)
+    try:
+        try:
+            first = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            return _rpc_error(exc)
+        if first is grpc.aio.EOF:
+            return error_response(500, "generation ended without a result")
+        stream = req.stream if req.HasField("stream") else True
+        if not stream or _single(first):
+            return json_response(transcode.generate_response(first))
+        response = web.StreamResponse(headers={"Content-Type": NDJSON})
+        await response.prepare(request)
+        await response.write(transcode.dumps(transcode.generate_response(first)) + b"\n")
+        try:
+            async for msg in _rest(call):
+                await response.write(transcode.dumps(transcode.generate_response(msg)) + b"\n")
+        except grpc.aio.AioRpcError as exc:
+            log.info("generate: error after the first byte: %s %s", exc.code().name, exc.details())
+            await response.write(transcode.dumps({"error": exc.details()}) + b"\n")
+        await response.write_eof()
+        return response
+    finally:
+        if not call.done():
+            call.cancel()            # client gone (handler cancelled) or early return: stop the RPC
+
+
+async def _rest(call) -> AsyncIterator[pb.GenerateResponse]:
+    while (msg := await call.read()) is not grpc.aio.EOF:
+        yield msg
+
+
+def _rpc_error(exc: grpc.aio.AioRpcError) -> web.Response:
+    status = http_status(exc.code())
+    if status >= 500:
+        log.warning("generate: %s %s", exc.code().name, exc.details())
+    return error_response(status, exc.details() or exc.code().name.lower())
+
+
+@web.middleware
+async def ollama_errors(request: web.Request, handler) -> web.StreamResponse:
+    """Ollama's (gin's) texts for routing errors, and JSON errors for oversize bodies."""
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return web.Response(status=404, text="404 page not found")
+    except web.HTTPMethodNotAllowed:
+        return web.Response(status=405, text="405 method not allowed")
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(413, f"request body too large (limit {request.app[SETTINGS].max_body_bytes} bytes)")
+
+
+async def _channel(app: web.Application) -> AsyncIterator[None]:
+    channel = grpc.aio.insecure_channel(app[SETTINGS].service_addr)
+    app[STUB] = pb_grpc.GenerateServiceStub(channel)
+    yield
+    await channel.close()
+
+
+def create_app(settings: GatewaySettings) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[ollama_errors],
+                          handler_args={"handler_cancellation": True})
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_channel)
+    app.router.add_get("/", root)
+    app.router.add_route("POST", "/api/generate", generate)
+    return app

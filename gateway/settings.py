@@ -1,0 +1,16 @@
+"""The gateway's settings (flags, then environment variables, then defaults)."""
+from __future__ import annotations
+
+import dataclasses
+
+from service.settings import setting
+
+
+@dataclasses.dataclass(frozen=True)
+class GatewaySettings:
+    """gengate HTTP gateway (Ollama's JSON API)."""
+
+    http_addr: str = setting("127.0.0.1:11434", "GENGATE_HTTP_ADDR", "address the HTTP gateway listens on")
+    service_addr: str = setting("127.0.0.1:50051", "GENGATE_SERVICE_ADDR", "gRPC target of the gengate service")
+    max_body_bytes: int = setting(16 << 20, "GENGATE_MAX_BODY_BYTES", "largest accepted request body (413 above)")
+    log_level: str = setting("INFO", "GENGATE_LOG_LEVEL", "logging level")

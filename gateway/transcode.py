@@ -1,0 +1,344 @@
+"""Ollama JSON <-> gengate protobuf, with Go's JSON binding rules.
+
+Ollama decodes requests with Go's encoding/json, so the gateway does the same: keys match
+case-insensitively, the last duplicate wins, only the first JSON value is read, and type
+errors use Go's messages. Values that need only translation are translated here (base64
+images, duration strings, think levels); every semantic check is the service's.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import re
+from typing import Any, Callable
+
+from gengate.v1 import generate_pb2 as pb
+from gateway.errors import BadRequest
+from service.golang import parse_duration
+
+INT32 = (-(2**31), 2**31 - 1)
+INT64 = (-(2**63), 2**63 - 1)
+_B64 = re.compile(r"[A-Za-z0-9+/]")
+_THINK_LEVELS = {"low": pb.THINK_LEVEL_LOW, "medium": pb.THINK_LEVEL_MEDIUM,
+                 "high": pb.THINK_LEVEL_HIGH, "max": pb.THINK_LEVEL_MAX}
+_THINK_VALUES = '"high", "medium", "low", "max", true, or false'
+_DONE_REASONS = {pb.DONE_REASON_STOP: "stop", pb.DONE_REASON_LENGTH: "length",
+                 pb.DONE_REASON_LOAD: "load", pb.DONE_REASON_UNLOAD: "unload"}
+
+
+# -- Go's JSON decoding -------------------------------------------------------------
+def _kind(value: Any) -> str:
+    """Go's name for a JSON value's kind, as its unmarshal errors print it."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _type_error(value: Any, field: str, go_type: str, struct: str = "GenerateRequest") -> BadRequest:
+    kind = _kind(value)
+    if kind == "number" and go_type.startswith("int"):
+        kind = f"number {json.dumps(value)}"
+    return BadRequest(f"json: cannot unmarshal {kind} into Go struct field {struct}.{field} of type {go_type}")
+
+
+def _char(text: str, pos: int) -> str:
+    ch = text[pos]
+    return "'\\''" if ch == "'" else repr(ch) if ch.isprintable() else f"'\\x{ord(ch):02x}'"
+
+
+def _syntax_error(exc: json.JSONDecodeError) -> BadRequest:
+    text, pos = exc.doc, exc.pos
+    if pos >= len(text) or exc.msg.startswith("Unterminated"):
+        return BadRequest("unexpected EOF")
+    context = {
+        "Expecting value": "looking for beginning of value",
+        "Expecting property name enclosed in double quotes": "looking for beginning of object key string",
+        "Expecting ':' delimiter": "after object key",
+        "Expecting ',' delimiter": "after object key:value pair" if _in_object(text, pos) else "after array element",
+        "Invalid control character at": "in string literal",
+    }.get(exc.msg, "looking for beginning of value")
+    return BadRequest(f"invalid character {_char(text, pos)} {context}")
+
+
+def _in_object(text: str, pos: int) -> bool:
+    depth = []
+    in_string = escaped = False
+    for ch in text[:pos]:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth.append(ch)
+        elif ch in "]}" and depth:
+            depth.pop()
+    return bool(depth) and depth[-1] == "{"
+
+
+class _Pairs(list):
+    """A JSON object as its key/value pairs, in order (duplicates kept)."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise json.JSONDecodeError("Expecting value", name, 0)
+
+
+def decode_object(body: bytes, struct: str) -> list[tuple[str, Any]]:
+    """The key/value pairs of the body's first JSON value (Go: Decoder.Decode into a struct)."""
+    text = body.decode("utf-8", errors="replace")
+    start = len(text) - len(text.lstrip(" \t\r\n"))
+    if start == len(text):
+        raise BadRequest("missing request body")
+    decoder = json.JSONDecoder(object_pairs_hook=_Pairs, parse_constant=_reject_constant)
+    try:
+        value, _ = decoder.raw_decode(text, start)
+    except json.JSONDecodeError as exc:
+        if exc.doc != text:  # NaN / Infinity: not JSON
+            exc = json.JSONDecodeError("Expecting value", text, text.find(exc.doc, start))
+        raise _syntax_error(exc) from None
+    if value is None:
+        return []
+    if not isinstance(value, _Pairs):
+        raise BadRequest(f"json: cannot unmarshal {_kind(_plain(value))} into Go value of type api.{struct}")
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """Undoes object_pairs_hook: pairs lists back into dicts (the last duplicate wins)."""
+    if isinstance(value, _Pairs):
+        return {k: _plain(v) for k, v in value}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _fields(pairs: list[tuple[str, Any]], known: set[str]) -> dict[str, Any]:
+    """Go's field matching: exact name first, else case-insensitive; unknown keys ignored."""
+    lower = {k.lower(): k for k in known}
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        name = key if key in known else lower.get(key.lower())
+        if name is not None:
+            out[name] = _plain(value)
+    return out
+
+
+# -- field converters -----------------------------------------------------------------
+def _string(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise _type_error(value, field, "string")
+    return value
+
+
+def _bool(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise _type_error(value, field, "bool")
+    return value
+
+
+def _int(value: Any, field: str, go_type: str = "int") -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise _type_error(value, field, go_type)
+    return max(INT32[0], min(INT32[1], int(value)))
+
+
+def _images(value: Any, field: str) -> list[bytes]:
+    if not isinstance(value, list):
+        raise _type_error(value, field, "[]api.ImageData")
+    out = []
+    for item in value:
+        if not isinstance(item, str):
+            raise _type_error(item, field, "api.ImageData")
+        out.append(_base64(item))
+    return out
+
+
+def _base64(text: str) -> bytes:
+    """Go's base64.StdEncoding: padded standard alphabet; newlines ignored."""
+    clean = text.replace("\r", "").replace("\n", "")
+    try:
+        return base64.b64decode(clean, validate=True)
+    except (binascii.Error, ValueError):
+        body = clean.rstrip("=")
+        bad = next((i for i, ch in enumerate(body) if not _B64.match(ch)), len(body))
+        raise BadRequest(f"illegal base64 data at input byte {bad}") from None
+
+
+def _keep_alive(value: Any, field: str):
+    from google.protobuf import duration_pb2
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        go = {"bool": "bool", "array": "[]interface {}", "object": "map[string]interface {}"}[_kind(value)]
+        raise BadRequest(f"Unsupported type: '{go}'")
+    if isinstance(value, str):
+        try:
+            ns = parse_duration(value)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+    else:
+        ns = int(value * 1_000_000_000)
+    return duration_pb2.Duration(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
+
+
+def _think(value: Any, field: str) -> pb.Think:
+    if isinstance(value, bool):
+        return pb.Think(enabled=value)
+    if isinstance(value, str):
+        if value in _THINK_LEVELS:
+            return pb.Think(level=_THINK_LEVELS[value])
+        raise BadRequest(f'invalid think value: "{value}" (must be {_THINK_VALUES})')
+    raise BadRequest(f"think must be a boolean or string ({_THINK_VALUES})")
+
+
+def _format(value: Any, field: str) -> pb.Format | None:
+    if value == "":
+        return None
+    if value == "json":
+        return pb.Format(json=True)
+    # Anything else goes to the service verbatim; it accepts only a JSON Schema object.
+    return pb.Format(json_schema=json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+
+
+def _context(value: Any, field: str) -> list[int]:
+    if not isinstance(value, list):
+        raise _type_error(value, field, "[]int")
+    return [_int(v, field) for v in value]
+
+
+# -- options (Ollama's api.Options.FromMap) ---------------------------------------------
+_INT_OPTIONS = {"num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "draft_num_predict", "num_keep",
+                "num_predict", "top_k", "repeat_last_n", "seed"}
+_FLOAT_OPTIONS = {"top_p", "min_p", "typical_p", "temperature", "repeat_penalty", "presence_penalty",
+                  "frequency_penalty"}
+
+
+def _options(value: Any, field: str) -> pb.Options:
+    if not isinstance(value, dict):
+        raise _type_error(value, field, "map[string]interface {}")
+    options = pb.Options()
+    for key, item in value.items():
+        if item is None:
+            continue
+        if key in _INT_OPTIONS:
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                raise BadRequest(f'option "{key}" must be of type integer')
+            bounds = INT64 if key == "seed" else INT32
+            setattr(options, key, max(bounds[0], min(bounds[1], int(item))))
+        elif key in _FLOAT_OPTIONS:
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                raise BadRequest(f'option "{key}" must be of type float32')
+            setattr(options, key, float(item))
+        elif key == "use_mmap":
+            if not isinstance(item, bool):
+                raise BadRequest(f'option "{key}" must be of type boolean')
+            options.use_mmap = item
+        elif key == "stop":
+            stops = [item] if isinstance(item, str) else item   # decisions.md §8: a string or a list
+            if not isinstance(stops, list):
+                raise BadRequest(f'option "{key}" must be of type array')
+            if not all(isinstance(s, str) for s in stops):
+                raise BadRequest(f'option "{key}" must be of an array of strings')
+            options.stop.extend(stops)
+        # Unknown and legacy keys (mirostat, tfs_z, numa, …) are ignored, as Ollama does.
+    return options
+
+
+_GENERATE_FIELDS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
+    "model": ("model", _string), "prompt": ("prompt", _string), "suffix": ("suffix", _string),
+    "system": ("system", _string), "template": ("template", _string), "context": ("context", _context),
+    "stream": ("stream", _bool), "raw": ("raw", _bool), "format": ("format", _format),
+    "images": ("images", _images), "options": ("options", _options), "keep_alive": ("keep_alive", _keep_alive),
+    "think": ("think", _think), "truncate": ("truncate", _bool), "shift": ("shift", _bool),
+    "logprobs": ("logprobs", _bool), "top_logprobs": ("top_logprobs", _int),
+    "width": ("width", _int), "height": ("height", _int), "steps": ("steps", _int),
+    "_debug_render_only": ("debug_render_only", _bool),
+}
+
+
+def generate_request(body: bytes) -> pb.GenerateRequest:
+    """An Ollama /api/generate body as a GenerateRequest; BadRequest with Go's message if it cannot be."""
+    values = _fields(decode_object(body, "GenerateRequest"), set(_GENERATE_FIELDS))
+    req = pb.GenerateRequest()
+    for key, value in values.items():
+        if value is None:
+            continue
+        attr, convert = _GENERATE_FIELDS[key]
+        converted = convert(value, key)
+        if converted is None:
+            continue
+        target = getattr(req, attr) if attr in ("context", "images") else None
+        if target is not None:
+            target.extend(converted)
+        elif isinstance(converted, (pb.Format, pb.Options, pb.Think)) or attr == "keep_alive":
+            getattr(req, attr).CopyFrom(converted)
+        else:
+            setattr(req, attr, converted)
+    return req
+
+
+# -- responses ----------------------------------------------------------------------------
+def timestamp(ts) -> str:
+    """RFC 3339 with nanoseconds, UTC, trailing zeros trimmed (Go's time.RFC3339Nano)."""
+    base = dt.datetime.fromtimestamp(ts.seconds, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    frac = f"{ts.nanos:09d}".rstrip("0")
+    return f"{base}.{frac}Z" if frac else f"{base}Z"
+
+
+def _ns(duration) -> int:
+    return duration.seconds * 1_000_000_000 + duration.nanos
+
+
+def _logprob(entry) -> dict[str, Any]:
+    out: dict[str, Any] = {"token": entry.token, "logprob": entry.logprob}
+    if entry.bytes:
+        out["bytes"] = list(entry.bytes)
+    return out
+
+
+def generate_response(msg: pb.GenerateResponse) -> dict[str, Any]:
+    """A GenerateResponse as Ollama's JSON object (its field order; empty fields omitted)."""
+    out: dict[str, Any] = {"model": msg.model}
+    if msg.remote_model:
+        out["remote_model"] = msg.remote_model
+    if msg.remote_host:
+        out["remote_host"] = msg.remote_host
+    out["created_at"] = timestamp(msg.created_at)
+    out["response"] = msg.response
+    if msg.thinking:
+        out["thinking"] = msg.thinking
+    out["done"] = msg.done
+    if msg.done_reason:
+        out["done_reason"] = _DONE_REASONS[msg.done_reason]
+    if msg.context:
+        out["context"] = list(msg.context)
+    for key in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
+                "eval_count", "eval_duration"):
+        value = getattr(msg, key)
+        value = value if isinstance(value, int) else _ns(value)
+        if value:
+            out[key] = value
+    if msg.HasField("debug_info"):
+        info: dict[str, Any] = {"rendered_template": msg.debug_info.rendered_template}
+        if msg.debug_info.image_count:
+            info["image_count"] = msg.debug_info.image_count
+        out["_debug_info"] = info
+    if msg.logprobs:
+        out["logprobs"] = [
+            {**_logprob(e), **({"top_logprobs": [_logprob(t) for t in e.top_logprobs]} if e.top_logprobs else {})}
+            for e in msg.logprobs]
+    return out
+
+
+def dumps(obj: Any) -> bytes:
+    """JSON as Go's json.Marshal writes it (<, >, & and U+2028/9 escaped)."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(ch, esc)
+    return text.encode("utf-8", errors="replace")

@@ -1,0 +1,1 @@
+"""gengate's gRPC service: the Generate RPC over llama-cpp-python."""

@@ -1,0 +1,115 @@
+"""The engine interface: what the serving layer needs from an inference backend.
+
+An Engine loads models into Runners. A Runner tokenizes and generates: `generate`
+is an async stream of Pieces (text with its token log-probabilities) ending with one
+Finish. Closing the stream early (client gone, deadline) cancels decoding: the runner
+stops within one token and frees what the request held. Everything model-agnostic
+(validation, prompts, framing, keep-alive) lives above this line, so engines are
+interchangeable and tests can script a fake one.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, AsyncIterator, Literal, Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadOptions:
+    """Options fixed when a model is loaded; a change means a reload."""
+
+    num_ctx: int
+    num_batch: int = 512
+    num_gpu: int = -1
+    main_gpu: int = 0
+    use_mmap: bool = True
+    num_thread: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """Per-request decoding settings (Ollama's runtime options)."""
+
+    seed: int
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_last_n: int = 64
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    num_predict: int = -1
+    stop: tuple[str, ...] = ()
+    json_format: str | None = None       # "json" (any JSON object) or a JSON Schema as JSON text
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenLogprob:
+    """The log-probability of one token, with its alternatives."""
+
+    token: str
+    logprob: float
+    bytes: bytes
+    top: tuple["TokenLogprob", ...] = ()
+
+
+@dataclasses.dataclass
+class Piece:
+    """Text decoded since the previous piece (never a broken UTF-8 character)."""
+
+    text: str
+    logprobs: list[TokenLogprob] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Finish:
+    """The end of a generation, with its counts and timings."""
+
+    reason: Literal["stop", "length"]
+    prompt_eval_count: int
+    prompt_eval_ns: int
+    eval_count: int
+    eval_ns: int
+    tokens: list[int]                    # generated token ids (for Ollama's `context`)
+    logprobs: list[TokenLogprob] = dataclasses.field(default_factory=list)
+
+
+class Runner(abc.ABC):
+    """A loaded model."""
+
+    n_ctx: int                           # context window in tokens
+    n_ctx_train: int                     # the model's training context
+    n_vocab: int                         # vocabulary size
+    metadata: dict[str, Any]             # GGUF metadata
+
+    @abc.abstractmethod
+    def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        """Tokens of `text`; special-token text (e.g. <|im_start|>) maps to special tokens."""
+
+    @abc.abstractmethod
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """Text of `tokens`."""
+
+    @abc.abstractmethod
+    def token_text(self, token: int) -> str:
+        """Text of one token, special tokens included (e.g. BOS as "<s>")."""
+
+    @abc.abstractmethod
+    def generate(self, prompt: list[int], sampling: Sampling) -> AsyncIterator[Piece | Finish]:
+        """Streams the completion of `prompt`. Closing the iterator cancels decoding."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Frees the model once no generation uses it."""
+
+
+class Engine(abc.ABC):
+    """Loads models."""
+
+    @abc.abstractmethod
+    async def load(self, path: str, options: LoadOptions) -> Runner:
+        """Loads the GGUF at `path` (without blocking the event loop)."""

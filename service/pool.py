@@ -1,0 +1,147 @@
+"""Loaded models: loading, reloading on changed load options, keep-alive and unloading.
+
+A request leases a model; while leases are out the model stays loaded. When the last
+lease ends, the model's keep-alive starts: negative keeps it forever, zero unloads it at
+once, otherwise a timer unloads it when idle for that long. A request that names
+`keep_alive` updates the model's setting (it is sticky); one that does not leaves it.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from typing import AsyncIterator
+
+from service.engine import Engine, LoadOptions, Runner
+from service.errors import GenerateError, Kind
+from service.store import ModelEntry
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Loaded:
+    """One loaded model."""
+
+    entry: ModelEntry
+    options: LoadOptions
+    runner: Runner
+    keep_alive_ns: int
+    leases: int = 0
+    expires_at: float | None = None      # wall clock; None while in use or kept forever
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclasses.dataclass
+class Lease:
+    """A model held by one request."""
+
+    runner: Runner
+    load_ns: int                         # time spent acquiring (loading, or waiting for a reload)
+
+
+class ModelPool:
+    def __init__(self, engine: Engine, default_keep_alive_ns: int):
+        self._engine = engine
+        self._default_keep_alive_ns = default_keep_alive_ns
+        self._loaded: dict[str, Loaded] = {}
+        self._changed = asyncio.Condition()
+        self._loading: dict[str, asyncio.Lock] = {}
+
+    def loaded(self) -> list[Loaded]:
+        return list(self._loaded.values())
+
+    @contextlib.asynccontextmanager
+    async def lease(self, entry: ModelEntry, options: LoadOptions, keep_alive_ns: int | None) -> AsyncIterator[Lease]:
+        """Holds `entry` loaded with `options` for the duration of the block."""
+        start = time.perf_counter_ns()
+        model = await self._acquire(entry, options)
+        if keep_alive_ns is not None:
+            model.keep_alive_ns = keep_alive_ns
+        try:
+            yield Lease(model.runner, time.perf_counter_ns() - start)
+        finally:
+            await self._release(model)
+
+    async def _acquire(self, entry: ModelEntry, options: LoadOptions) -> Loaded:
+        lock = self._loading.setdefault(entry.key, asyncio.Lock())
+        async with lock:
+            while True:
+                model = self._loaded.get(entry.key)
+                if model is None or model.entry.digest != entry.digest:
+                    break
+                if model.options == options:
+                    model.leases += 1
+                    self._cancel_timer(model)
+                    return model
+                if model.leases == 0:          # loaded with other options: reload once idle
+                    await self._close(model)
+                    break
+                async with self._changed:
+                    await self._changed.wait()
+            if model is not None and model.entry.digest != entry.digest and model.leases == 0:
+                await self._close(model)
+            log.info("loading %s (%s)", entry.name.short, options)
+            try:
+                runner = await self._engine.load(str(entry.path), options)
+            except Exception as exc:
+                log.exception("loading %s failed", entry.name.short)
+                # The cause goes to the log only: it may name files on the server.
+                raise GenerateError(Kind.MODEL_LOAD_FAILED, f"unable to load model {entry.name.short}") from exc
+            model = Loaded(entry, options, runner, self._default_keep_alive_ns, leases=1)
+            self._loaded[entry.key] = model
+            return model
+
+    async def _release(self, model: Loaded) -> None:
+        model.leases -= 1
+        if model.leases == 0:
+            self._schedule_expiry(model)
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _schedule_expiry(self, model: Loaded) -> None:
+        self._cancel_timer(model)
+        if model.keep_alive_ns < 0:
+            return
+        delay = model.keep_alive_ns / 1e9
+        model.expires_at = time.time() + delay
+        loop = asyncio.get_running_loop()
+        model.timer = loop.call_later(delay, lambda: loop.create_task(self._expire(model)))
+
+    @staticmethod
+    def _cancel_timer(model: Loaded) -> None:
+        if model.timer is not None:
+            model.timer.cancel()
+            model.timer = None
+        model.expires_at = None
+
+    async def _expire(self, model: Loaded) -> None:
+        if model.leases == 0 and self._loaded.get(model.entry.key) is model:
+            log.info("unloading %s (keep_alive expired)", model.entry.name.short)
+            await self._close(model)
+
+    async def _close(self, model: Loaded) -> None:
+        self._cancel_timer(model)
+        if self._loaded.get(model.entry.key) is model:
+            del self._loaded[model.entry.key]
+        await model.runner.close()
+
+    async def unload(self, entry: ModelEntry) -> None:
+        """Unloads `entry` now, or when its last lease ends."""
+        model = self._loaded.get(entry.key)
+        if model is None:
+            return
+        model.keep_alive_ns = 0
+        if model.leases == 0:
+            await self._close(model)
+
+    async def ensure(self, entry: ModelEntry, options: LoadOptions) -> None:
+        """Loads `entry` (start-up warm-up); it then follows its keep-alive."""
+        async with self.lease(entry, options, None):
+            pass
+
+    async def close(self) -> None:
+        for model in list(self._loaded.values()):
+            await self._close(model)

@@ -1,0 +1,94 @@
+"""Prompt construction (Ollama's §4.6): what text the model is given for a request.
+
+Precedence, as in Ollama: raw → the prompt verbatim; a request `template` or a
+`suffix` → that Go template (or the model's) executed directly; otherwise the model's
+Go TEMPLATE if it has one, else the GGUF chat template (Jinja, rendered sandboxed),
+else the prompt itself. A `context` from an earlier reply is prepended as text.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from service import gotemplate
+from service.errors import GenerateError, Kind, invalid
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptInput:
+    prompt: str
+    system: str = ""                 # request system, else the model's
+    suffix: str = ""
+    template: str | None = None      # request template, else the model's Go template
+    use_template_directly: bool = False
+    think: bool | None = None        # None: not set by the request
+    think_level: str = ""
+    image_count: int = 0
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.exceptions.TemplateError(message)
+
+
+@functools.lru_cache(maxsize=16)
+def _jinja(source: str) -> jinja2.Template:
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, loader=jinja2.BaseLoader())
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = lambda fmt: dt.datetime.now().strftime(fmt)
+    return env.from_string(source)
+
+
+@functools.lru_cache(maxsize=64)
+def _go(source: str) -> gotemplate.Template:
+    return gotemplate.parse(source)
+
+
+def parse_go_template(source: str) -> gotemplate.Template:
+    """Parses a Go template; a syntax error is the client's mistake (400)."""
+    try:
+        return _go(source)
+    except gotemplate.TemplateError as exc:
+        raise invalid(str(exc), "template") from exc
+
+
+def render_chat_template(source: str, messages: list[dict[str, Any]], *, bos: str, eos: str, **extra: Any) -> str:
+    """Renders a GGUF (Jinja) chat template in a sandbox."""
+    try:
+        return _jinja(source).render(messages=messages, add_generation_prompt=True,
+                                     bos_token=bos, eos_token=eos, **extra)
+    except jinja2.exceptions.SecurityError as exc:
+        raise GenerateError(Kind.INVALID_ARGUMENT, f"chat template rejected by the sandbox: {exc}") from exc
+    except jinja2.exceptions.TemplateError as exc:
+        raise GenerateError(Kind.INTERNAL, f"chat template error: {exc}") from exc
+
+
+def render(inp: PromptInput, *, chat_template: str | None, bos: str, eos: str) -> str:
+    """The prompt text for a non-raw request."""
+    think_vars = {"Think": bool(inp.think), "ThinkLevel": inp.think_level, "IsThinkSet": inp.think is not None}
+    if inp.template is not None and (inp.use_template_directly or inp.suffix):
+        data = {"Prompt": inp.prompt, "Suffix": inp.suffix, "Response": "", **think_vars}
+        if not inp.suffix:
+            data["System"] = inp.system
+        return _execute(parse_go_template(inp.template), data)
+    messages = ([{"role": "system", "content": inp.system}] if inp.system else []) + \
+        [{"role": "user", "content": inp.prompt}]
+    if inp.template is not None:
+        data = {"System": inp.system, "Prompt": inp.prompt, "Response": "", "Suffix": "",
+                "Messages": [{"Role": m["role"], "Content": m["content"]} for m in messages], **think_vars}
+        return _execute(parse_go_template(inp.template), data)
+    if chat_template:
+        extra = {} if inp.think is None else {"enable_thinking": bool(inp.think)}
+        return render_chat_template(chat_template, messages, bos=bos, eos=eos, **extra)
+    return inp.prompt
+
+
+def _execute(template: gotemplate.Template, data: dict[str, Any]) -> str:
+    try:
+        return template.render(data)
+    except gotemplate.TemplateError as exc:
+        raise invalid(str(exc), "template") from exc

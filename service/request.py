@@ -1,0 +1,128 @@
+"""Validation of a GenerateRequest, in Ollama's processing order, and option resolution.
+
+Everything here is pure: it checks fields and turns them into engine settings. Each
+failure is a GenerateError with Ollama's message (and the offending field).
+"""
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+from gengate.v1 import generate_pb2 as pb
+from service import golang, names
+from service.engine import LoadOptions, Sampling
+from service.errors import GenerateError, Kind, invalid
+
+THINK_LEVELS = {pb.THINK_LEVEL_LOW: "low", pb.THINK_LEVEL_MEDIUM: "medium",
+                pb.THINK_LEVEL_HIGH: "high", pb.THINK_LEVEL_MAX: "max"}
+_LOAD_FIELDS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
+_SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_last_n", "repeat_penalty",
+                    "presence_penalty", "frequency_penalty", "num_predict")
+
+
+def check_fields(req: pb.GenerateRequest) -> None:
+    """Range checks that need no model (Ollama checks top_logprobs before the model name)."""
+    if not 0 <= req.top_logprobs <= 20:
+        raise invalid("top_logprobs must be between 0 and 20", "top_logprobs")
+    for field in ("width", "height"):
+        if req.HasField(field) and not 1 <= getattr(req, field) <= 4096:
+            raise invalid(f"{field} must be between 1 and 4096", field)
+    if req.HasField("steps") and req.steps < 1:
+        raise invalid("steps must be at least 1", "steps")
+    if req.HasField("think") and req.think.WhichOneof("value") == "level" and req.think.level not in THINK_LEVELS:
+        raise invalid('invalid think value: (must be "high", "medium", "low", "max", true, or false)', "think")
+
+
+def parse_model(model: str) -> names.ModelName:
+    """Ollama's model reference parsing: empty → 404, bad grammar → 400, :cloud → refused."""
+    text = model.strip()
+    if not text:
+        raise GenerateError(Kind.MODEL_NOT_FOUND, f"model '{model}' not found", "model")
+    lower = text.lower()
+    if lower.endswith(":local:cloud") or lower.endswith(":cloud:local"):
+        raise invalid(f"use either :local or :cloud, not both: {golang.quote(text)}", "model")
+    if lower.endswith(":cloud") or lower.endswith("-cloud"):
+        raise GenerateError(Kind.CLOUD_DISABLED, "ollama cloud is disabled: remote model is unavailable", "model")
+    if lower.endswith(":local"):
+        text = text[: -len(":local")]
+    try:
+        return names.parse(text)
+    except names.InvalidName:
+        raise invalid("invalid model name", "model") from None
+
+
+def keep_alive_ns(req: pb.GenerateRequest) -> int | None:
+    if not req.HasField("keep_alive"):
+        return None
+    return req.keep_alive.seconds * 1_000_000_000 + req.keep_alive.nanos
+
+
+def think(req: pb.GenerateRequest) -> tuple[bool | None, str]:
+    """(enabled, level): enabled is None when the request does not say."""
+    if not req.HasField("think"):
+        return None, ""
+    if req.think.WhichOneof("value") == "level":
+        return True, THINK_LEVELS[req.think.level]
+    return req.think.enabled, ("medium" if req.think.enabled else "")
+
+
+def _merged(req: pb.GenerateRequest, parameters: dict[str, Any]) -> dict[str, Any]:
+    """Model defaults (Modelfile PARAMETERs) overridden by the request's options."""
+    values = dict(parameters)
+    for field, value in req.options.ListFields():
+        values[field.name] = list(value) if field.name == "stop" else value
+    return values
+
+
+def load_options(req: pb.GenerateRequest, parameters: dict[str, Any], *, default_ctx: int, n_ctx_train: int,
+                 default_threads: int) -> LoadOptions:
+    values = _merged(req, parameters)
+    num_ctx = max(4, int(values.get("num_ctx", default_ctx)))
+    if n_ctx_train > 0:
+        num_ctx = min(num_ctx, n_ctx_train)
+    return LoadOptions(
+        num_ctx=num_ctx,
+        num_batch=max(1, int(values.get("num_batch", 512))),
+        num_gpu=int(values.get("num_gpu", -1)),
+        main_gpu=int(values.get("main_gpu", 0)),
+        use_mmap=bool(values.get("use_mmap", True)),
+        num_thread=int(values.get("num_thread", 0)) or default_threads,
+    )
+
+
+def json_format(req: pb.GenerateRequest) -> str | None:
+    """The output constraint: None, "json", or a JSON Schema object as text."""
+    if not req.HasField("format"):
+        return None
+    kind = req.format.WhichOneof("kind")
+    if kind == "json":
+        return "json" if req.format.json else None
+    if kind == "json_schema":
+        text = req.format.json_schema
+        try:
+            schema = json.loads(text)
+        except ValueError:
+            schema = None
+        if not isinstance(schema, dict):
+            raise invalid(f'invalid format: {golang.quote(text)}; expected "json" or a valid JSON Schema object',
+                          "format")
+        return text
+    return None
+
+
+def sampling(req: pb.GenerateRequest, parameters: dict[str, Any]) -> Sampling:
+    values = _merged(req, parameters)
+    seed = int(values.get("seed", -1))
+    if seed < 0:
+        seed = random.randrange(2**31)
+    stop = values.get("stop") or []
+    if isinstance(stop, str):
+        stop = [stop]
+    kwargs = {k: values[k] for k in _SAMPLING_FIELDS if k in values}
+    return Sampling(seed=seed, stop=tuple(stop), json_format=json_format(req), logprobs=req.logprobs,
+                    top_logprobs=req.top_logprobs if req.logprobs else 0, **kwargs)
+
+
+def num_keep(req: pb.GenerateRequest, parameters: dict[str, Any]) -> int:
+    return int(_merged(req, parameters).get("num_keep", 4))

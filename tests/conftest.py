@@ -1,0 +1,62 @@
+"""Shared fixtures: a model store with the real SmolLM2 and tiny random-weight models,
+and running stacks (gRPC service + HTTP gateway) over the real or a fake engine."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service import names
+from service.settings import ServiceSettings
+from service.store import DEFAULT_MODEL, ModelStore
+from tests.fake_engine import FakeEngine
+from tests.harness import Stack
+from tests.tiny_gguf import write_tiny_llama
+
+REAL = DEFAULT_MODEL
+# Ollama's own test templates (server/routes_generate_test.go).
+TEST_TEMPLATE = ("{{- if .System }}System: {{ .System }} {{ end }}{{- if .Prompt }}User: {{ .Prompt }} {{ end }}"
+                 "{{- if .Response }}Assistant: {{ .Response }} {{ end }}")
+SUFFIX_TEMPLATE = "{{- if .Suffix }}<PRE> {{ .Prompt }} <SUF>{{ .Suffix }} <MID>{{- else }}{{ .Prompt }}{{- end }}"
+THINK_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                  "{% if add_generation_prompt %}<|assistant|>{% if enable_thinking is defined and not enable_thinking %}"
+                  "<think></think>{% else %}<think>{% endif %}{% endif %}")
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    store = ModelStore(root)
+    default = ModelStore(ServiceSettings().models)
+    entry = default.get(names.parse(REAL)) or default.install(REAL)
+    store.import_file(REAL, entry.path)
+    tiny = write_tiny_llama(root / "tiny.gguf")
+    store.import_file("tiny", tiny)
+    store.import_file("test", tiny, template=TEST_TEMPLATE)
+    store.import_file("test-system", tiny, template=TEST_TEMPLATE, system="You are a helpful assistant.")
+    store.import_file("test-suffix", tiny, template=SUFFIX_TEMPLATE)
+    store.import_file("tiny-think", write_tiny_llama(root / "think.gguf", chat_template=THINK_TEMPLATE))
+    return root
+
+
+@pytest.fixture(scope="session")
+def real(models) -> Stack:
+    """The service on llama-cpp-python, behind the gateway."""
+    stack = Stack(models).start()
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="module")
+def fake(models) -> Stack:
+    """The service on a scripted engine, behind the gateway."""
+    stack = Stack(models, FakeEngine()).start()
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def engine(fake) -> FakeEngine:
+    """The fake stack's engine, with a fresh default script and counters."""
+    fake.engine.reset()
+    return fake.engine

@@ -1,0 +1,80 @@
+"""A scripted engine for framing, error and cancellation tests (never for model behaviour).
+
+Tokens are characters; generation emits the pieces "t0 ", "t1 ", … (or a given script)
+with an optional delay, and can fail after N pieces. Counters show what it did.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import AsyncIterator, Sequence
+
+from service.engine import Engine, Finish, LoadOptions, Piece, Runner, Sampling
+
+
+@dataclasses.dataclass
+class Script:
+    pieces: Sequence[str] | None = None      # default: "t0 ", "t1 ", …
+    count: int = 20
+    delay: float = 0.0
+    fail_after: int | None = None            # raise after this many pieces
+    error: Exception = dataclasses.field(default_factory=lambda: RuntimeError("engine exploded"))
+
+
+class FakeRunner(Runner):
+    def __init__(self, engine: "FakeEngine"):
+        self._engine = engine
+        self.n_ctx = 2048
+        self.n_ctx_train = 2048
+        self.n_vocab = 0x110000
+        self.metadata = {}
+
+    def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        return [ord(c) for c in text]
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return "".join(map(chr, tokens))
+
+    def token_text(self, token: int) -> str:
+        return chr(token)
+
+    async def generate(self, prompt: list[int], sampling: Sampling) -> AsyncIterator[Piece | Finish]:
+        engine, script = self._engine, self._engine.script
+        engine.started += 1
+        engine.active += 1
+        engine.prompts.append(self.detokenize(prompt))
+        pieces = list(script.pieces) if script.pieces is not None else [f"t{i} " for i in range(script.count)]
+        if sampling.num_predict >= 0:
+            pieces = pieces[:sampling.num_predict]
+        try:
+            for i, text in enumerate(pieces):
+                if script.fail_after is not None and i == script.fail_after:
+                    raise script.error
+                if script.delay:
+                    await asyncio.sleep(script.delay)
+                engine.tokens_emitted += 1
+                yield Piece(text)
+            reason = "length" if len(pieces) == sampling.num_predict else "stop"
+            yield Finish(reason, len(prompt), 1, len(pieces), 1, [ord("x")] * len(pieces))
+        finally:
+            engine.active -= 1
+            engine.closed += 1
+
+    async def close(self) -> None:
+        self._engine.unloaded += 1
+
+
+class FakeEngine(Engine):
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """A fresh default script and zeroed counters."""
+        self.script = Script()
+        self.started = self.closed = self.active = self.tokens_emitted = 0
+        self.loads = self.unloaded = 0
+        self.prompts: list[str] = []
+
+    async def load(self, path: str, options: LoadOptions) -> Runner:
+        self.loads += 1
+        return FakeRunner(self)

@@ -1,0 +1,200 @@
+"""The gateway's framing, errors and cancellation, over a scripted engine (real gRPC, real HTTP)."""
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import httpx
+import ollama
+import pytest
+
+from tests.fake_engine import Script
+
+
+def post(stack, body, path="/api/generate", **kw) -> httpx.Response:
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return httpx.post(stack.url + path, content=data, timeout=30, **kw)
+
+
+def lines(resp: httpx.Response) -> list[dict]:
+    return [json.loads(line) for line in resp.text.splitlines()]
+
+
+def test_root_says_ollama_is_running(fake):
+    for method in ("GET", "HEAD"):
+        resp = httpx.request(method, fake.url + "/")
+        assert resp.status_code == 200
+    assert httpx.get(fake.url + "/").text == "Ollama is running"
+
+
+def test_streams_ndjson_one_object_per_piece(fake, engine):
+    resp = post(fake, {"model": "tiny", "prompt": "hi"})
+    assert resp.status_code == 200
+    assert resp.headers["content-type"] == "application/x-ndjson"
+    assert resp.text.endswith("\n")
+    objs = lines(resp)
+    assert [o["done"] for o in objs] == [False] * 20 + [True]
+    assert "".join(o["response"] for o in objs) == "".join(f"t{i} " for i in range(20))
+    final = objs[-1]
+    assert final["done_reason"] == "stop" and final["eval_count"] == 20
+    for key in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_duration"):
+        assert isinstance(final[key], int) and final[key] > 0, key
+    assert all(o["model"] == "tiny" and o["created_at"].endswith("Z") for o in objs)
+    assert engine.active == 0 and engine.closed == engine.started
+
+
+def test_stream_false_is_one_object_with_the_whole_text(fake, engine):
+    resp = post(fake, {"model": "tiny", "prompt": "hi", "stream": False})
+    assert resp.status_code == 200
+    assert resp.headers["content-type"] == "application/json; charset=utf-8"
+    obj = resp.json()
+    assert obj["response"] == "".join(f"t{i} " for i in range(20)) and obj["done"] is True
+
+
+def test_model_name_is_echoed_as_sent(fake, engine):
+    obj = post(fake, {"model": "TINY:latest", "prompt": "hi", "stream": False}).json()
+    assert obj["model"] == "TINY:latest"
+
+
+def test_utf8_split_pieces_stay_valid(fake, engine):
+    engine.script = Script(pieces=["a", "é", "🙂", "世界", "\n", "\u2028", "<&>"])
+    resp = post(fake, {"model": "tiny", "prompt": "hi"})
+    raw = resp.content.split(b"\n")
+    assert all(json.loads(line) for line in raw if line)
+    assert "".join(o["response"] for o in lines(resp)) == "aé🙂世界\n\u2028<&>"
+    assert b"\\u003c\\u0026\\u003e" in resp.content          # Go's json.Marshal escaping
+    assert post(fake, {"model": "tiny", "prompt": "hi", "stream": False}).json()["response"] == "aé🙂世界\n\u2028<&>"
+
+
+def test_error_before_first_byte_gets_its_status(fake, engine):
+    engine.script = Script(fail_after=0)
+    resp = post(fake, {"model": "tiny", "prompt": "hi"})
+    assert resp.status_code == 500
+    assert resp.headers["content-type"].startswith("application/json")
+    assert resp.json() == {"error": "an error was encountered while running the model"}
+    assert engine.active == 0
+
+
+def test_error_after_first_byte_is_an_in_band_line(fake, engine):
+    engine.script = Script(fail_after=3)
+    resp = post(fake, {"model": "tiny", "prompt": "hi"})
+    assert resp.status_code == 200
+    objs = lines(resp)
+    assert [o.get("response") for o in objs[:3]] == ["t0 ", "t1 ", "t2 "]
+    assert objs[-1] == {"error": "an error was encountered while running the model"}
+    assert not any(o.get("done") for o in objs)
+    # The process keeps serving.
+    engine.script = Script()
+    assert post(fake, {"model": "tiny", "prompt": "hi", "stream": False}).status_code == 200
+
+
+def test_error_with_stream_false_is_a_status(fake, engine):
+    engine.script = Script(fail_after=3)
+    resp = post(fake, {"model": "tiny", "prompt": "hi", "stream": False})
+    assert resp.status_code == 500 and "error" in resp.json()
+
+
+def test_client_disconnect_stops_the_engine(fake, engine):
+    engine.script = Script(count=10_000, delay=0.01)
+    with socket.create_connection(("127.0.0.1", fake.http_port)) as sock:
+        body = json.dumps({"model": "tiny", "prompt": "hi"}).encode()
+        sock.sendall(b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        received = b""
+        while received.count(b"\n{") < 3:
+            received += sock.recv(4096)
+        emitted_at_close = engine.tokens_emitted
+    deadline = time.monotonic() + 10
+    while engine.active and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.active == 0 and engine.closed == engine.started
+    assert engine.tokens_emitted - emitted_at_close < 10       # stopped within a few tokens, not 10 000
+
+
+@pytest.mark.parametrize("body,status,error", [
+    (b"", 400, "missing request body"),
+    (b"   ", 400, "missing request body"),
+    (b"{", 400, "unexpected EOF"),
+    (b"x", 400, "invalid character 'x' looking for beginning of value"),
+    (b'{"model": "tiny" "prompt": 1}', 400, "invalid character '\"' after object key:value pair"),
+    (b'{"model":"tiny","prompt":1}', 400,
+     "json: cannot unmarshal number into Go struct field GenerateRequest.prompt of type string"),
+    (b'{"model":"tiny","stream":"yes"}', 400,
+     "json: cannot unmarshal string into Go struct field GenerateRequest.stream of type bool"),
+    (b"[]", 400, "json: cannot unmarshal array into Go value of type api.GenerateRequest"),
+    (b"null", 404, "model '' not found"),
+    (b"{}", 404, "model '' not found"),
+    (b'{"model":"  "}', 404, "model '  ' not found"),
+    (b'{"model":"nope"}', 404, "model 'nope' not found"),
+    (b'{"model":"a b"}', 400, "invalid model name"),
+    (b'{"model":"x:local:cloud"}', 400, 'use either :local or :cloud, not both: "x:local:cloud"'),
+    (b'{"model":"x:cloud"}', 403, "ollama cloud is disabled: remote model is unavailable"),
+    (b'{"model":"tiny","top_logprobs":21}', 400, "top_logprobs must be between 0 and 20"),
+    (b'{"model":"nope","top_logprobs":-1}', 400, "top_logprobs must be between 0 and 20"),
+    (b'{"model":"tiny","keep_alive":"abc"}', 400, 'time: invalid duration "abc"'),
+    (b'{"model":"tiny","keep_alive":"10"}', 400, 'time: missing unit in duration "10"'),
+    (b'{"model":"tiny","keep_alive":true}', 400, "Unsupported type: 'bool'"),
+    (b'{"model":"tiny","think":"x"}', 400,
+     'invalid think value: "x" (must be "high", "medium", "low", "max", true, or false)'),
+    (b'{"model":"tiny","think":1}', 400,
+     'think must be a boolean or string ("high", "medium", "low", "max", true, or false)'),
+    (b'{"model":"tiny","images":["data:image/png;base64,AAAA"]}', 400, "illegal base64 data at input byte 4"),
+    (b'{"model":"tiny","options":{"temperature":"hot"}}', 400, 'option "temperature" must be of type float32'),
+    (b'{"model":"tiny","options":{"num_ctx":"big"}}', 400, 'option "num_ctx" must be of type integer'),
+    (b'{"model":"tiny","options":{"use_mmap":1}}', 400, 'option "use_mmap" must be of type boolean'),
+    (b'{"model":"tiny","options":{"stop":[1]}}', 400, 'option "stop" must be of an array of strings'),
+    (b'{"model":"tiny","format":"xml"}', 400,
+     'invalid format: "\\"xml\\""; expected "json" or a valid JSON Schema object'),
+    (b'{"model":"tiny","prompt":"x","raw":true,"system":"s"}', 400,
+     "raw mode does not support template, system, or context"),
+    (b'{"model":"tiny","prompt":"x","think":true}', 400, '"tiny" does not support thinking'),
+    (b'{"model":"tiny","prompt":"x","suffix":"y"}', 400,
+     "registry.ollama.ai/library/tiny:latest does not support insert"),
+    (b'{"model":"tiny","prompt":"x","images":["AAAA"]}', 400, '"tiny" does not support images'),
+    (b'{"model":"tiny","prompt":"x","width":0}', 400, "width must be between 1 and 4096"),
+    (b'{"model":"tiny","prompt":"x","width":512}', 400, '"tiny" does not support image generation'),
+])
+def test_bad_requests_get_ollamas_errors(fake, engine, body, status, error):
+    resp = post(fake, body)
+    assert (resp.status_code, resp.json()) == (status, {"error": error})
+    assert resp.headers["content-type"].startswith("application/json")
+    assert engine.started == 0
+
+
+def test_keys_match_case_insensitively_and_last_duplicate_wins(fake, engine):
+    obj = post(fake, b'{"Model":"tiny","PROMPT":"a","prompt":"hi","Stream":false}').json()
+    assert obj["done"] is True and engine.prompts == ["hi"]
+
+
+def test_routing_errors_use_gins_texts(fake):
+    assert (httpx.get(fake.url + "/api/generate").status_code, httpx.get(fake.url + "/api/generate").text) == \
+        (405, "405 method not allowed")
+    assert (httpx.get(fake.url + "/nope").status_code, httpx.get(fake.url + "/nope").text) == \
+        (404, "404 page not found")
+
+
+def test_oversize_body_is_413(fake, engine):
+    resp = post(fake, b'{"model":"tiny","prompt":"' + b"x" * (17 << 20) + b'"}')
+    assert resp.status_code == 413 and "error" in resp.json()
+    assert engine.started == 0
+
+
+def test_official_client_streams_and_raises_response_error(fake, engine):
+    client = ollama.Client(host=fake.url)
+    chunks = list(client.generate(model="tiny", prompt="hi", stream=True))
+    assert "".join(c.response for c in chunks) == "".join(f"t{i} " for i in range(20))
+    assert chunks[-1].done and chunks[-1].done_reason == "stop"
+    with pytest.raises(ollama.ResponseError) as err:
+        client.generate(model="nope", prompt="hi")
+    assert err.value.status_code == 404 and err.value.error == "model 'nope' not found"
+
+
+def test_load_and_unload_replies(fake, engine):
+    load = post(fake, {"model": "tiny"})
+    assert load.headers["content-type"] == "application/json; charset=utf-8"
+    obj = load.json()
+    assert (obj["done"], obj["done_reason"], obj["response"]) == (True, "load", "")
+    obj = post(fake, {"model": "tiny", "keep_alive": 0}).json()
+    assert (obj["done"], obj["done_reason"]) == (True, "unload")
+    assert engine.started == 0

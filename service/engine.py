@@ -92,7 +92,7 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     def detokenize(self, tokens: Sequence[int]) -> str:
-        """Text of `tokens`."""
+        """Text of `tokens`, special tokens written out (so it tokenizes back to them)."""
 
     @abc.abstractmethod
     def token_text(self, token: int) -> str:

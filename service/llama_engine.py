@@ -48,17 +48,21 @@ class LlamaRunner(Runner):
         self._turn = asyncio.Lock()          # requests take turns, in arrival order
         self._pieces: dict[tuple[int, bool], bytes] = {}
         self._checked_grammars: set[str] = set()
-        self.n_ctx = llm.n_ctx()
+        # llama.cpp may round the context up; llama-cpp-python's buffers keep the size asked for.
+        self.n_ctx = min(llm.n_ctx(), len(llm.input_ids))
         self.n_ctx_train = llm._model.n_ctx_train()
         self.metadata = metadata
         self.n_vocab = llm.n_vocab()
+        # Observability (written by the decode thread only): decodes running, tokens sampled in all.
+        self.active = 0
+        self.decoded = 0
 
     # -- tokens ------------------------------------------------------------------
     def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        return b"".join(self._piece(t, False) for t in tokens).decode("utf-8", errors="replace")
+        return b"".join(self._piece(t, True) for t in tokens).decode("utf-8", errors="replace")
 
     def token_text(self, token: int) -> str:
         return self._piece(token, True).decode("utf-8", errors="replace")
@@ -123,12 +127,14 @@ class LlamaRunner(Runner):
 
     def _decode(self, prompt: list[int], s: Sampling, grammar, cancel: threading.Event,
                 emit: Callable[[object], None]) -> None:
+        self.active += 1
         try:
             if not cancel.is_set():
                 emit(self._run(prompt, s, grammar, cancel, emit))
         except BaseException as exc:  # delivered to the stream, which raises it
             emit(exc)
         finally:
+            self.active -= 1
             emit(_DONE)
 
     def _run(self, prompt: list[int], s: Sampling, grammar, cancel: threading.Event,
@@ -153,6 +159,7 @@ class LlamaRunner(Runner):
                     first = time.perf_counter_ns()
                 if cancel.is_set():
                     return None
+                self.decoded += 1
                 if llama_cpp.llama_vocab_is_eog(self._vocab, token):
                     reason = "stop"
                     break

@@ -25,6 +25,7 @@ class ThinkingParser:
         # before: output may still open a block; inside: thinking; after: response.
         self._state = "inside" if starts_inside else "before"
         self._buffer = ""
+        self._trim = False          # drop whitespace right after the closing tag
 
     def feed(self, text: str) -> tuple[str, str]:
         """Adds output text; returns (thinking, response) that can be emitted now."""
@@ -44,14 +45,17 @@ class ThinkingParser:
                 end = self._buffer.find(self._close)
                 if end >= 0:
                     thinking.append(self._buffer[:end])
-                    self._buffer = self._buffer[end + len(self._close):].lstrip()
-                    self._state = "after"
+                    self._buffer = self._buffer[end + len(self._close):]
+                    self._state, self._trim = "after", True
                 else:
                     keep = _partial_suffix(self._buffer, self._close)
                     thinking.append(self._buffer[:len(self._buffer) - keep])
                     self._buffer = self._buffer[len(self._buffer) - keep:]
                     break
             else:
+                if self._trim:
+                    self._buffer = self._buffer.lstrip()
+                    self._trim = not self._buffer
                 response.append(self._buffer)
                 self._buffer = ""
         return "".join(thinking), "".join(response)

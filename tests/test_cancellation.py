@@ -1,0 +1,66 @@
+"""Client disconnects and gRPC cancellation stop decoding in the real engine."""
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import grpc
+
+from gengate.v1 import generate_pb2 as pb
+
+from tests.conftest import REAL
+
+# Greedy SmolLM2 keeps counting for thousands of tokens (about 100 a second here).
+COUNT = {"model": REAL, "prompt": "1, 2, 3, 4, 5, 6,", "raw": True}
+LONG = {"temperature": 0, "num_predict": 3000}
+
+
+def runner_of(stack, name: str):
+    (model,) = [m for m in stack.service.pool.loaded() if m.entry.name.short == name]
+    return model.runner
+
+
+def wait_idle(runner, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while runner.active and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def test_http_disconnect_mid_stream_stops_decoding(real):
+    body = json.dumps({**COUNT, "options": LONG}).encode()
+    with socket.create_connection(("127.0.0.1", real.http_port)) as sock:
+        sock.sendall(b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)
+        received = b""
+        while received.count(b"\n{") < 3:
+            received += sock.recv(4096)
+        runner = runner_of(real, REAL)
+        assert runner.active == 1
+        at_close = runner.decoded
+    wait_idle(runner)
+    assert runner.active == 0
+    assert runner.decoded - at_close < 20                   # stopped within a few tokens of the disconnect
+    # The model is free at once for the next request.
+    (reply,) = real.stub().Generate(pb.GenerateRequest(model=REAL, prompt="hi", stream=False,
+                                                       options=pb.Options(num_predict=3)))
+    assert reply.eval_count == 3
+
+
+def test_grpc_cancel_and_deadline_stop_decoding(real):
+    stub = real.stub()
+    call = stub.Generate(pb.GenerateRequest(**COUNT, options=pb.Options(**LONG)))
+    next(call), next(call)
+    runner = runner_of(real, REAL)
+    before = runner.decoded
+    call.cancel()
+    wait_idle(runner)
+    assert runner.active == 0 and runner.decoded - before < 20
+    try:
+        for _ in stub.Generate(pb.GenerateRequest(**COUNT, options=pb.Options(**LONG)), timeout=1.0):
+            pass
+        raise AssertionError("the deadline did not end the stream")
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    wait_idle(runner)
+    assert runner.active == 0

@@ -1,0 +1,86 @@
+"""Pure pieces: model names, Go durations and quoting, detokenizer, thinking parser, GGUF metadata."""
+from __future__ import annotations
+
+import pytest
+
+from service import names
+from service.detokenizer import Detokenizer
+from service.gguf import GGUFError, read_metadata
+from service.golang import parse_duration, quote
+from service.thinking import ThinkingParser, thinking_tags
+from tests.tiny_gguf import write_tiny_llama
+
+
+@pytest.mark.parametrize("text", ["h/n/m:t", "host/namespace/model:tag", "_why/_the/_lucky:_stiff",
+                                  "host:https/namespace/model:tag", "a" * 80, "h" * 350 + "/n/m", "xx",
+                                  "https://host/ns/m:t"])
+def test_valid_names(text):
+    names.parse(text)
+
+
+@pytest.mark.parametrize("text", ["", "^", "mm:", "/nn/mm", "//", "//mm", "hh//", "@", "m@d", "00@", "-hh/nn/mm:tt",
+                                  "hh/-nn/mm:tt", "hh/nn/-mm:tt", "hh/nn/mm:-tt", "host/name:space/model:tag",
+                                  "a" * 81, "h" * 351 + "/n/m", "a/b/c/d", "ns.x/m", "../../etc/passwd", "a b"])
+def test_invalid_names(text):
+    with pytest.raises(names.InvalidName):
+        names.parse(text)
+
+
+def test_name_defaults():
+    name = names.parse("xx")
+    assert str(name) == "registry.ollama.ai/library/xx:latest" and name.short == "xx:latest"
+    assert names.parse("XX:Latest").key == name.key
+
+
+@pytest.mark.parametrize("text,ns", [("5m", 300 * 10**9), ("1h30m", 5400 * 10**9), ("300ms", 3 * 10**8), ("0", 0),
+                                     ("-1m", -60 * 10**9), ("1.5s", 15 * 10**8), ("2h45m10.5s", 9910500000000),
+                                     ("1µs", 1000), ("+3ns", 3)])
+def test_go_durations(text, ns):
+    assert parse_duration(text) == ns
+
+
+@pytest.mark.parametrize("text,error", [("abc", 'time: invalid duration "abc"'), ("", 'time: invalid duration ""'),
+                                        ("10", 'time: missing unit in duration "10"'), ("-1", 'time: missing unit in duration "-1"'),
+                                        ("3x", 'time: unknown unit "x" in duration "3x"')])
+def test_go_duration_errors(text, error):
+    with pytest.raises(ValueError, match="^" + error.replace("(", r"\(") + "$"):
+        parse_duration(text)
+
+
+def test_go_quote():
+    assert quote('"xml"') == '"\\"xml\\""' and quote("a\nb\x00") == '"a\\nb\\x00"' and quote("é") == '"é"'
+
+
+def test_detokenizer_holds_back_split_utf8_and_stop_prefixes():
+    d = Detokenizer(["</s>", "STOP"])
+    out = [d.feed(b) for b in [b"Hel", b"lo \xf0\x9f", b"\x99\x82 S", b"TO", b"X <", b"/s", b"> more"]]
+    assert out == ["Hel", "lo ", "🙂 ", "", "STOX ", "", ""] and d.stopped and d.flush() == ""
+
+
+def test_detokenizer_flushes_what_it_held():
+    d = Detokenizer(["STOP"])
+    assert d.feed(b"abc ST") == "abc " and d.flush() == "ST" and not d.stopped
+    d = Detokenizer()
+    assert d.feed(b"\xe4\xb8") == "" and d.feed(b"\x96") == "世" and d.feed(b"\xff") == "\ufffd"
+
+
+def test_thinking_parser():
+    p = ThinkingParser("<think>", "</think>")
+    parts = [p.feed(x) for x in ["<th", "ink>Let me", " think</th", "ink>", "\n\nThe answer", " is 4"]]
+    assert "".join(t for t, _ in parts) == "Let me think" and "".join(r for _, r in parts) == "The answer is 4"
+    p = ThinkingParser("<think>", "</think>")
+    assert p.feed("Hello") == ("", "Hello") and p.flush() == ("", "")
+    p = ThinkingParser("<think>", "</think>", starts_inside=True)
+    assert p.feed("hmm </think>ok") == ("hmm ", "ok")
+    p = ThinkingParser("<think>", "</think>", starts_inside=True)
+    assert p.feed("unfinished </thi") == ("unfinished ", "") and p.flush() == ("</thi", "")
+    assert thinking_tags("x <think> y </think>") == ("<think>", "</think>") and thinking_tags("plain") is None
+
+
+def test_gguf_metadata(tmp_path):
+    meta = read_metadata(write_tiny_llama(tmp_path / "t.gguf", chat_template="{{ x }}"))
+    assert meta["general.architecture"] == "llama" and meta["tokenizer.chat_template"] == "{{ x }}"
+    assert meta["llama.context_length"] == 512 and meta["tokenizer.ggml.tokens"]["array_length"] > 256
+    (tmp_path / "bad.gguf").write_bytes(b"GGML" + b"\0" * 64)
+    with pytest.raises(GGUFError):
+        read_metadata(tmp_path / "bad.gguf")

@@ -12,6 +12,7 @@ from typing import AsyncIterator
 
 import grpc
 from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import transcode
 from gateway.errors import BadRequest, http_status
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
 STUB = web.AppKey("stub", pb_grpc.GenerateServiceStub)
+HEALTH = web.AppKey("health", health_pb2_grpc.HealthStub)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerateService"].full_name
 JSON = "application/json; charset=utf-8"
 NDJSON = "application/x-ndjson"
 
@@ -38,6 +41,23 @@ def json_response(obj: dict) -> web.Response:
 
 async def root(request: web.Request) -> web.Response:
     return web.Response(text="Ollama is running")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the gateway process answers."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: the service reports SERVING on gRPC health."""
+    try:
+        reply = await request.app[HEALTH].Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=2)
+        status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    except grpc.aio.AioRpcError as exc:
+        status = exc.code().name
+    if status == "SERVING":
+        return json_response({"status": "ready"})
+    return error_response(503, f"service not ready: {status}")
 
 
 def _single(msg: pb.GenerateResponse) -> bool:
@@ -105,6 +125,7 @@ async def ollama_errors(request: web.Request, handler) -> web.StreamResponse:
 async def _channel(app: web.Application) -> AsyncIterator[None]:
     channel = grpc.aio.insecure_channel(app[SETTINGS].service_addr)
     app[STUB] = pb_grpc.GenerateServiceStub(channel)
+    app[HEALTH] = health_pb2_grpc.HealthStub(channel)
     yield
     await channel.close()
 
@@ -116,4 +137,6 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.cleanup_ctx.append(_channel)
     app.router.add_get("/", root)
     app.router.add_route("POST", "/api/generate", generate)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     return app

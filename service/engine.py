@@ -45,6 +45,8 @@ class Sampling:
     json_format: str | None = None       # "json" (any JSON object) or a JSON Schema as JSON text
     logprobs: bool = False
     top_logprobs: int = 0
+    num_keep: int = 4                    # tokens kept at the start when the context shifts
+    shift: bool = True                   # shift the context when it fills (else stop with "length")
 
 
 @dataclasses.dataclass(frozen=True)

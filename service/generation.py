@@ -62,7 +62,10 @@ class Model:
         return int(self.metadata.get(f"{arch}.context_length", 0) or 0)
 
     def template_fields(self) -> set[str]:
-        return prompts.parse_go_template(self.entry.template).fields() if self.entry.template else set()
+        """Fields the model's Go template uses, lower-cased (Ollama compares them so)."""
+        if not self.entry.template:
+            return set()
+        return {f.lower() for f in prompts.parse_go_template(self.entry.template).fields()}
 
     def thinking_tags(self) -> tuple[str, str] | None:
         return thinking_tags(self.entry.template or self.chat_template or "")
@@ -109,7 +112,7 @@ class Generation:
             think, think_level = True, "medium"
         if model.metadata.get("general.architecture") in _NON_GENERATIVE:
             raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support generate')
-        if req.suffix and "Suffix" not in model.template_fields():
+        if req.suffix and "suffix" not in model.template_fields():
             raise GenerateError(Kind.UNSUPPORTED, f"{model.entry.name} does not support insert", "suffix")
         if req.images:
             raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support images', "images")
@@ -125,7 +128,7 @@ class Generation:
             if req.debug_render_only:
                 yield self._reply(req, debug_info=pb.DebugInfo(rendered_template=text, image_count=len(req.images)))
                 return
-            tokens, dropped = self._fit(req, lease, text, checks.num_keep(req, parameters))
+            tokens, dropped = self._fit(req, lease, text, sampling.num_keep)
             parser = ThinkingParser(*tags, starts_inside=text.rstrip().endswith(tags[0])) \
                 if tags and think and not req.raw else None
             stream = req.stream if req.HasField("stream") else True
@@ -140,7 +143,7 @@ class Generation:
             return req.prompt
         inp = prompts.PromptInput(
             prompt=req.prompt, system=req.system or model.entry.system or "", suffix=req.suffix,
-            template=req.template or model.entry.template, use_template_directly=bool(req.template),
+            template=req.template or model.entry.template,
             think=think, think_level=level, image_count=len(req.images))
         bos = runner.token_text(int(model.metadata.get("tokenizer.ggml.bos_token_id", 1)))
         eos = runner.token_text(int(model.metadata.get("tokenizer.ggml.eos_token_id", 2)))

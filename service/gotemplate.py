@@ -950,7 +950,7 @@ class _Parser:
                 break
             mark = self.i
             self.next()
-            after = self.peek()
+            self.peek()  # Go's lookahead: the token after the variable, then the next non-space
             nxt = self.peek_non_space()
             if nxt.typ in (_ASSIGN, _DECLARE):
                 pipe.is_assign = nxt.typ == _ASSIGN
@@ -966,8 +966,7 @@ class _Parser:
                         continue
                     self.errorf("range can only initialize variables")
                 self.errorf(f"too many declarations in {context}")
-            else:
-                del after
+            else:  # an operand, not a declaration: push the variable back
                 self.i = mark
             break
         while True:
@@ -1079,9 +1078,11 @@ class _Parser:
         try:
             low = text.lower().lstrip("+-")
             if low.startswith("0x"):
+                if "p" not in low:  # Go's hex floats need the binary exponent
+                    raise ValueError(text)
                 value = float.fromhex(text.replace("_", ""))
             else:
-                value = float(text.replace("_", "")) if "_" not in text[:1] else float("x")
+                value = float(text)  # Python's underscore rules are Go's
         except ValueError:
             self.errorf(f"illegal number syntax: {_go_quote(text)}")
         if not any(c in text for c in ".eEpP"):
@@ -1220,10 +1221,12 @@ class _Flags:
         self.prec: int | None = None
 
 
-def _bad_verb(verb: str, arg: Any) -> str:
+def _bad_verb(verb: str, arg: Any, fl: "_Flags | None" = None) -> str:
+    """fmt's "%!verb(type=value)"; the value is printed with %v under the same flags."""
     if arg is None:
         return f"%!{verb}(<nil>)"
-    return f"%!{verb}({_go_type(arg)}={_fmt_v(arg)})"
+    value = _fmt_v(arg) if fl is None else _fmt_arg(arg, "v", fl)
+    return f"%!{verb}({_go_type(arg)}={value})"
 
 
 def _fmt_int(v: int, verb: str, fl: _Flags) -> str:
@@ -1240,7 +1243,7 @@ def _fmt_int(v: int, verb: str, fl: _Flags) -> str:
         return _pad(s, fl.width, fl.minus, False)
     base = {"v": 10, "d": 10, "b": 2, "o": 8, "O": 8, "x": 16, "X": 16}.get(verb)
     if base is None:
-        return _bad_verb(verb, v)
+        return _bad_verb(verb, v, fl)
     digits = format(abs(v), {10: "d", 2: "b", 8: "o", 16: "x"}[base])
     if verb == "X":
         digits = digits.upper()
@@ -1293,7 +1296,7 @@ def _fmt_float(v: float, verb: str, fl: _Flags) -> str:
     if verb == "v":
         verb = "g"
     if verb not in "eEfFgGxX":
-        return _bad_verb(verb, v)
+        return _bad_verb(verb, v, fl)
     if math.isnan(v) or math.isinf(v):
         if math.isnan(v):
             s = "+NaN" if fl.plus else " NaN" if fl.space else "NaN"
@@ -1337,7 +1340,7 @@ def _fmt_str(s: str, verb: str, fl: _Flags) -> str:
         if verb == "X":
             h = h.upper()
         return _pad(h, fl.width, fl.minus, fl.zero)
-    return _bad_verb(verb, s)
+    return _bad_verb(verb, s, fl)
 
 
 def _fmt_arg(arg: Any, verb: str, fl: _Flags, top: bool = True) -> str:
@@ -1350,7 +1353,7 @@ def _fmt_arg(arg: Any, verb: str, fl: _Flags, top: bool = True) -> str:
     if isinstance(arg, bool):
         if verb in "tv":
             return _pad("true" if arg else "false", fl.width, fl.minus, False)
-        return _bad_verb(verb, arg)
+        return _bad_verb(verb, arg, fl)
     if isinstance(arg, int):
         return _fmt_int(arg, verb, fl)
     if isinstance(arg, float):
@@ -1366,7 +1369,7 @@ def _fmt_arg(arg: Any, verb: str, fl: _Flags, top: bool = True) -> str:
                                  for k, x in _sorted_items(arg)) + "]"
     if verb in "vs":
         return _pad(str(arg), fl.width, fl.minus, False)
-    return _bad_verb(verb, arg)
+    return _bad_verb(verb, arg, fl)
 
 
 def _sprintf(fmt: str, args: list[Any]) -> str:
@@ -1597,9 +1600,11 @@ def _f_eq(arg1: Any, *rest: Any) -> bool:
             truth = True
         else:
             if isinstance(arg, (list, tuple, Mapping)) or isinstance(arg1, (list, tuple, Mapping)):
-                bad = arg if isinstance(arg, (list, tuple, Mapping)) else arg1
                 fl = _Flags()
-                raise _FuncError(f"non-comparable type {_fmt_arg(bad, 's', fl)}: {_go_type(bad)}")
+                if _go_type(arg1) != _go_type(arg):
+                    raise _FuncError(f"non-comparable types {_fmt_arg(arg1, 's', fl)}: {_go_type(arg1)}, "
+                                     f"{_go_type(arg)}: {_fmt_v(arg)}")
+                raise _FuncError(f"non-comparable type {_fmt_arg(arg, 's', fl)}: {_go_type(arg)}")
             try:
                 truth = bool(arg1 == arg)
             except Exception:  # noqa: BLE001 - an uncomparable object
@@ -1893,8 +1898,12 @@ class _State:
     def __init__(self, text: str, data: Any) -> None:
         self.text = text
         self.out: list[str] = []
-        self.vars: list[list[Any]] = [["$", data]]
+        # [name, value, iface]: iface tells whether Go would hold the value in an interface{}
+        # (an element of a map or slice of any) rather than as its concrete type; it only
+        # matters for the type named in "can't evaluate field X in type T".
+        self.vars: list[list[Any]] = [["$", data, False]]
         self.node: _Node | None = None
+        self.dot_iface = False
 
     # errors
     def at(self, node: _Node) -> None:
@@ -1911,20 +1920,21 @@ class _State:
 
     # variables
     def push(self, name: str, value: Any) -> None:
-        self.vars.append([name, value])
+        self.vars.append([name, value, False])
 
-    def set_var(self, name: str, value: Any) -> None:
+    def set_var(self, name: str, value: Any, iface: bool = False) -> None:
         for entry in reversed(self.vars):
             if entry[0] == name:
-                entry[1] = value
+                entry[1], entry[2] = value, iface
                 return
         self.errorf(f"undefined variable: {name}")
 
-    def var_value(self, name: str) -> Any:
+    def var_entry(self, name: str) -> list[Any]:
         for entry in reversed(self.vars):
             if entry[0] == name:
-                return entry[1]
+                return entry
         self.errorf(f"undefined variable: {name}")
+        raise AssertionError  # unreachable
 
     # walking
     def walk(self, dot: Any, node: _Node) -> None:
@@ -1958,7 +1968,14 @@ class _State:
         try:
             value = self.eval_pipeline(dot, node.pipe)
             if _truth(value):
-                self.walk(value if isinstance(node, _WithNode) else dot, node.list)
+                if isinstance(node, _WithNode):
+                    saved, self.dot_iface = self.dot_iface, False
+                    try:
+                        self.walk(value, node.list)
+                    finally:
+                        self.dot_iface = saved
+                else:
+                    self.walk(dot, node.list)
             elif node.else_list is not None:
                 self.walk(dot, node.else_list)
         finally:
@@ -1967,27 +1984,34 @@ class _State:
     def walk_range(self, dot: Any, node: _RangeNode) -> None:
         self.at(node)
         outer = len(self.vars)
+        saved_iface = self.dot_iface
         try:
             value = self.eval_pipeline(dot, node.pipe)
             mark = len(self.vars)
             decl = node.pipe.decl
+            iface = not isinstance(value, int)  # elements of []any / map[string]any
 
             def one(index: Any, elem: Any) -> None:
                 if decl:
                     if node.pipe.is_assign:
-                        self.set_var(decl[0].ident[0], index if len(decl) > 1 else elem)
+                        if len(decl) > 1:
+                            self.set_var(decl[0].ident[0], index)
+                        else:
+                            self.set_var(decl[0].ident[0], elem, iface)
                     else:
-                        self.vars[mark - 1][1] = elem
+                        self.vars[mark - 1][1:] = [elem, iface]
                 if len(decl) > 1:
                     if node.pipe.is_assign:
-                        self.set_var(decl[1].ident[0], elem)
+                        self.set_var(decl[1].ident[0], elem, iface)
                     else:
-                        self.vars[mark - 2][1] = index
+                        self.vars[mark - 2][1:] = [index, False]
+                self.dot_iface = iface
                 try:
                     self.walk(elem, node.list)
                 except _Continue:
                     pass
                 finally:
+                    self.dot_iface = saved_iface
                     del self.vars[mark:]
 
             ran = False
@@ -2019,6 +2043,7 @@ class _State:
             if not ran and node.else_list is not None:
                 self.walk(dot, node.else_list)
         finally:
+            self.dot_iface = saved_iface
             del self.vars[outer:]
 
     # evaluation
@@ -2075,31 +2100,32 @@ class _State:
 
     def eval_field_node(self, dot: Any, field: _FieldNode, args: list[_Node], final: Any) -> Any:
         self.at(field)
-        return self.eval_field_chain(dot, dot, field, field.ident, args, final)
+        return self.eval_field_chain(dot, dot, field, field.ident, args, final, self.dot_iface)
 
     def eval_chain_node(self, dot: Any, chain: _ChainNode, args: list[_Node] | None, final: Any) -> Any:
         self.at(chain)
         if isinstance(chain.node, _NilNode):
             self.errorf(f"indirection through explicit nil in {chain}")
         pipe = self.eval_arg(dot, "any", chain.node)
-        return self.eval_field_chain(dot, pipe, chain, chain.field, args, final)
+        return self.eval_field_chain(dot, pipe, chain, chain.field, args, final, False)
 
     def eval_variable_node(self, dot: Any, var: _VariableNode, args: list[_Node] | None, final: Any) -> Any:
         self.at(var)
-        value = self.var_value(var.ident[0])
+        _, value, iface = self.var_entry(var.ident[0])
         if len(var.ident) == 1:
             self.not_a_function(args or [var], final)
             return value
-        return self.eval_field_chain(dot, value, var, var.ident[1:], args, final)
+        return self.eval_field_chain(dot, value, var, var.ident[1:], args, final, iface)
 
     def eval_field_chain(self, dot: Any, receiver: Any, node: _Node, ident: list[str],
-                         args: list[_Node] | None, final: Any) -> Any:
+                         args: list[_Node] | None, final: Any, iface: bool) -> Any:
         for name in ident[:-1]:
-            receiver = self.eval_field(dot, name, node, None, _MISSING, receiver)
-        return self.eval_field(dot, ident[-1], node, args, final, receiver)
+            nxt = self.eval_field(dot, name, node, None, _MISSING, receiver, iface)
+            receiver, iface = nxt, isinstance(receiver, Mapping)
+        return self.eval_field(dot, ident[-1], node, args, final, receiver, iface)
 
     def eval_field(self, dot: Any, name: str, node: _Node, args: list[_Node] | None,
-                   final: Any, receiver: Any) -> Any:
+                   final: Any, receiver: Any, iface: bool = False) -> Any:
         has_args = (args is not None and len(args) > 1) or final is not _MISSING
         if receiver is None:  # Go: a nil interface (e.g. a missing map key) has no fields
             self.errorf(f"nil pointer evaluating interface {{}}.{name}")
@@ -2111,9 +2137,7 @@ class _State:
             except TypeError:
                 self.errorf(f"can't evaluate field {name} in type {_go_type(receiver)}")
         if isinstance(receiver, (str, bytes, bool, int, float, complex, list, tuple)):
-            # scalars come out of any-typed containers: Go reports the interface type
-            typ = _go_type(receiver) if isinstance(receiver, (list, tuple)) else "interface {}"
-            self.errorf(f"can't evaluate field {name} in type {typ}")
+            self.errorf(f"can't evaluate field {name} in type {'interface {}' if iface else _go_type(receiver)}")
         if name.startswith("_"):
             self.errorf(f"can't evaluate field {name} in type {_go_type(receiver)}")
         try:

@@ -143,48 +143,75 @@ class LlamaRunner(Runner):
         llm.set_seed(s.seed)
         llm.last_n_tokens_size = n_ctx if s.repeat_last_n < 0 else s.repeat_last_n
         limit = s.num_predict if s.num_predict >= 0 else 10 * n_ctx
+        start = time.perf_counter_ns()
+        if limit == 0:
+            return Finish("length", len(prompt), 0, 0, 0, [])
+        sampler = llm._init_sampler(top_k=s.top_k, top_p=s.top_p, min_p=s.min_p, typical_p=s.typical_p,
+                                    temp=s.temperature, repeat_penalty=s.repeat_penalty,
+                                    frequency_penalty=s.frequency_penalty, presence_penalty=s.presence_penalty,
+                                    grammar=grammar)
+        # Prefill, reusing the KV of the longest cached prefix (the last token is always
+        # evaluated again, for fresh logits), one batch at a time so a cancel lands in between.
+        reuse = min(llama_cpp.Llama.longest_token_prefix(llm._input_ids, prompt), len(prompt) - 1)
+        if reuse <= 0 or not llm._ctx.kv_cache_seq_rm(-1, reuse, -1):
+            llm.reset()
+            reuse = 0
+        llm.n_tokens = reuse
+        for i in range(reuse, len(prompt), llm.n_batch):
+            if cancel.is_set():
+                return None
+            llm.eval(prompt[i:i + llm.n_batch])
+        first = time.perf_counter_ns()
         detok = Detokenizer(s.stop)
         tokens: list[int] = []
         pending: list[TokenLogprob] = []
         reason = "length"
-        start = first = time.perf_counter_ns()
-        if limit == 0:
-            return Finish("length", len(prompt), 0, 0, 0, [])
-        gen = llm.generate(prompt, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p, typical_p=s.typical_p,
-                           temp=s.temperature, repeat_penalty=s.repeat_penalty, frequency_penalty=s.frequency_penalty,
-                           presence_penalty=s.presence_penalty, grammar=grammar, reset=True)
-        try:
-            for token in gen:
-                if not tokens:
-                    first = time.perf_counter_ns()
-                if cancel.is_set():
-                    return None
-                self.decoded += 1
-                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                    reason = "stop"
-                    break
-                tokens.append(token)
-                if s.logprobs:
-                    logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1),
-                                                   shape=(self.n_vocab,))
-                    pending.append(self._logprob(logits, token, s.top_logprobs))
-                text = detok.feed(self._piece(token, False))
-                if text:
-                    emit(Piece(text, pending))
-                    pending = []
-                if detok.stopped:
-                    reason = "stop"
-                    break
-                if len(tokens) >= limit or len(prompt) + len(tokens) >= n_ctx:
-                    break
-        finally:
-            gen.close()
+        while not cancel.is_set():
+            token = sampler.sample(llm._ctx, -1)
+            self.decoded += 1
+            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                reason = "stop"
+                break
+            tokens.append(token)
+            if s.logprobs:
+                logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1),
+                                               shape=(self.n_vocab,))
+                pending.append(self._logprob(logits, token, s.top_logprobs))
+            text = detok.feed(self._piece(token, False))
+            if text:
+                emit(Piece(text, pending))
+                pending = []
+            if detok.stopped:
+                reason = "stop"
+                break
+            if len(tokens) >= limit:
+                break
+            if llm.n_tokens >= n_ctx and not (s.shift and self._shift(s.num_keep)):
+                break
+            llm.eval([token])
+        else:
+            return None
         end = time.perf_counter_ns()
         rest = detok.flush()
         if rest:
             emit(Piece(rest, pending))
             pending = []
         return Finish(reason, len(prompt), first - start, len(tokens), end - first, tokens, pending)
+
+    def _shift(self, num_keep: int) -> bool:
+        """Frees half the context after the first num_keep tokens (Ollama's context shift)."""
+        llm = self._llm
+        n = llm.n_tokens
+        memory = llama_cpp.llama_get_memory(llm._ctx.ctx)
+        if not memory or not llama_cpp.llama_memory_can_shift(memory):
+            return False
+        keep = min(max(num_keep, 0), n // 2)
+        discard = (n - keep) // 2
+        llama_cpp.llama_memory_seq_rm(memory, 0, keep, keep + discard)
+        llama_cpp.llama_memory_seq_add(memory, 0, keep + discard, n, -discard)
+        llm.input_ids[keep:n - discard] = llm.input_ids[keep + discard:n].copy()
+        llm.n_tokens = n - discard
+        return True
 
     async def close(self) -> None:
         async with self._turn:

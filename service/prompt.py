@@ -25,7 +25,6 @@ class PromptInput:
     system: str = ""                 # request system, else the model's
     suffix: str = ""
     template: str | None = None      # request template, else the model's Go template
-    use_template_directly: bool = False
     think: bool | None = None        # None: not set by the request
     think_level: str = ""
     image_count: int = 0
@@ -69,22 +68,31 @@ def render_chat_template(source: str, messages: list[dict[str, Any]], *, bos: st
 
 def render(inp: PromptInput, *, chat_template: str | None, bos: str, eos: str) -> str:
     """The prompt text for a non-raw request."""
-    think_vars = {"Think": bool(inp.think), "ThinkLevel": inp.think_level, "IsThinkSet": inp.think is not None}
-    if inp.template is not None and (inp.use_template_directly or inp.suffix):
-        data = {"Prompt": inp.prompt, "Suffix": inp.suffix, "Response": "", **think_vars}
-        if not inp.suffix:
-            data["System"] = inp.system
-        return _execute(parse_go_template(inp.template), data)
     messages = ([{"role": "system", "content": inp.system}] if inp.system else []) + \
         [{"role": "user", "content": inp.prompt}]
     if inp.template is not None:
-        data = {"System": inp.system, "Prompt": inp.prompt, "Response": "", "Suffix": "",
-                "Messages": [{"Role": m["role"], "Content": m["content"]} for m in messages], **think_vars}
-        return _execute(parse_go_template(inp.template), data)
+        return execute_go(inp.template, inp, messages)
     if chat_template:
         extra = {} if inp.think is None else {"enable_thinking": bool(inp.think)}
         return render_chat_template(chat_template, messages, bos=bos, eos=eos, **extra)
     return inp.prompt
+
+
+def execute_go(source: str, inp: PromptInput, messages: list[dict[str, Any]]) -> str:
+    """Ollama's template.Execute: fill-in-the-middle, a .Messages template, or a legacy one."""
+    template = parse_go_template(source)
+    fields = {f.lower() for f in template.fields()}
+    if "messages" not in fields and "response" not in fields:
+        template = parse_go_template(source + "{{ .Response }}")   # as Ollama's template.Parse does
+    think = {"Think": bool(inp.think), "ThinkLevel": inp.think_level, "IsThinkSet": inp.think is not None}
+    if inp.prompt and inp.suffix:
+        return _execute(template, {"Prompt": inp.prompt, "Suffix": inp.suffix, "Response": "", **think})
+    if "messages" in fields:
+        return _execute(template, {"System": inp.system, "Response": "", "Tools": [], **think,
+                                   "Messages": [{"Role": m["role"], "Content": m["content"]} for m in messages]})
+    # A legacy template renders the last turn only up to .Response.
+    return _execute(template.cut_after_response(), {"System": inp.system, "Prompt": inp.prompt, "Response": "",
+                                                     **think})
 
 
 def _execute(template: gotemplate.Template, data: dict[str, Any]) -> str:

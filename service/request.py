@@ -121,8 +121,5 @@ def sampling(req: pb.GenerateRequest, parameters: dict[str, Any]) -> Sampling:
         stop = [stop]
     kwargs = {k: values[k] for k in _SAMPLING_FIELDS if k in values}
     return Sampling(seed=seed, stop=tuple(stop), json_format=json_format(req), logprobs=req.logprobs,
-                    top_logprobs=req.top_logprobs if req.logprobs else 0, **kwargs)
-
-
-def num_keep(req: pb.GenerateRequest, parameters: dict[str, Any]) -> int:
-    return int(_merged(req, parameters).get("num_keep", 4))
+                    top_logprobs=req.top_logprobs if req.logprobs else 0, num_keep=int(values.get("num_keep", 4)),
+                    shift=req.shift if req.HasField("shift") else True, **kwargs)

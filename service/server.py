@@ -7,7 +7,10 @@ import logging
 import signal
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
+from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import generate_pb2_grpc as pb_grpc
 from service import golang, names
 from service.engine import Engine
@@ -18,6 +21,7 @@ from service.settings import ServiceSettings
 from service.store import ModelStore
 
 log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerateService"].full_name
 
 
 def keep_alive_ns(text: str) -> int:
@@ -37,6 +41,12 @@ class Service:
     pool: ModelPool
     generation: Generation
     store: ModelStore
+    health: health.aio.HealthServicer
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
 
 
 def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
@@ -48,29 +58,40 @@ def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
     generation = Generation(settings, store, pool)
     server = grpc.aio.server()
     pb_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(generation), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(settings.grpc_addr)
-    return Service(server, port, pool, generation, store)
+    return Service(server, port, pool, generation, store, health_servicer)
 
 
 async def warm_up(service: Service, settings: ServiceSettings) -> None:
-    """Loads the default model so the first request does not wait for it."""
+    """Loads the default model, then reports SERVING (NOT_SERVING until then, or for good if it fails)."""
     if not settings.default_model:
+        await service.set_serving(True)
         return
     entry = service.store.get(names.parse(settings.default_model))
     if entry is None:
-        log.warning("default model %s is not installed", settings.default_model)
+        log.error("default model %s is not installed: health stays NOT_SERVING", settings.default_model)
         return
     from service import request as checks
     from gengate.v1 import generate_pb2 as pb
     model = service.generation.lookup(settings.default_model)
     options = checks.load_options(pb.GenerateRequest(), entry.parameters, default_ctx=settings.context_length,
                                   n_ctx_train=model.n_ctx_train, default_threads=settings.num_threads)
-    await service.pool.ensure(entry, options)
-    log.info("default model %s loaded", settings.default_model)
+    try:
+        await service.pool.ensure(entry, options)
+    except Exception:
+        log.exception("default model %s failed to load: health stays NOT_SERVING", settings.default_model)
+        return
+    await service.set_serving(True)
+    log.info("default model %s loaded: SERVING", settings.default_model)
 
 
 async def serve(settings: ServiceSettings) -> None:
     service = build(settings)
+    await service.set_serving(False)
     await service.server.start()
     log.info("gRPC listening on %s", settings.grpc_addr)
     stop = asyncio.Event()
@@ -80,6 +101,7 @@ async def serve(settings: ServiceSettings) -> None:
     warm = asyncio.create_task(warm_up(service, settings))
     await stop.wait()
     log.info("shutting down")
+    await service.health.enter_graceful_shutdown()
     warm.cancel()
     await service.server.stop(grace=5)
     await service.pool.close()

@@ -74,7 +74,10 @@ class FakeEngine(Engine):
         self.started = self.closed = self.active = self.tokens_emitted = 0
         self.loads = self.unloaded = 0
         self.prompts: list[str] = []
+        self.load_gate: asyncio.Event | None = None   # when set, loads wait for it
 
     async def load(self, path: str, options: LoadOptions) -> Runner:
+        if self.load_gate is not None:
+            await self.load_gate.wait()
         self.loads += 1
         return FakeRunner(self)

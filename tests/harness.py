@@ -34,6 +34,7 @@ class Stack:
     async def _start(self) -> None:
         self.service = service_server.build(self.settings, self.engine)
         await self.service.server.start()
+        await self.service.set_serving(True)
         self.grpc_target = f"127.0.0.1:{self.service.port}"
         self._runner = web.AppRunner(create_app(GatewaySettings(service_addr=self.grpc_target)))
         await self._runner.setup()

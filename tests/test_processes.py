@@ -45,6 +45,7 @@ def processes(models):
     url = f"http://127.0.0.1:{http_port}"
     try:
         wait_for(lambda: httpx.get(url).text == "Ollama is running")
+        wait_for(lambda: httpx.get(url + "/readyz").status_code == 200)   # the default model is loaded
         yield url, service, gateway
     finally:
         for proc in (gateway, service):
@@ -55,6 +56,7 @@ def processes(models):
 
 def test_make_run_processes_serve_the_default_model_and_stop_on_sigterm(processes):
     url, service, gateway = processes
+    assert httpx.get(url + "/healthz").json() == {"status": "ok"}
     reply = ollama.Client(host=url).generate(model=REAL, prompt="Hello!", options={"num_predict": 8})
     assert reply.done and reply.response
     for proc in (gateway, service):

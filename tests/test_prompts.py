@@ -47,6 +47,11 @@ def test_runner_receives_ollamas_prompt(fake, engine, body, prompt):
     ({"model": "test", "prompt": "User question", "system": "sys", "template": "{{ .Prompt }}"}, "User question"),
     ({"model": "test", "prompt": "Hello", "template": "PROMPT: {{ .Prompt }}"}, "PROMPT: Hello"),
     ({"model": "test", "prompt": "Raw prompt text", "raw": True}, "Raw prompt text"),
+    # A legacy template stops after .Response; a .Messages template sees system and user turns.
+    ({"model": "test", "prompt": "hi", "template": "{{ .Prompt }}{{ .Response }}<|end|>"}, "hi"),
+    ({"model": "test", "prompt": "hi", "system": "sys",
+      "template": "{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}{{ end }}<|assistant|>"},
+     "<|system|>sys<|user|>hi<|assistant|>"),
 ])
 @pytest.mark.parametrize("stream", [True, False])
 def test_debug_render_only_returns_the_prompt_without_inference(fake, engine, body, rendered, stream):

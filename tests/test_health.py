@@ -1,0 +1,61 @@
+"""gRPC health transitions and reflection, on a real server with a fake engine."""
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from service import server as service_server
+from service.settings import ServiceSettings
+from tests.fake_engine import FakeEngine
+
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_health_is_not_serving_until_the_default_model_loads_and_after_shutdown_starts(models):
+    engine = FakeEngine()
+    engine.load_gate = asyncio.Event()
+    settings = ServiceSettings(grpc_addr="127.0.0.1:0", models=models, default_model="tiny")
+    service = service_server.build(settings, engine)
+    await service.set_serving(False)
+    await service.server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        check = lambda name="": stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+        warm = asyncio.create_task(service_server.warm_up(service, settings))
+        await asyncio.sleep(0.05)
+        assert (await check()).status == NOT_SERVING
+        assert (await check(service_server.SERVICE_NAME)).status == NOT_SERVING
+        engine.load_gate.set()
+        await warm
+        assert (await check()).status == SERVING and (await check(service_server.SERVICE_NAME)).status == SERVING
+        try:
+            await check("no.such.Service")
+            raise AssertionError("unknown service answered")
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.NOT_FOUND
+        await service.health.enter_graceful_shutdown()
+        assert (await check()).status == NOT_SERVING
+    await service.server.stop(None)
+    await service.pool.close()
+
+
+def test_reflection_lists_and_describes_the_service(real):
+    db = ProtoReflectionDescriptorDatabase(grpc.insecure_channel(real.grpc_target))
+    services = set(db.get_services())
+    assert {"gengate.v1.GenerateService", "grpc.health.v1.Health"} <= services
+    method = db.FindFileContainingSymbol("gengate.v1.GenerateService").service[0].method[0]
+    assert (method.name, method.server_streaming) == ("Generate", True)
+
+
+def test_gateway_readiness_follows_service_health(real):
+    import httpx
+    assert httpx.get(real.url + "/readyz").json() == {"status": "ready"}
+    real.run(real.service.set_serving(False))
+    try:
+        resp = httpx.get(real.url + "/readyz")
+        assert (resp.status_code, resp.json()) == (503, {"error": "service not ready: NOT_SERVING"})
+    finally:
+        real.run(real.service.set_serving(True))

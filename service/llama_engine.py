@@ -150,14 +150,11 @@ class LlamaRunner(Runner):
                                     temp=s.temperature, repeat_penalty=s.repeat_penalty,
                                     frequency_penalty=s.frequency_penalty, presence_penalty=s.presence_penalty,
                                     grammar=grammar)
-        # Prefill, reusing the KV of the longest cached prefix (the last token is always
-        # evaluated again, for fresh logits), one batch at a time so a cancel lands in between.
-        reuse = min(llama_cpp.Llama.longest_token_prefix(llm._input_ids, prompt), len(prompt) - 1)
-        if reuse <= 0 or not llm._ctx.kv_cache_seq_rm(-1, reuse, -1):
-            llm.reset()
-            reuse = 0
-        llm.n_tokens = reuse
-        for i in range(reuse, len(prompt), llm.n_batch):
+        # Prefill one batch at a time, so a cancel lands in between. The whole prompt is
+        # evaluated every time: reusing a cached prefix changes batch shapes, and llama.cpp's
+        # CPU kernels then round differently, so the same seed could give another text.
+        llm.reset()
+        for i in range(0, len(prompt), llm.n_batch):
             if cancel.is_set():
                 return None
             llm.eval(prompt[i:i + llm.n_batch])

@@ -61,7 +61,7 @@ def render_chat_template(source: str, messages: list[dict[str, Any]], *, bos: st
         return _jinja(source).render(messages=messages, add_generation_prompt=True,
                                      bos_token=bos, eos_token=eos, **extra)
     except jinja2.exceptions.SecurityError as exc:
-        raise GenerateError(Kind.INVALID_ARGUMENT, f"chat template rejected by the sandbox: {exc}") from exc
+        raise GenerateError(Kind.INTERNAL, f"chat template rejected by the sandbox: {exc}") from exc
     except jinja2.exceptions.TemplateError as exc:
         raise GenerateError(Kind.INTERNAL, f"chat template error: {exc}") from exc
 

@@ -22,6 +22,9 @@ THINK_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\
                   "{% if add_generation_prompt %}<|assistant|>{% if enable_thinking is defined and not enable_thinking %}"
                   "<think></think>{% else %}<think>{% endif %}{% endif %}")
 
+# Tries to run a shell command through Jinja internals (CVE-2024-34359); the sandbox must refuse.
+EVIL_TEMPLATE = "{{ cycler.__init__.__globals__.os.system('touch /tmp/gengate-pwned') }}{{ messages[0]['content'] }}"
+
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory) -> Path:
@@ -36,6 +39,9 @@ def models(tmp_path_factory) -> Path:
     store.import_file("test-system", tiny, template=TEST_TEMPLATE, system="You are a helpful assistant.")
     store.import_file("test-suffix", tiny, template=SUFFIX_TEMPLATE)
     store.import_file("tiny-think", write_tiny_llama(root / "think.gguf", chat_template=THINK_TEMPLATE))
+    store.import_file("bert", write_tiny_llama(root / "bert.gguf", extra_metadata={"general.architecture": "bert"}))
+    store.import_file("test-params", tiny, parameters={"num_predict": 3, "temperature": 0})
+    store.import_file("tiny-evil", write_tiny_llama(root / "evil.gguf", chat_template=EVIL_TEMPLATE))
     return root
 
 

@@ -2,14 +2,22 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 
+import grpc
 import httpx
 import ollama
 import pytest
 
+from gateway import transcode
+from gateway.errors import BadRequest, http_status
+
 from tests.fake_engine import Script
+
+
+RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")
 
 
 def post(stack, body, path="/api/generate", **kw) -> httpx.Response:
@@ -40,7 +48,7 @@ def test_streams_ndjson_one_object_per_piece(fake, engine):
     assert final["done_reason"] == "stop" and final["eval_count"] == 20
     for key in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_duration"):
         assert isinstance(final[key], int) and final[key] > 0, key
-    assert all(o["model"] == "tiny" and o["created_at"].endswith("Z") for o in objs)
+    assert all(o["model"] == "tiny" and RFC3339.fullmatch(o["created_at"]) for o in objs)
     assert engine.active == 0 and engine.closed == engine.started
 
 
@@ -154,12 +162,22 @@ def test_client_disconnect_stops_the_engine(fake, engine):
     (b'{"model":"tiny","prompt":"x","images":["AAAA"]}', 400, '"tiny" does not support images'),
     (b'{"model":"tiny","prompt":"x","width":0}', 400, "width must be between 1 and 4096"),
     (b'{"model":"tiny","prompt":"x","width":512}', 400, '"tiny" does not support image generation'),
+    (b'{"model":"bert"}', 400, '"bert" does not support generate'),
+    (b'{"model":"test","prompt":"x","template":"{{ .Prompt"}', 400, 'template: :1: unclosed action'),
 ])
 def test_bad_requests_get_ollamas_errors(fake, engine, body, status, error):
     resp = post(fake, body)
     assert (resp.status_code, resp.json()) == (status, {"error": error})
     assert resp.headers["content-type"].startswith("application/json")
     assert engine.started == 0
+    # Errors the service raises (not JSON binding ones) are the same over gRPC: code and message.
+    try:
+        req = transcode.generate_request(body)
+    except BadRequest:
+        return
+    with pytest.raises(grpc.RpcError) as err:
+        list(fake.stub().Generate(req))
+    assert (http_status(err.value.code()), err.value.details()) == (status, error)
 
 
 def test_keys_match_case_insensitively_and_last_duplicate_wins(fake, engine):

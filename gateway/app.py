@@ -7,6 +7,7 @@ goes away, aiohttp cancels the handler, which cancels the RPC: the service stops
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import AsyncIterator
 
@@ -23,6 +24,7 @@ from gengate.v1 import generate_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
+DRAINING = web.AppKey("draining", dict)
 STUB = web.AppKey("stub", pb_grpc.GenerateServiceStub)
 HEALTH = web.AppKey("health", health_pb2_grpc.HealthStub)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerateService"].full_name
@@ -111,7 +113,9 @@ def _rpc_error(exc: grpc.aio.AioRpcError) -> web.Response:
 
 @web.middleware
 async def ollama_errors(request: web.Request, handler) -> web.StreamResponse:
-    """Ollama's (gin's) texts for routing errors, and JSON errors for oversize bodies."""
+    """Ollama's (gin's) texts for routing errors, and JSON errors for oversize bodies and draining."""
+    if request.app[DRAINING]["since"] is not None and request.path.startswith("/api/"):
+        return error_response(503, "server is shutting down")
     try:
         return await handler(request)
     except web.HTTPNotFound:
@@ -122,8 +126,17 @@ async def ollama_errors(request: web.Request, handler) -> web.StreamResponse:
         return error_response(413, f"request body too large (limit {request.app[SETTINGS].max_body_bytes} bytes)")
 
 
+async def _drain(app: web.Application) -> None:
+    """Shutdown started (SIGTERM): refuse new API requests; in-flight streams may finish."""
+    app[DRAINING]["since"] = asyncio.get_running_loop().time()
+    log.info("draining for up to %ss", app[SETTINGS].drain_seconds)
+
+
 async def _channel(app: web.Application) -> AsyncIterator[None]:
-    channel = grpc.aio.insecure_channel(app[SETTINGS].service_addr)
+    settings = app[SETTINGS]
+    channel = grpc.aio.insecure_channel(settings.service_addr, options=[
+        ("grpc.max_receive_message_length", settings.max_body_bytes),
+        ("grpc.max_send_message_length", settings.max_body_bytes)])
     app[STUB] = pb_grpc.GenerateServiceStub(channel)
     app[HEALTH] = health_pb2_grpc.HealthStub(channel)
     yield
@@ -134,6 +147,8 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[ollama_errors],
                           handler_args={"handler_cancellation": True})
     app[SETTINGS] = settings
+    app[DRAINING] = {"since": None}
+    app.on_shutdown.append(_drain)
     app.cleanup_ctx.append(_channel)
     app.router.add_get("/", root)
     app.router.add_route("POST", "/api/generate", generate)

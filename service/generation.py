@@ -18,6 +18,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from gengate.v1 import generate_pb2 as pb
 from service import prompt as prompts
+from service.admission import Admission
 from service import request as checks
 from service.engine import Finish, Piece, TokenLogprob
 from service.errors import GenerateError, Kind, invalid
@@ -74,10 +75,11 @@ class Model:
 class Generation:
     """Runs Generate requests against the model store and the loaded-model pool."""
 
-    def __init__(self, settings: ServiceSettings, store: ModelStore, pool: ModelPool):
+    def __init__(self, settings: ServiceSettings, store: ModelStore, pool: ModelPool, admission: Admission):
         self._settings = settings
         self._store = store
         self._pool = pool
+        self._admission = admission
 
     def _reply(self, req: pb.GenerateRequest, **fields: Any) -> pb.GenerateResponse:
         created = timestamp_pb2.Timestamp()
@@ -93,7 +95,7 @@ class Generation:
 
     async def run(self, req: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
         start = time.perf_counter_ns()
-        checks.check_fields(req)
+        checks.check_fields(req, self._settings.max_prompt_bytes)
         model = self.lookup(req.model)
         keep_alive = checks.keep_alive_ns(req)
         if not req.prompt and keep_alive == 0:
@@ -120,7 +122,7 @@ class Generation:
         load = checks.load_options(req, parameters, default_ctx=self._settings.context_length,
                                    n_ctx_train=model.n_ctx_train, default_threads=self._settings.num_threads)
         sampling = checks.sampling(req, parameters)
-        async with self._pool.lease(model.entry, load, keep_alive) as lease:
+        async with self._admission.slot(), self._pool.lease(model.entry, load, keep_alive) as lease:
             if not req.prompt:
                 yield self._reply(req, done=True, done_reason=pb.DONE_REASON_LOAD)
                 return

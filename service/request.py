@@ -21,10 +21,32 @@ _SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repe
                     "presence_penalty", "frequency_penalty", "num_predict")
 
 
-def check_fields(req: pb.GenerateRequest) -> None:
-    """Range checks that need no model (Ollama checks top_logprobs before the model name)."""
+MAX_STOP_SEQUENCES = 32
+MAX_STOP_LENGTH = 1024
+# Option ranges (Ollama does not check them; a clear 400 naming the option beats undefined sampling).
+_RANGES = {"temperature": (0, None), "top_p": (0, 1), "min_p": (0, 1), "typical_p": (0, 1), "top_k": (0, None),
+           "repeat_last_n": (-1, None), "repeat_penalty": (0, None), "num_thread": (0, None), "num_gpu": (-1, None),
+           "main_gpu": (0, None)}
+
+
+def check_fields(req: pb.GenerateRequest, max_text_bytes: int) -> None:
+    """Checks that need no model (Ollama checks top_logprobs before the model name)."""
     if not 0 <= req.top_logprobs <= 20:
         raise invalid("top_logprobs must be between 0 and 20", "top_logprobs")
+    for field in ("prompt", "system", "suffix", "template"):
+        size = len(getattr(req, field).encode("utf-8"))
+        if size > max_text_bytes:
+            raise invalid(f"{field} is too long: {size} bytes (the limit is {max_text_bytes})", field)
+    for field, (low, high) in _RANGES.items():
+        if req.options.HasField(field):
+            value = getattr(req.options, field)
+            if value < low or (high is not None and value > high):
+                bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+                raise invalid(f'option "{field}" must be {bound}', f"options.{field}")
+    if len(req.options.stop) > MAX_STOP_SEQUENCES:
+        raise invalid(f'option "stop" allows at most {MAX_STOP_SEQUENCES} sequences', "options.stop")
+    if any(len(s) > MAX_STOP_LENGTH for s in req.options.stop):
+        raise invalid(f'option "stop" allows sequences of at most {MAX_STOP_LENGTH} characters', "options.stop")
     for field in ("width", "height"):
         if req.HasField(field) and not 1 <= getattr(req, field) <= 4096:
             raise invalid(f"{field} must be between 1 and 4096", field)

@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import generate_pb2_grpc as pb_grpc
 from service import golang, names
+from service.admission import Admission
 from service.engine import Engine
 from service.generation import Generation
 from service.pool import ModelPool
@@ -55,8 +56,10 @@ def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
         engine = LlamaEngine()
     store = ModelStore(settings.models)
     pool = ModelPool(engine, keep_alive_ns(settings.keep_alive))
-    generation = Generation(settings, store, pool)
-    server = grpc.aio.server()
+    generation = Generation(settings, store, pool, Admission(settings.num_parallel, settings.max_queue))
+    limits = [("grpc.max_receive_message_length", settings.max_message_bytes),
+              ("grpc.max_send_message_length", settings.max_message_bytes)]
+    server = grpc.aio.server(options=limits)
     pb_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(generation), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -100,8 +103,11 @@ async def serve(settings: ServiceSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     warm = asyncio.create_task(warm_up(service, settings))
     await stop.wait()
-    log.info("shutting down")
+    # Drain: NOT_SERVING at once, new RPCs refused (UNAVAILABLE), in-flight ones get
+    # drain_seconds to finish and are then cancelled; decoding ends before the process does.
+    log.info("SIGTERM: draining for up to %ss", settings.drain_seconds)
     await service.health.enter_graceful_shutdown()
     warm.cancel()
-    await service.server.stop(grace=5)
+    await service.server.stop(grace=settings.drain_seconds)
     await service.pool.close()
+    log.info("stopped")

@@ -5,6 +5,8 @@ import contextlib
 import logging
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import generate_pb2_grpc as pb_grpc
@@ -12,7 +14,17 @@ from service.errors import GenerateError
 from service.generation import Generation
 
 log = logging.getLogger(__name__)
-REASON_KEY = "gengate-error-reason"
+DOMAIN = "gengate.v1"
+
+
+def rich_status(exc: GenerateError) -> grpc.Status:
+    """The error as google.rpc.Status: ErrorInfo(reason) always, BadRequest when a field is to blame."""
+    status = status_pb2.Status(code=exc.kind.code.value[0], message=exc.message)
+    status.details.add().Pack(error_details_pb2.ErrorInfo(reason=exc.kind.name, domain=DOMAIN))
+    if exc.field:
+        violation = error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.message)
+        status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    return rpc_status.to_status(status)
 
 
 class GenerateServicer(pb_grpc.GenerateServiceServicer):
@@ -29,7 +41,8 @@ class GenerateServicer(pb_grpc.GenerateServiceServicer):
                     yield reply
         except GenerateError as exc:
             log.info("Generate %s: %s (%s)", request.model, exc.message, exc.kind.name)
-            await context.abort(exc.kind.code, exc.message, trailing_metadata=((REASON_KEY, exc.kind.name),))
+            status = rich_status(exc)
+            await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)
         except Exception:
             log.exception("Generate %s failed", request.model)
             await context.abort(grpc.StatusCode.INTERNAL, "an error was encountered while running the model")

@@ -71,4 +71,11 @@ class ServiceSettings:
                               "how long an idle model stays loaded (duration or seconds; negative: forever)")
     context_length: int = setting(4096, "GENGATE_CONTEXT_LENGTH", "default num_ctx (capped at the model's training context)")
     num_threads: int = setting(0, "GENGATE_NUM_THREADS", "default CPU threads for decoding (0: one per core)")
+    num_parallel: int = setting(4, "GENGATE_NUM_PARALLEL", "requests generating at once (further ones queue)")
+    max_queue: int = setting(512, "GENGATE_MAX_QUEUE", "requests allowed to wait for a slot (503 beyond)")
+    max_prompt_bytes: int = setting(1 << 20, "GENGATE_MAX_PROMPT_BYTES",
+                                    "longest prompt, system, suffix or template accepted (400 above)")
+    max_message_bytes: int = setting(16 << 20, "GENGATE_MAX_MESSAGE_BYTES", "largest gRPC message either way")
+    drain_seconds: float = setting(30.0, "GENGATE_DRAIN_SECONDS",
+                                   "on SIGTERM, how long in-flight requests may finish before they are ended")
     log_level: str = setting("INFO", "GENGATE_LOG_LEVEL", "logging level")

@@ -12,6 +12,7 @@ import ollama
 import pytest
 
 from gateway import transcode
+from gengate.v1 import generate_pb2 as pb
 from gateway.errors import BadRequest, http_status
 
 from tests.fake_engine import Script
@@ -163,6 +164,13 @@ def test_client_disconnect_stops_the_engine(fake, engine):
     (b'{"model":"tiny","prompt":"x","width":0}', 400, "width must be between 1 and 4096"),
     (b'{"model":"tiny","prompt":"x","width":512}', 400, '"tiny" does not support image generation'),
     (b'{"model":"bert"}', 400, '"bert" does not support generate'),
+    (b'{"model":"tiny","options":{"temperature":-1}}', 400, 'option "temperature" must be at least 0'),
+    (b'{"model":"tiny","options":{"top_p":2}}', 400, 'option "top_p" must be between 0 and 1'),
+    (b'{"model":"tiny","options":{"top_k":-3}}', 400, 'option "top_k" must be at least 0'),
+    (json.dumps({"model": "tiny", "options": {"stop": ["s"] * 100}}).encode(), 400,
+     'option "stop" allows at most 32 sequences'),
+    (json.dumps({"model": "tiny", "prompt": "x" * (1 << 20 | 1)}).encode(), 400,
+     f"prompt is too long: {1 << 20 | 1} bytes (the limit is {1 << 20})"),
     (b'{"model":"test","prompt":"x","template":"{{ .Prompt"}', 400, 'template: :1: unclosed action'),
 ])
 def test_bad_requests_get_ollamas_errors(fake, engine, body, status, error):
@@ -216,3 +224,18 @@ def test_load_and_unload_replies(fake, engine):
     obj = post(fake, {"model": "tiny", "keep_alive": 0}).json()
     assert (obj["done"], obj["done_reason"]) == (True, "unload")
     assert engine.started == 0
+
+
+def test_grpc_errors_carry_google_rpc_status_details(fake, engine):
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+    cases = [(pb.GenerateRequest(model="tiny", options=pb.Options(top_p=2)), "INVALID_ARGUMENT", "options.top_p"),
+             (pb.GenerateRequest(model="nope"), "MODEL_NOT_FOUND", "model")]
+    for req, reason, field in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            list(fake.stub().Generate(req))
+        status = rpc_status.from_call(err.value)
+        assert status.message == err.value.details()
+        info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+        assert status.details[0].Unpack(info) and (info.reason, info.domain) == (reason, "gengate.v1")
+        assert status.details[1].Unpack(bad) and bad.field_violations[0].field == field

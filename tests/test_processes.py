@@ -1,6 +1,8 @@
-"""`python -m service` and `python -m gateway` as real processes (what `make run` starts)."""
+"""`python -m service` and `python -m gateway` as real processes (what `make run` starts), with real signals."""
 from __future__ import annotations
 
+import concurrent.futures as cf
+import json
 import os
 import signal
 import socket
@@ -8,10 +10,13 @@ import subprocess
 import sys
 import time
 
+import grpc
 import httpx
 import ollama
 import pytest
 
+from gengate.v1 import generate_pb2 as pb
+from gengate.v1 import generate_pb2_grpc as pb_grpc
 from tests.conftest import REAL
 
 
@@ -33,32 +38,86 @@ def wait_for(check, timeout: float = 60) -> None:
     raise TimeoutError("service did not come up")
 
 
-@pytest.fixture
-def processes(models):
-    grpc_port, http_port = free_port(), free_port()
-    env = {**os.environ, "GENGATE_MODELS": str(models), "GENGATE_GRPC_ADDR": f"127.0.0.1:{grpc_port}",
-           "GENGATE_DEFAULT_MODEL": REAL, "GENGATE_LOG_LEVEL": "WARNING"}
-    service = subprocess.Popen([sys.executable, "-m", "service"], env=env)
-    # Flags win over the environment.
-    gateway = subprocess.Popen([sys.executable, "-m", "gateway", "--http-addr", f"127.0.0.1:{http_port}",
-                                "--service-addr", f"127.0.0.1:{grpc_port}"], env={**env, "GENGATE_HTTP_ADDR": "x"})
-    url = f"http://127.0.0.1:{http_port}"
-    try:
-        wait_for(lambda: httpx.get(url).text == "Ollama is running")
-        wait_for(lambda: httpx.get(url + "/readyz").status_code == 200)   # the default model is loaded
-        yield url, service, gateway
-    finally:
-        for proc in (gateway, service):
+class Processes:
+    def __init__(self, models, **env):
+        self.grpc_port, self.http_port = free_port(), free_port()
+        self.env = {**os.environ, "GENGATE_MODELS": str(models), "GENGATE_GRPC_ADDR": f"127.0.0.1:{self.grpc_port}",
+                    "GENGATE_DEFAULT_MODEL": REAL, "GENGATE_LOG_LEVEL": "WARNING", **env}
+        self.service = subprocess.Popen([sys.executable, "-m", "service"], env=self.env)
+        # Flags win over the environment.
+        self.gateway = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "--http-addr", f"127.0.0.1:{self.http_port}",
+             "--service-addr", f"127.0.0.1:{self.grpc_port}"], env={**self.env, "GENGATE_HTTP_ADDR": "x"})
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        wait_for(lambda: httpx.get(self.url).text == "Ollama is running")
+        wait_for(lambda: httpx.get(self.url + "/readyz").status_code == 200)   # the default model is loaded
+
+    def stub(self) -> pb_grpc.GenerateServiceStub:
+        return pb_grpc.GenerateServiceStub(grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}"))
+
+    def stop(self) -> None:
+        for proc in (self.gateway, self.service):
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
 
 
-def test_make_run_processes_serve_the_default_model_and_stop_on_sigterm(processes):
-    url, service, gateway = processes
-    assert httpx.get(url + "/healthz").json() == {"status": "ok"}
-    reply = ollama.Client(host=url).generate(model=REAL, prompt="Hello!", options={"num_predict": 8})
+@pytest.fixture
+def procs(models, request):
+    p = Processes(models, **getattr(request, "param", {}))
+    yield p
+    p.stop()
+
+
+def test_make_run_processes_serve_the_default_model_and_stop_on_sigterm(procs):
+    assert httpx.get(procs.url + "/healthz").json() == {"status": "ok"}
+    reply = ollama.Client(host=procs.url).generate(model=REAL, prompt="Hello!", options={"num_predict": 8})
     assert reply.done and reply.response
-    for proc in (gateway, service):
+    for proc in (procs.gateway, procs.service):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def stream_http(url: str, num_predict: int) -> list[dict]:
+    body = {"model": REAL, "prompt": "Tell me about the sea.", "options": {"num_predict": num_predict, "temperature": 0}}
+    with httpx.stream("POST", url + "/api/generate", json=body, timeout=60) as resp:
+        return [json.loads(line) for line in resp.iter_lines() if line]
+
+
+def test_sigterm_drains_in_flight_streams_of_both_processes(procs):
+    with cf.ThreadPoolExecutor(3) as pool:
+        # Gateway: three HTTP streams in flight, then SIGTERM; they finish, new requests are refused.
+        streams = [pool.submit(stream_http, procs.url, 40) for _ in range(3)]
+        time.sleep(0.5)
+        procs.gateway.send_signal(signal.SIGTERM)
+        with pytest.raises(httpx.HTTPError):
+            httpx.post(procs.url + "/api/generate", json={"model": REAL, "prompt": "x"}, timeout=5).raise_for_status()
+        for future in streams:
+            lines = future.result(timeout=60)
+            assert lines[-1]["done"] is True and lines[-1]["eval_count"] == 40
+        assert procs.gateway.wait(timeout=30) == 0
+    # Service: three RPCs in flight, then SIGTERM: NOT_SERVING, new RPCs refused, the three complete.
+    stub = procs.stub()
+    calls = [stub.Generate(pb.GenerateRequest(model=REAL, prompt="Tell me about the sea.",
+                                              options=pb.Options(num_predict=40, temperature=0))) for _ in range(3)]
+    first = next(calls[0])
+    procs.service.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.Generate(pb.GenerateRequest(model=REAL, prompt="x")))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    replies = [[first, *calls[0]], *[list(c) for c in calls[1:]]]
+    assert all(r[-1].done and r[-1].eval_count == 40 for r in replies)
+    assert procs.service.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize("procs", [{"GENGATE_DRAIN_SECONDS": "1"}], indirect=True)
+def test_streams_longer_than_the_drain_are_ended_and_the_process_exits(procs):
+    call = procs.stub().Generate(pb.GenerateRequest(model=REAL, prompt="1, 2, 3, 4, 5,", raw=True,
+                                                    options=pb.Options(num_predict=3000, temperature=0)))
+    next(call)
+    procs.service.send_signal(signal.SIGTERM)
+    with pytest.raises(grpc.RpcError):           # ended at the drain's end, never completed
+        for reply in call:
+            assert not reply.done
+    assert procs.service.wait(timeout=30) == 0

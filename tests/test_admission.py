@@ -1,0 +1,70 @@
+"""Admission: bounded parallelism and queue, for loaded models too (decisions.md §10)."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import time
+
+import grpc
+import httpx
+import pytest
+
+from gengate.v1 import generate_pb2 as pb
+from tests.fake_engine import FakeEngine, Script
+from tests.harness import Stack
+
+BUSY = "server busy, please try again.  maximum pending requests exceeded"
+
+
+@pytest.fixture(scope="module")
+def narrow(models):
+    stack = Stack(models, FakeEngine(), num_parallel=1, max_queue=2).start()
+    yield stack
+    stack.stop()
+
+
+def wait_until(predicate, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert predicate()
+
+
+def test_queue_full_is_503_then_recovers(narrow):
+    engine, admission = narrow.engine, narrow.service.generation._admission
+    engine.reset()
+    engine.script = Script(count=30, delay=0.01)
+    post = lambda i: httpx.post(narrow.url + "/api/generate", timeout=30,
+                                json={"model": "tiny", "prompt": f"p{i}", "stream": False})
+    with cf.ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(post, 0)]
+        wait_until(lambda: admission.running == 1)
+        for i in (1, 2):
+            futures.append(pool.submit(post, i))
+            wait_until(lambda: admission.waiting == i)
+        rejected = post(3)                                    # a loaded model, still bounded
+        assert (rejected.status_code, rejected.json()) == (503, {"error": BUSY})
+        with pytest.raises(grpc.RpcError) as err:
+            list(narrow.stub().Generate(pb.GenerateRequest(model="tiny", prompt="x")))
+        assert (err.value.code(), err.value.details()) == (grpc.StatusCode.RESOURCE_EXHAUSTED, BUSY)
+        assert [f.result().status_code for f in futures] == [200, 200, 200]
+    assert engine.prompts == ["p0", "p1", "p2"]                # served in arrival order
+    assert (admission.running, admission.waiting, engine.active) == (0, 0, 0)
+    assert post(4).status_code == 200                          # recovered
+
+
+def test_cancelled_waiters_leave_without_running(narrow):
+    engine, admission = narrow.engine, narrow.service.generation._admission
+    engine.reset()
+    engine.script = Script(count=100, delay=0.01)
+    stub = narrow.stub()
+    running = stub.Generate(pb.GenerateRequest(model="tiny", prompt="first"))
+    next(running)
+    waiters = [stub.Generate(pb.GenerateRequest(model="tiny", prompt=f"w{i}")) for i in range(2)]
+    wait_until(lambda: admission.waiting == 2)
+    for call in waiters:
+        call.cancel()
+    wait_until(lambda: admission.waiting == 0)
+    running.cancel()
+    wait_until(lambda: admission.running == 0 and engine.active == 0)
+    assert engine.started == 1 and engine.prompts == ["first"]

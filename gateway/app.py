@@ -15,7 +15,7 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway import transcode
+from gateway import security, transcode
 from gateway.errors import BadRequest, http_status
 from gateway.settings import GatewaySettings
 from gengate.v1 import generate_pb2 as pb
@@ -72,7 +72,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
         req = transcode.generate_request(await request.read())
     except BadRequest as exc:
         return error_response(400, exc.message)
-    call = request.app[STUB].Generate(req)
+    metadata = [("authorization", request.headers["Authorization"])] if "Authorization" in request.headers else []
+    call = request.app[STUB].Generate(req, metadata=metadata)
     try:
         try:
             first = await call.read()
@@ -84,6 +85,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
         if not stream or _single(first):
             return json_response(transcode.generate_response(first))
         response = web.StreamResponse(headers={"Content-Type": NDJSON})
+        security.add_cors(request, response)
         await response.prepare(request)
         await response.write(transcode.dumps(transcode.generate_response(first)) + b"\n")
         try:
@@ -113,11 +115,18 @@ def _rpc_error(exc: grpc.aio.AioRpcError) -> web.Response:
 
 @web.middleware
 async def ollama_errors(request: web.Request, handler) -> web.StreamResponse:
-    """Ollama's (gin's) texts for routing errors, and JSON errors for oversize bodies and draining."""
+    """Host/Origin guard and CORS; Ollama's (gin's) texts for routing errors; JSON errors for
+    oversize bodies and draining."""
+    settings = request.app[SETTINGS]
+    refused = security.guard(request, loopback=security.is_loopback(settings.http_addr), origins=settings.origins)
+    if refused is not None:
+        return refused
     if request.app[DRAINING]["since"] is not None and request.path.startswith("/api/"):
         return error_response(503, "server is shutting down")
     try:
-        return await handler(request)
+        response = await handler(request)
+        security.add_cors(request, response)
+        return response
     except web.HTTPNotFound:
         return web.Response(status=404, text="404 page not found")
     except web.HTTPMethodNotAllowed:
@@ -134,9 +143,15 @@ async def _drain(app: web.Application) -> None:
 
 async def _channel(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    channel = grpc.aio.insecure_channel(settings.service_addr, options=[
-        ("grpc.max_receive_message_length", settings.max_body_bytes),
-        ("grpc.max_send_message_length", settings.max_body_bytes)])
+    options = [("grpc.max_receive_message_length", settings.max_body_bytes),
+               ("grpc.max_send_message_length", settings.max_body_bytes)]
+    if settings.service_tls_ca:
+        read = lambda path: open(path, "rb").read() if path else None
+        credentials = grpc.ssl_channel_credentials(read(settings.service_tls_ca), read(settings.service_tls_key),
+                                                   read(settings.service_tls_cert))
+        channel = grpc.aio.secure_channel(settings.service_addr, credentials, options=options)
+    else:
+        channel = grpc.aio.insecure_channel(settings.service_addr, options=options)
     app[STUB] = pb_grpc.GenerateServiceStub(channel)
     app[HEALTH] = health_pb2_grpc.HealthStub(channel)
     yield

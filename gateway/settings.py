@@ -13,6 +13,10 @@ class GatewaySettings:
     http_addr: str = setting("127.0.0.1:11434", "GENGATE_HTTP_ADDR", "address the HTTP gateway listens on")
     service_addr: str = setting("127.0.0.1:50051", "GENGATE_SERVICE_ADDR", "gRPC target of the gengate service")
     max_body_bytes: int = setting(16 << 20, "GENGATE_MAX_BODY_BYTES", "largest accepted request body (413 above)")
+    origins: str = setting("", "GENGATE_ORIGINS", "extra allowed browser origins, comma-separated (wildcards allowed)")
+    service_tls_ca: str = setting("", "GENGATE_SERVICE_TLS_CA", "CA certificate (PEM) of the service: enables TLS")
+    service_tls_cert: str = setting("", "GENGATE_SERVICE_TLS_CERT", "client certificate (PEM) for mTLS to the service")
+    service_tls_key: str = setting("", "GENGATE_SERVICE_TLS_KEY", "client key (PEM) for mTLS to the service")
     drain_seconds: float = setting(30.0, "GENGATE_DRAIN_SECONDS",
                                    "on SIGTERM, how long in-flight requests may finish before they are ended")
     log_level: str = setting("INFO", "GENGATE_LOG_LEVEL", "logging level")

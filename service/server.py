@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 import logging
 import signal
 
@@ -23,6 +24,25 @@ from service.store import ModelStore
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerateService"].full_name
+
+
+class BearerToken(grpc.aio.ServerInterceptor):
+    """Requires `authorization: Bearer <GENGATE_API_KEY>` on GenerateService (health and
+    reflection stay open for probes). Compared in constant time."""
+
+    def __init__(self, key: str):
+        self._expected = f"Bearer {key}".encode()
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        if not details.method.startswith(f"/{SERVICE_NAME}/"):
+            return await continuation(details)
+        given = dict(details.invocation_metadata or ()).get("authorization", "")
+        if hmac.compare_digest(given.encode(), self._expected):
+            return await continuation(details)
+
+        async def deny(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unauthorized")
+        return grpc.unary_stream_rpc_method_handler(deny)
 
 
 def keep_alive_ns(text: str) -> int:
@@ -59,13 +79,22 @@ def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
     generation = Generation(settings, store, pool, Admission(settings.num_parallel, settings.max_queue))
     limits = [("grpc.max_receive_message_length", settings.max_message_bytes),
               ("grpc.max_send_message_length", settings.max_message_bytes)]
-    server = grpc.aio.server(options=limits)
+    interceptors = [BearerToken(settings.api_key)] if settings.api_key else []
+    server = grpc.aio.server(options=limits, interceptors=interceptors)
     pb_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(generation), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(settings.grpc_addr)
+    if settings.tls_cert:
+        read = lambda path: open(path, "rb").read()
+        credentials = grpc.ssl_server_credentials(
+            [(read(settings.tls_key), read(settings.tls_cert))],
+            root_certificates=read(settings.tls_client_ca) if settings.tls_client_ca else None,
+            require_client_auth=bool(settings.tls_client_ca))
+        port = server.add_secure_port(settings.grpc_addr, credentials)
+    else:
+        port = server.add_insecure_port(settings.grpc_addr)
     return Service(server, port, pool, generation, store, health_servicer)
 
 

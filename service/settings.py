@@ -76,6 +76,10 @@ class ServiceSettings:
     max_prompt_bytes: int = setting(1 << 20, "GENGATE_MAX_PROMPT_BYTES",
                                     "longest prompt, system, suffix or template accepted (400 above)")
     max_message_bytes: int = setting(16 << 20, "GENGATE_MAX_MESSAGE_BYTES", "largest gRPC message either way")
+    api_key: str = setting("", "GENGATE_API_KEY", "bearer token required on Generate (both transports); '' for none")
+    tls_cert: str = setting("", "GENGATE_TLS_CERT", "server certificate chain (PEM): enables TLS on gRPC")
+    tls_key: str = setting("", "GENGATE_TLS_KEY", "server private key (PEM)")
+    tls_client_ca: str = setting("", "GENGATE_TLS_CLIENT_CA", "CA (PEM) for client certificates: requires mTLS")
     drain_seconds: float = setting(30.0, "GENGATE_DRAIN_SECONDS",
                                    "on SIGTERM, how long in-flight requests may finish before they are ended")
     log_level: str = setting("INFO", "GENGATE_LOG_LEVEL", "logging level")

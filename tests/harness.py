@@ -20,8 +20,9 @@ from service.settings import ServiceSettings
 
 
 class Stack:
-    def __init__(self, models: Path, engine: Engine | None = None, **settings: Any):
+    def __init__(self, models: Path, engine: Engine | None = None, gateway: dict | None = None, **settings: Any):
         self.settings = ServiceSettings(grpc_addr="127.0.0.1:0", models=models, default_model="", **settings)
+        self.gateway_settings = gateway or {}
         self.engine = engine
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="stack")
@@ -36,7 +37,8 @@ class Stack:
         await self.service.server.start()
         await self.service.set_serving(True)
         self.grpc_target = f"127.0.0.1:{self.service.port}"
-        self._runner = web.AppRunner(create_app(GatewaySettings(service_addr=self.grpc_target)))
+        gateway = GatewaySettings(**{"service_addr": self.grpc_target, **self.gateway_settings})
+        self._runner = web.AppRunner(create_app(gateway))
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()

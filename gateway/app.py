@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
 from typing import AsyncIterator
+
+import prometheus_client as prom
 
 import grpc
 from aiohttp import web
@@ -24,7 +28,20 @@ from gengate.v1 import generate_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
+class GatewayMetrics:
+    """HTTP requests by route and status, and their duration."""
+
+    def __init__(self) -> None:
+        self.registry = prom.CollectorRegistry()
+        self.requests = prom.Counter("gengate_http_requests", "HTTP requests by route and status",
+                                     ["route", "status"], registry=self.registry)
+        self.duration = prom.Histogram("gengate_http_request_duration_seconds", "HTTP request duration", ["route"],
+                                       registry=self.registry)
+
+
+METRICS = web.AppKey("metrics", GatewayMetrics)
 DRAINING = web.AppKey("draining", dict)
+REQUEST_ID = web.RequestKey("request_id", str)
 STUB = web.AppKey("stub", pb_grpc.GenerateServiceStub)
 HEALTH = web.AppKey("health", health_pb2_grpc.HealthStub)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerateService"].full_name
@@ -72,7 +89,9 @@ async def generate(request: web.Request) -> web.StreamResponse:
         req = transcode.generate_request(await request.read())
     except BadRequest as exc:
         return error_response(400, exc.message)
-    metadata = [("authorization", request.headers["Authorization"])] if "Authorization" in request.headers else []
+    metadata = [("x-request-id", request[REQUEST_ID])]
+    if "Authorization" in request.headers:
+        metadata.append(("authorization", request.headers["Authorization"]))
     call = request.app[STUB].Generate(req, metadata=metadata)
     try:
         try:
@@ -84,7 +103,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
         stream = req.stream if req.HasField("stream") else True
         if not stream or _single(first):
             return json_response(transcode.generate_response(first))
-        response = web.StreamResponse(headers={"Content-Type": NDJSON})
+        response = web.StreamResponse(headers={"Content-Type": NDJSON, "X-Request-Id": request[REQUEST_ID]})
         security.add_cors(request, response)
         await response.prepare(request)
         await response.write(transcode.dumps(transcode.generate_response(first)) + b"\n")
@@ -92,7 +111,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
             async for msg in _rest(call):
                 await response.write(transcode.dumps(transcode.generate_response(msg)) + b"\n")
         except grpc.aio.AioRpcError as exc:
-            log.info("generate: error after the first byte: %s %s", exc.code().name, exc.details())
+            log.info("generate: error after the first byte: %s %s", exc.code().name, exc.details(),
+                     extra={"request_id": request[REQUEST_ID]})
             await response.write(transcode.dumps({"error": exc.details()}) + b"\n")
         await response.write_eof()
         return response
@@ -111,6 +131,25 @@ def _rpc_error(exc: grpc.aio.AioRpcError) -> web.Response:
     if status >= 500:
         log.warning("generate: %s %s", exc.code().name, exc.details())
     return error_response(status, exc.details() or exc.code().name.lower())
+
+
+@web.middleware
+async def observe(request: web.Request, handler) -> web.StreamResponse:
+    """Request id (X-Request-Id, or a new one; passed to the service), metrics, one log line."""
+    request[REQUEST_ID] = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    start, status = time.perf_counter(), 499           # unless a response is made
+    try:
+        response = await handler(request)
+        status = response.status
+        if not response.prepared:
+            response.headers["X-Request-Id"] = request[REQUEST_ID]
+        return response
+    finally:
+        metrics = request.app[METRICS]
+        metrics.requests.labels(route, str(status)).inc()
+        metrics.duration.labels(route).observe(time.perf_counter() - start)
+        log.info("%s %s %d", request.method, request.path, status, extra={"request_id": request[REQUEST_ID]})
 
 
 @web.middleware
@@ -159,9 +198,10 @@ async def _channel(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[ollama_errors],
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[observe, ollama_errors],
                           handler_args={"handler_cancellation": True})
     app[SETTINGS] = settings
+    app[METRICS] = GatewayMetrics()
     app[DRAINING] = {"since": None}
     app.on_shutdown.append(_drain)
     app.cleanup_ctx.append(_channel)

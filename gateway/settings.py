@@ -19,4 +19,6 @@ class GatewaySettings:
     service_tls_key: str = setting("", "GENGATE_SERVICE_TLS_KEY", "client key (PEM) for mTLS to the service")
     drain_seconds: float = setting(30.0, "GENGATE_DRAIN_SECONDS",
                                    "on SIGTERM, how long in-flight requests may finish before they are ended")
+    metrics_addr: str = setting("127.0.0.1:9465", "GENGATE_GATEWAY_METRICS_ADDR", "where Prometheus /metrics is served ('' for off)")
     log_level: str = setting("INFO", "GENGATE_LOG_LEVEL", "logging level")
+    log_format: str = setting("text", "GENGATE_LOG_FORMAT", "log lines as 'text' or 'json'")

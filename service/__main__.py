@@ -1,14 +1,14 @@
 """python -m service: runs the gRPC service."""
 import asyncio
-import logging
 
+from service import logs
 from service.server import serve
 from service.settings import ServiceSettings, load
 
 
 def main() -> None:
     settings = load(ServiceSettings)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
     asyncio.run(serve(settings))
 
 

@@ -8,20 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import AsyncIterator
 
 from service.errors import GenerateError, Kind
+from service.metrics import Metrics
 
 QUEUE_FULL = "server busy, please try again.  maximum pending requests exceeded"
 
 
 class Admission:
-    def __init__(self, parallel: int, max_queue: int):
+    def __init__(self, parallel: int, max_queue: int, metrics: Metrics | None = None):
         self.parallel = max(1, parallel)
         self.max_queue = max(0, max_queue)
         self._slots = asyncio.Semaphore(self.parallel)
         self.running = 0
         self.waiting = 0
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.running.set_function(lambda: self.running)
+            metrics.waiting.set_function(lambda: self.waiting)
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -29,10 +35,13 @@ class Admission:
         if self._slots.locked() and self.waiting >= self.max_queue:
             raise GenerateError(Kind.QUEUE_FULL, QUEUE_FULL)
         self.waiting += 1
+        start = time.perf_counter()
         try:
             await self._slots.acquire()
         finally:
             self.waiting -= 1
+        if self._metrics is not None:
+            self._metrics.queue_wait.observe(time.perf_counter() - start)
         self.running += 1
         try:
             yield

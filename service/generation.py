@@ -22,6 +22,7 @@ from service.admission import Admission
 from service import request as checks
 from service.engine import Finish, Piece, TokenLogprob
 from service.errors import GenerateError, Kind, invalid
+from service.metrics import Metrics
 from service.pool import Lease, ModelPool
 from service.settings import ServiceSettings
 from service.store import ModelEntry, ModelStore
@@ -75,11 +76,13 @@ class Model:
 class Generation:
     """Runs Generate requests against the model store and the loaded-model pool."""
 
-    def __init__(self, settings: ServiceSettings, store: ModelStore, pool: ModelPool, admission: Admission):
+    def __init__(self, settings: ServiceSettings, store: ModelStore, pool: ModelPool, admission: Admission,
+                 metrics: Metrics):
         self._settings = settings
         self._store = store
         self._pool = pool
         self._admission = admission
+        self._metrics = metrics
 
     def _reply(self, req: pb.GenerateRequest, **fields: Any) -> pb.GenerateResponse:
         created = timestamp_pb2.Timestamp()
@@ -181,12 +184,17 @@ class Generation:
         thoughts: list[str] = []
         logprobs: list[TokenLogprob] = []
         finish: Finish | None = None
+        last: int | None = None
         items = lease.runner.generate(tokens, sampling)
         async with contextlib.aclosing(items):
             async for item in items:
                 if isinstance(item, Finish):
                     finish = item
                     break
+                now = time.perf_counter_ns()
+                histogram = self._metrics.ttft if last is None else self._metrics.inter_token
+                histogram.observe((now - (start if last is None else last)) / 1e9)
+                last = now
                 text, thinking = item.text, ""
                 if parser is not None:
                     thinking, text = parser.feed(item.text)

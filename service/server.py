@@ -17,6 +17,7 @@ from service import golang, names
 from service.admission import Admission
 from service.engine import Engine
 from service.generation import Generation
+from service.metrics import Metrics
 from service.pool import ModelPool
 from service.servicer import GenerateServicer
 from service.settings import ServiceSettings
@@ -63,6 +64,7 @@ class Service:
     generation: Generation
     store: ModelStore
     health: health.aio.HealthServicer
+    metrics: Metrics
 
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -76,12 +78,15 @@ def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
         engine = LlamaEngine()
     store = ModelStore(settings.models)
     pool = ModelPool(engine, keep_alive_ns(settings.keep_alive))
-    generation = Generation(settings, store, pool, Admission(settings.num_parallel, settings.max_queue))
+    metrics = Metrics()
+    metrics.loaded.set_function(lambda: len(pool.loaded()))
+    generation = Generation(settings, store, pool, Admission(settings.num_parallel, settings.max_queue, metrics),
+                            metrics)
     limits = [("grpc.max_receive_message_length", settings.max_message_bytes),
               ("grpc.max_send_message_length", settings.max_message_bytes)]
     interceptors = [BearerToken(settings.api_key)] if settings.api_key else []
     server = grpc.aio.server(options=limits, interceptors=interceptors)
-    pb_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(generation), server)
+    pb_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(generation, metrics), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -95,7 +100,7 @@ def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
         port = server.add_secure_port(settings.grpc_addr, credentials)
     else:
         port = server.add_insecure_port(settings.grpc_addr)
-    return Service(server, port, pool, generation, store, health_servicer)
+    return Service(server, port, pool, generation, store, health_servicer, metrics)
 
 
 async def warm_up(service: Service, settings: ServiceSettings) -> None:
@@ -126,6 +131,9 @@ async def serve(settings: ServiceSettings) -> None:
     await service.set_serving(False)
     await service.server.start()
     log.info("gRPC listening on %s", settings.grpc_addr)
+    if settings.metrics_addr:
+        service.metrics.serve(settings.metrics_addr)
+        log.info("metrics on http://%s/metrics", settings.metrics_addr)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

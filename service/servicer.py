@@ -1,8 +1,11 @@
 """The GenerateService servicer: a thin adapter from gRPC to the Generate pipeline."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
+import uuid
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -12,6 +15,7 @@ from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import generate_pb2_grpc as pb_grpc
 from service.errors import GenerateError
 from service.generation import Generation
+from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 DOMAIN = "gengate.v1"
@@ -28,21 +32,42 @@ def rich_status(exc: GenerateError) -> grpc.Status:
 
 
 class GenerateServicer(pb_grpc.GenerateServiceServicer):
-    def __init__(self, generation: Generation):
+    def __init__(self, generation: Generation, metrics: Metrics):
         self._generation = generation
+        self._metrics = metrics
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
+        metadata = dict(context.invocation_metadata() or ())
+        request_id = metadata.get("x-request-id") or uuid.uuid4().hex
+        await context.send_initial_metadata((("x-request-id", request_id),))
+        m = self._metrics
+        start = time.perf_counter()
+        code, tokens = grpc.StatusCode.CANCELLED, 0          # unless it ends otherwise
         replies = self._generation.run(request)
         try:
             # aclosing: a cancelled RPC (client gone, deadline) closes the pipeline at once,
             # which stops decoding before this handler returns.
             async with contextlib.aclosing(replies):
                 async for reply in replies:
+                    if reply.done:
+                        tokens = reply.eval_count
+                        m.generated.inc(reply.eval_count)
+                        m.prompt.inc(reply.prompt_eval_count)
                     yield reply
+            code = grpc.StatusCode.OK
         except GenerateError as exc:
-            log.info("Generate %s: %s (%s)", request.model, exc.message, exc.kind.name)
+            code = exc.kind.code
             status = rich_status(exc)
             await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
         except Exception:
-            log.exception("Generate %s failed", request.model)
+            code = grpc.StatusCode.INTERNAL
+            log.exception("Generate failed", extra={"request_id": request_id})
             await context.abort(grpc.StatusCode.INTERNAL, "an error was encountered while running the model")
+        finally:
+            elapsed = time.perf_counter() - start
+            m.requests.labels(code.name).inc()
+            m.e2e.observe(elapsed)
+            log.info("Generate model=%s code=%s tokens=%d seconds=%.3f", request.model, code.name, tokens, elapsed,
+                     extra={"request_id": request_id})

@@ -82,4 +82,6 @@ class ServiceSettings:
     tls_client_ca: str = setting("", "GENGATE_TLS_CLIENT_CA", "CA (PEM) for client certificates: requires mTLS")
     drain_seconds: float = setting(30.0, "GENGATE_DRAIN_SECONDS",
                                    "on SIGTERM, how long in-flight requests may finish before they are ended")
+    metrics_addr: str = setting("127.0.0.1:9464", "GENGATE_METRICS_ADDR", "where Prometheus /metrics is served ('' for off)")
     log_level: str = setting("INFO", "GENGATE_LOG_LEVEL", "logging level")
+    log_format: str = setting("text", "GENGATE_LOG_FORMAT", "log lines as 'text' or 'json'")

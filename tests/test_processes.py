@@ -42,7 +42,9 @@ class Processes:
     def __init__(self, models, **env):
         self.grpc_port, self.http_port = free_port(), free_port()
         self.env = {**os.environ, "GENGATE_MODELS": str(models), "GENGATE_GRPC_ADDR": f"127.0.0.1:{self.grpc_port}",
-                    "GENGATE_DEFAULT_MODEL": REAL, "GENGATE_LOG_LEVEL": "WARNING", **env}
+                    "GENGATE_DEFAULT_MODEL": REAL, "GENGATE_LOG_LEVEL": "WARNING",
+                    "GENGATE_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+                    "GENGATE_GATEWAY_METRICS_ADDR": f"127.0.0.1:{free_port()}", **env}
         self.service = subprocess.Popen([sys.executable, "-m", "service"], env=self.env)
         # Flags win over the environment.
         self.gateway = subprocess.Popen(

@@ -1,0 +1,33 @@
+"""Prometheus metrics of the service (names after vLLM/TGI), served on their own port."""
+from __future__ import annotations
+
+import prometheus_client as prom
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = prom.CollectorRegistry()
+        r = self.registry
+        self.requests = prom.Counter("gengate_requests", "Generate requests by final gRPC status code", ["code"],
+                                     registry=r)
+        self.ttft = prom.Histogram("gengate_time_to_first_token_seconds", "Request start to first text",
+                                   buckets=_LATENCY, registry=r)
+        self.inter_token = prom.Histogram("gengate_inter_token_latency_seconds", "Time between streamed pieces",
+                                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1), registry=r)
+        self.queue_wait = prom.Histogram("gengate_queue_wait_seconds", "Time waiting for a generation slot",
+                                         buckets=_LATENCY, registry=r)
+        self.e2e = prom.Histogram("gengate_request_duration_seconds", "Whole request", buckets=_LATENCY, registry=r)
+        self.generated = prom.Counter("gengate_generated_tokens", "Tokens generated", registry=r)
+        self.prompt = prom.Counter("gengate_prompt_tokens", "Prompt tokens evaluated", registry=r)
+        self.running = prom.Gauge("gengate_requests_running", "Requests holding a generation slot", registry=r)
+        self.waiting = prom.Gauge("gengate_requests_waiting", "Requests waiting for a slot", registry=r)
+        self.loaded = prom.Gauge("gengate_loaded_models", "Models loaded in memory", registry=r)
+
+    def serve(self, addr: str):
+        """Starts the /metrics HTTP server on addr (host:port); returns it (its port: .server_port)."""
+        host, _, port = addr.rpartition(":")
+        server, _thread = prom.start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1",
+                                                 registry=self.registry)
+        return server

@@ -8,6 +8,7 @@ goes away, aiohttp cancels the handler, which cancels the RPC: the service stops
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -174,6 +175,17 @@ async def ollama_errors(request: web.Request, handler) -> web.StreamResponse:
         return error_response(413, f"request body too large (limit {request.app[SETTINGS].max_body_bytes} bytes)")
 
 
+# Round-robin over every address the target resolves to (several replicas behind DNS or an
+# ipv4:a,b list); UNAVAILABLE retried, which gRPC does only before the first reply arrives,
+# so a stream is never replayed after tokens were sent.
+SERVICE_CONFIG = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [{"name": [{"service": SERVICE_NAME}], "retryPolicy": {
+        "maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s", "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"]}}],
+})
+
+
 async def _drain(app: web.Application) -> None:
     """Shutdown started (SIGTERM): refuse new API requests; in-flight streams may finish."""
     app[DRAINING]["since"] = asyncio.get_running_loop().time()
@@ -183,7 +195,9 @@ async def _drain(app: web.Application) -> None:
 async def _channel(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     options = [("grpc.max_receive_message_length", settings.max_body_bytes),
-               ("grpc.max_send_message_length", settings.max_body_bytes)]
+               ("grpc.max_send_message_length", settings.max_body_bytes),
+               ("grpc.service_config", SERVICE_CONFIG),
+               ("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000)]
     if settings.service_tls_ca:
         read = lambda path: open(path, "rb").read() if path else None
         credentials = grpc.ssl_channel_credentials(read(settings.service_tls_ca), read(settings.service_tls_key),

@@ -11,7 +11,7 @@ class GatewaySettings:
     """gengate HTTP gateway (Ollama's JSON API)."""
 
     http_addr: str = setting("127.0.0.1:11434", "GENGATE_HTTP_ADDR", "address the HTTP gateway listens on")
-    service_addr: str = setting("127.0.0.1:50051", "GENGATE_SERVICE_ADDR", "gRPC target of the gengate service")
+    service_addr: str = setting("127.0.0.1:50051", "GENGATE_SERVICE_ADDR", "gRPC target of the service: host:port, ipv4:a:p,b:p or dns:///name:port (round-robin over all)")
     max_body_bytes: int = setting(16 << 20, "GENGATE_MAX_BODY_BYTES", "largest accepted request body (413 above)")
     origins: str = setting("", "GENGATE_ORIGINS", "extra allowed browser origins, comma-separated (wildcards allowed)")
     service_tls_ca: str = setting("", "GENGATE_SERVICE_TLS_CA", "CA certificate (PEM) of the service: enables TLS")

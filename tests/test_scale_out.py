@@ -1,0 +1,43 @@
+"""One gateway over two service replicas: round-robin, and a replica going away."""
+from __future__ import annotations
+
+import httpx
+from aiohttp import web
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from service import server as service_server
+from service.settings import ServiceSettings
+from tests.fake_engine import FakeEngine
+
+
+async def test_gateway_balances_over_replicas_and_survives_one_leaving(models):
+    engines = [FakeEngine(), FakeEngine()]
+    services = [service_server.build(ServiceSettings(grpc_addr="127.0.0.1:0", models=models, default_model=""), e)
+                for e in engines]
+    for s in services:
+        await s.server.start()
+        await s.set_serving(True)
+    target = "ipv4:" + ",".join(f"127.0.0.1:{s.port}" for s in services)
+    runner = web.AppRunner(create_app(GatewaySettings(service_addr=target)))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/api/generate"
+    body = {"model": "tiny", "prompt": "hi", "stream": False}
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            for _ in range(10):
+                assert (await client.post(url, json=body)).status_code == 200
+            assert engines[0].started + engines[1].started == 10
+            assert engines[0].started >= 3 and engines[1].started >= 3        # both replicas serve
+            await services[0].server.stop(None)
+            before = engines[1].started
+            for _ in range(6):
+                assert (await client.post(url, json=body)).status_code == 200
+            assert engines[1].started == before + 6
+    finally:
+        await runner.cleanup()
+        for s in services:
+            await s.server.stop(None)
+            await s.pool.close()

@@ -20,7 +20,7 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway import security, transcode
+from gateway import openapi, security, transcode
 from gateway.errors import BadRequest, http_status
 from gateway.settings import GatewaySettings
 from gengate.v1 import generate_pb2 as pb
@@ -78,6 +78,10 @@ async def readyz(request: web.Request) -> web.Response:
     if status == "SERVING":
         return json_response({"status": "ready"})
     return error_response(503, f"service not ready: {status}")
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.json_response(openapi.DOCUMENT)
 
 
 def _single(msg: pb.GenerateResponse) -> bool:
@@ -222,5 +226,6 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.router.add_get("/", root)
     app.router.add_route("POST", "/api/generate", generate)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/openapi.json", openapi_document)
     app.router.add_get("/readyz", readyz)
     return app

@@ -20,6 +20,7 @@ from service.golang import parse_duration
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
+MAX_DURATION_NS = 315_576_000_000 * 1_000_000_000
 _B64 = re.compile(r"[A-Za-z0-9+/]")
 _THINK_LEVELS = {"low": pb.THINK_LEVEL_LOW, "medium": pb.THINK_LEVEL_MEDIUM,
                  "high": pb.THINK_LEVEL_HIGH, "max": pb.THINK_LEVEL_MAX}
@@ -184,6 +185,8 @@ def _keep_alive(value: Any, field: str):
             raise BadRequest(str(exc)) from None
     else:
         ns = int(value * 1_000_000_000)
+    # google.protobuf.Duration spans ±10 000 years; anything longer means "forever" anyway.
+    ns = max(-MAX_DURATION_NS, min(MAX_DURATION_NS, ns))
     return duration_pb2.Duration(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
 
 

@@ -21,7 +21,7 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import openapi, security, transcode
-from gateway.errors import BadRequest, http_status
+from gateway.errors import BadRequest, http_status, message
 from gateway.settings import GatewaySettings
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import generate_pb2_grpc as pb_grpc
@@ -97,7 +97,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
     metadata = [("x-request-id", request[REQUEST_ID])]
     if "Authorization" in request.headers:
         metadata.append(("authorization", request.headers["Authorization"]))
-    call = request.app[STUB].Generate(req, metadata=metadata)
+    timeout = request.app[SETTINGS].request_timeout or None
+    call = request.app[STUB].Generate(req, metadata=metadata, timeout=timeout)
     try:
         try:
             first = await call.read()
@@ -118,7 +119,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
         except grpc.aio.AioRpcError as exc:
             log.info("generate: error after the first byte: %s %s", exc.code().name, exc.details(),
                      extra={"request_id": request[REQUEST_ID]})
-            await response.write(transcode.dumps({"error": exc.details()}) + b"\n")
+            await response.write(transcode.dumps({"error": message(exc)}) + b"\n")
         await response.write_eof()
         return response
     finally:
@@ -135,7 +136,7 @@ def _rpc_error(exc: grpc.aio.AioRpcError) -> web.Response:
     status = http_status(exc.code())
     if status >= 500:
         log.warning("generate: %s %s", exc.code().name, exc.details())
-    return error_response(status, exc.details() or exc.code().name.lower())
+    return error_response(status, message(exc))
 
 
 @web.middleware

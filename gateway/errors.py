@@ -22,6 +22,14 @@ def http_status(code: grpc.StatusCode) -> int:
     return HTTP_STATUS.get(code, 500)
 
 
+def message(exc: grpc.aio.AioRpcError) -> str:
+    """The error text for HTTP: the service's own message (Ollama's), or a plain one for a deadline
+    (whose library text varies with where it struck)."""
+    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return "deadline exceeded"
+    return exc.details() or exc.code().name.lower()
+
+
 class BadRequest(Exception):
     """A request the gateway cannot translate (Ollama's JSON binding errors): HTTP 400."""
 

@@ -13,6 +13,8 @@ class GatewaySettings:
     http_addr: str = setting("127.0.0.1:11434", "GENGATE_HTTP_ADDR", "address the HTTP gateway listens on")
     service_addr: str = setting("127.0.0.1:50051", "GENGATE_SERVICE_ADDR", "gRPC target of the service: host:port, ipv4:a:p,b:p or dns:///name:port (round-robin over all)")
     max_body_bytes: int = setting(16 << 20, "GENGATE_MAX_BODY_BYTES", "largest accepted request body (413 above)")
+    request_timeout: float = setting(0.0, "GENGATE_REQUEST_TIMEOUT",
+                                     "deadline in seconds passed on each RPC (0: none); 504 when it passes")
     origins: str = setting("", "GENGATE_ORIGINS", "extra allowed browser origins, comma-separated (wildcards allowed)")
     service_tls_ca: str = setting("", "GENGATE_SERVICE_TLS_CA", "CA certificate (PEM) of the service: enables TLS")
     service_tls_cert: str = setting("", "GENGATE_SERVICE_TLS_CERT", "client certificate (PEM) for mTLS to the service")

@@ -83,7 +83,9 @@ def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
     generation = Generation(settings, store, pool, Admission(settings.num_parallel, settings.max_queue, metrics),
                             metrics)
     limits = [("grpc.max_receive_message_length", settings.max_message_bytes),
-              ("grpc.max_send_message_length", settings.max_message_bytes)]
+              ("grpc.max_send_message_length", settings.max_message_bytes),
+              # Accept the gateway's keepalive pings (every 60 s) without a too_many_pings GOAWAY.
+              ("grpc.http2.min_recv_ping_interval_without_data_ms", 30_000)]
     interceptors = [BearerToken(settings.api_key)] if settings.api_key else []
     server = grpc.aio.server(options=limits, interceptors=interceptors)
     pb_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(generation, metrics), server)

@@ -64,3 +64,24 @@ def test_grpc_cancel_and_deadline_stop_decoding(real):
         assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     wait_idle(runner)
     assert runner.active == 0
+
+
+def test_cancel_during_a_long_prefill_stops_before_any_token(real):
+    # ~3000 prompt tokens in batches of 16: seconds of prefill, checked for cancellation between batches.
+    prompt = "The quick brown fox jumps over the lazy dog. " * 300
+    call = real.stub().Generate(pb.GenerateRequest(model=REAL, prompt=prompt, raw=True,
+                                                   options=pb.Options(num_batch=16, num_predict=5)))
+    runner = None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        model = {m.entry.name.short: m for m in real.service.pool.loaded()}.get(REAL)
+        if model is not None and model.options.num_batch == 16 and model.runner.active:
+            runner = model.runner
+            break
+        time.sleep(0.002)
+    assert runner is not None
+    before = runner.decoded
+    time.sleep(0.05)
+    call.cancel()
+    wait_idle(runner)
+    assert runner.active == 0 and runner.decoded == before                # no token was ever sampled

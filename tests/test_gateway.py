@@ -239,3 +239,28 @@ def test_grpc_errors_carry_google_rpc_status_details(fake, engine):
         info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
         assert status.details[0].Unpack(info) and (info.reason, info.domain) == (reason, "gengate.v1")
         assert status.details[1].Unpack(bad) and bad.field_violations[0].field == field
+
+
+@pytest.fixture(scope="module")
+def deadline(models):
+    from tests.fake_engine import FakeEngine
+    from tests.harness import Stack
+    stack = Stack(models, FakeEngine(), gateway={"request_timeout": 0.5}).start()
+    yield stack
+    stack.stop()
+
+
+def test_gateway_deadline_is_504_before_the_first_byte_and_an_error_line_after(deadline):
+    engine = deadline.engine
+    engine.reset()
+    engine.script = Script(pieces=["late"], delay=2.0)
+    resp = post(deadline, {"model": "tiny", "prompt": "hi"})
+    assert (resp.status_code, resp.json()) == (504, {"error": "deadline exceeded"})
+    engine.script = Script(count=100, delay=0.05)
+    resp = post(deadline, {"model": "tiny", "prompt": "hi"})
+    objs = lines(resp)
+    assert resp.status_code == 200 and objs[0]["response"] == "t0 " and objs[-1] == {"error": "deadline exceeded"}
+    deadline_wait = time.monotonic() + 10
+    while engine.active and time.monotonic() < deadline_wait:
+        time.sleep(0.01)
+    assert engine.active == 0 and engine.tokens_emitted < 100          # the engine was stopped

@@ -59,3 +59,16 @@ def test_gateway_readiness_follows_service_health(real):
         assert (resp.status_code, resp.json()) == (503, {"error": "service not ready: NOT_SERVING"})
     finally:
         real.run(real.service.set_serving(True))
+
+
+async def test_a_missing_default_model_keeps_health_not_serving(models, caplog):
+    settings = ServiceSettings(grpc_addr="127.0.0.1:0", models=models, default_model="missing:1b")
+    service = service_server.build(settings, FakeEngine())
+    await service.set_serving(False)
+    await service.server.start()
+    await service_server.warm_up(service, settings)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert reply.status == NOT_SERVING
+    assert any("missing:1b is not installed" in r.getMessage() for r in caplog.records)
+    await service.server.stop(None)

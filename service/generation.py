@@ -9,7 +9,6 @@ module wires them together and frames the protobuf replies.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import time
 from typing import Any, AsyncIterator
@@ -26,7 +25,8 @@ from service.metrics import Metrics
 from service.pool import Lease, ModelPool
 from service.settings import ServiceSettings
 from service.store import ModelEntry, ModelStore
-from service.thinking import ThinkingParser, thinking_tags
+from service.model import Model
+from service.thinking import ThinkingParser
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,6 @@ DONE_REASONS = {"stop": pb.DONE_REASON_STOP, "length": pb.DONE_REASON_LENGTH}
 CONTEXT_EXCEEDED = "the input length exceeds the context length"
 PROMPT_TOO_LONG = ("the prompt is longer than the context length currently available to the model; shorten the "
                    "prompt, adjust the context length in settings, or use a model with a longer context length")
-_NON_GENERATIVE = {"bert", "nomic-bert", "jina-bert-v2", "t5encoder"}
 
 
 def _duration(ns: int) -> duration_pb2.Duration:
@@ -45,32 +44,6 @@ def _logprobs(entries: list[TokenLogprob]) -> list[pb.Logprob]:
     return [pb.Logprob(token=e.token, logprob=e.logprob, bytes=e.bytes,
                        top_logprobs=[pb.TopLogprob(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in e.top])
             for e in entries]
-
-
-@dataclasses.dataclass
-class Model:
-    """What the pipeline knows of a model before loading it."""
-
-    entry: ModelEntry
-    metadata: dict[str, Any]
-
-    @property
-    def chat_template(self) -> str | None:
-        return self.metadata.get("tokenizer.chat_template")
-
-    @property
-    def n_ctx_train(self) -> int:
-        arch = self.metadata.get("general.architecture", "")
-        return int(self.metadata.get(f"{arch}.context_length", 0) or 0)
-
-    def template_fields(self) -> set[str]:
-        """Fields the model's Go template uses, lower-cased (Ollama compares them so)."""
-        if not self.entry.template:
-            return set()
-        return {f.lower() for f in prompts.parse_go_template(self.entry.template).fields()}
-
-    def thinking_tags(self) -> tuple[str, str] | None:
-        return thinking_tags(self.entry.template or self.chat_template or "")
 
 
 class Generation:
@@ -115,7 +88,7 @@ class Generation:
             raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support thinking', "think")
         if tags is not None and think is None and not req.raw:
             think, think_level = True, "medium"
-        if model.metadata.get("general.architecture") in _NON_GENERATIVE:
+        if not model.generative:
             raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support generate')
         if req.suffix and "suffix" not in model.template_fields():
             raise GenerateError(Kind.UNSUPPORTED, f"{model.entry.name} does not support insert", "suffix")

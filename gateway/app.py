@@ -25,6 +25,8 @@ from gateway.errors import BadRequest, http_status, message
 from gateway.settings import GatewaySettings
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import generate_pb2_grpc as pb_grpc
+from gengate.v1 import model_pb2 as mpb
+from gengate.v1 import model_pb2_grpc as mpb_grpc
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ METRICS = web.AppKey("metrics", GatewayMetrics)
 DRAINING = web.AppKey("draining", dict)
 REQUEST_ID = web.RequestKey("request_id", str)
 STUB = web.AppKey("stub", pb_grpc.GenerateServiceStub)
+MODELS = web.AppKey("models", mpb_grpc.ModelServiceStub)
 HEALTH = web.AppKey("health", health_pb2_grpc.HealthStub)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerateService"].full_name
 JSON = "application/json; charset=utf-8"
@@ -94,11 +97,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
         req = transcode.generate_request(await request.read())
     except BadRequest as exc:
         return error_response(400, exc.message)
-    metadata = [("x-request-id", request[REQUEST_ID])]
-    if "Authorization" in request.headers:
-        metadata.append(("authorization", request.headers["Authorization"]))
-    timeout = request.app[SETTINGS].request_timeout or None
-    call = request.app[STUB].Generate(req, metadata=metadata, timeout=timeout)
+    call = request.app[STUB].Generate(req, metadata=_metadata(request),
+                                      timeout=request.app[SETTINGS].request_timeout or None)
     try:
         try:
             first = await call.read()
@@ -125,6 +125,65 @@ async def generate(request: web.Request) -> web.StreamResponse:
     finally:
         if not call.done():
             call.cancel()            # client gone (handler cancelled) or early return: stop the RPC
+
+
+def _metadata(request: web.Request) -> list[tuple[str, str]]:
+    """gRPC metadata for a call made on behalf of this HTTP request: its id and bearer token."""
+    metadata = [("x-request-id", request[REQUEST_ID])]
+    if "Authorization" in request.headers:
+        metadata.append(("authorization", request.headers["Authorization"]))
+    return metadata
+
+
+async def _unary(request: web.Request, method, req, to_json) -> web.Response:
+    """One unary RPC: its reply as JSON (to_json=None: an empty 200), or its error."""
+    try:
+        reply = await method(req, metadata=_metadata(request), timeout=request.app[SETTINGS].request_timeout or None)
+    except grpc.aio.AioRpcError as exc:
+        return _rpc_error(exc)
+    return json_response(to_json(reply)) if to_json else web.Response(status=200)
+
+
+async def tags(request: web.Request) -> web.Response:
+    return await _unary(request, request.app[MODELS].ListModels, mpb.ListModelsRequest(), transcode.tags_response)
+
+
+async def ps(request: web.Request) -> web.Response:
+    return await _unary(request, request.app[MODELS].ListRunningModels, mpb.ListRunningModelsRequest(),
+                        transcode.ps_response)
+
+
+async def version(request: web.Request) -> web.Response:
+    return await _unary(request, request.app[MODELS].GetVersion, mpb.GetVersionRequest(),
+                        lambda reply: {"version": reply.version})
+
+
+def _parsed(parse):
+    """A handler taking a JSON body: parse errors are Ollama's 400s."""
+    def wrap(handler):
+        async def handle(request: web.Request) -> web.StreamResponse:
+            try:
+                req = parse(await request.read())
+            except BadRequest as exc:
+                return error_response(400, exc.message)
+            return await handler(request, req)
+        return handle
+    return wrap
+
+
+@_parsed(transcode.show_request)
+async def show(request: web.Request, req) -> web.Response:
+    return await _unary(request, request.app[MODELS].ShowModel, req, transcode.show_response)
+
+
+@_parsed(transcode.copy_request)
+async def copy(request: web.Request, req) -> web.Response:
+    return await _unary(request, request.app[MODELS].CopyModel, req, None)
+
+
+@_parsed(transcode.delete_request)
+async def delete(request: web.Request, req) -> web.Response:
+    return await _unary(request, request.app[MODELS].DeleteModel, req, None)
 
 
 async def _rest(call) -> AsyncIterator[pb.GenerateResponse]:
@@ -211,6 +270,7 @@ async def _channel(app: web.Application) -> AsyncIterator[None]:
     else:
         channel = grpc.aio.insecure_channel(settings.service_addr, options=options)
     app[STUB] = pb_grpc.GenerateServiceStub(channel)
+    app[MODELS] = mpb_grpc.ModelServiceStub(channel)
     app[HEALTH] = health_pb2_grpc.HealthStub(channel)
     yield
     await channel.close()
@@ -226,6 +286,12 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.cleanup_ctx.append(_channel)
     app.router.add_get("/", root)
     app.router.add_route("POST", "/api/generate", generate)
+    app.router.add_get("/api/tags", tags)
+    app.router.add_get("/api/ps", ps)
+    app.router.add_get("/api/version", version)
+    app.router.add_post("/api/show", show)
+    app.router.add_post("/api/copy", copy)
+    app.router.add_delete("/api/delete", delete)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/openapi.json", openapi_document)
     app.router.add_get("/readyz", readyz)

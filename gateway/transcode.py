@@ -14,7 +14,10 @@ import json
 import re
 from typing import Any, Callable
 
+from google.protobuf import json_format
+
 from gengate.v1 import generate_pb2 as pb
+from gengate.v1 import model_pb2 as mpb
 from gateway.errors import BadRequest
 from service.golang import parse_duration
 
@@ -265,25 +268,44 @@ _GENERATE_FIELDS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
 }
 
 
-def generate_request(body: bytes) -> pb.GenerateRequest:
-    """An Ollama /api/generate body as a GenerateRequest; BadRequest with Go's message if it cannot be."""
-    values = _fields(decode_object(body, "GenerateRequest"), set(_GENERATE_FIELDS))
-    req = pb.GenerateRequest()
+def _bind(body: bytes, message, struct: str, fields: dict[str, tuple[str, Callable[[Any, str], Any]]]):
+    """Fills `message` from a JSON body, Go-style (see decode_object and _fields)."""
+    values = _fields(decode_object(body, struct), set(fields))
     for key, value in values.items():
         if value is None:
             continue
-        attr, convert = _GENERATE_FIELDS[key]
+        attr, convert = fields[key]
         converted = convert(value, key)
         if converted is None:
             continue
-        target = getattr(req, attr) if attr in ("context", "images") else None
-        if target is not None:
-            target.extend(converted)
-        elif isinstance(converted, (pb.Format, pb.Options, pb.Think)) or attr == "keep_alive":
-            getattr(req, attr).CopyFrom(converted)
+        if isinstance(converted, list):
+            getattr(message, attr).extend(converted)
+        elif hasattr(converted, "DESCRIPTOR"):
+            getattr(message, attr).CopyFrom(converted)
         else:
-            setattr(req, attr, converted)
+            setattr(message, attr, converted)
+    return message
+
+
+def generate_request(body: bytes) -> pb.GenerateRequest:
+    """An Ollama /api/generate body as a GenerateRequest; BadRequest with Go's message if it cannot be."""
+    return _bind(body, pb.GenerateRequest(), "GenerateRequest", _GENERATE_FIELDS)
+
+
+def show_request(body: bytes) -> mpb.ShowModelRequest:
+    req = _bind(body, mpb.ShowModelRequest(), "ShowRequest",
+                {"model": ("model", _string), "name": ("model", _string), "verbose": ("verbose", _bool)})
     return req
+
+
+def copy_request(body: bytes) -> mpb.CopyModelRequest:
+    return _bind(body, mpb.CopyModelRequest(), "CopyRequest",
+                 {"source": ("source", _string), "destination": ("destination", _string)})
+
+
+def delete_request(body: bytes) -> mpb.DeleteModelRequest:
+    return _bind(body, mpb.DeleteModelRequest(), "DeleteRequest",
+                 {"model": ("model", _string), "name": ("model", _string)})
 
 
 # -- responses ----------------------------------------------------------------------------
@@ -337,6 +359,44 @@ def generate_response(msg: pb.GenerateResponse) -> dict[str, Any]:
             {**_logprob(e), **({"top_logprobs": [_logprob(t) for t in e.top_logprobs]} if e.top_logprobs else {})}
             for e in msg.logprobs]
     return out
+
+
+def _details(d) -> dict[str, Any]:
+    out = {"parent_model": d.parent_model, "format": d.format, "family": d.family, "families": list(d.families),
+           "parameter_size": d.parameter_size, "quantization_level": d.quantization_level}
+    if d.context_length:
+        out["context_length"] = d.context_length
+    if d.embedding_length:
+        out["embedding_length"] = d.embedding_length
+    return out
+
+
+def tags_response(msg: mpb.ListModelsResponse) -> dict[str, Any]:
+    return {"models": [{"name": m.name, "model": m.model, "modified_at": timestamp(m.modified_at), "size": m.size,
+                        "digest": m.digest, "details": _details(m.details), "capabilities": list(m.capabilities)}
+                       for m in msg.models]}
+
+
+def show_response(msg: mpb.ShowModelResponse) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if msg.license:
+        out["license"] = msg.license
+    out["modelfile"] = msg.modelfile
+    if msg.parameters:
+        out["parameters"] = msg.parameters
+    if msg.template:
+        out["template"] = msg.template
+    if msg.system:
+        out["system"] = msg.system
+    out.update(details=_details(msg.details), model_info=json_format.MessageToDict(msg.model_info),
+               capabilities=list(msg.capabilities), modified_at=timestamp(msg.modified_at))
+    return out
+
+
+def ps_response(msg: mpb.ListRunningModelsResponse) -> dict[str, Any]:
+    return {"models": [{"name": m.name, "model": m.model, "size": m.size, "digest": m.digest,
+                        "details": _details(m.details), "expires_at": timestamp(m.expires_at),
+                        "size_vram": m.size_vram, "context_length": m.context_length} for m in msg.models]}
 
 
 def dumps(obj: Any) -> bytes:

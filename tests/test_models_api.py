@@ -1,0 +1,89 @@
+"""Ollama's model endpoints (tags, show, ps, version, copy, delete) with the official client and gRPC."""
+from __future__ import annotations
+
+import time
+
+import grpc
+import httpx
+import ollama
+import pytest
+
+from gengate.v1 import model_pb2 as mpb
+from gengate.v1 import model_pb2_grpc as mpb_grpc
+from tests.conftest import REAL
+
+
+@pytest.fixture(scope="module")
+def client(real) -> ollama.Client:
+    return ollama.Client(host=real.url)
+
+
+def test_tags_lists_installed_models_with_details(client, real):
+    models = {m.model: m for m in client.list().models}
+    assert {REAL, "tiny:latest", "test-suffix:latest"} <= set(models)
+    smol = models[REAL]
+    assert smol.size == 98362432 and smol.digest.startswith("b179c952")
+    assert (smol.details.format, smol.details.family, smol.details.parameter_size,
+            smol.details.quantization_level) == ("gguf", "llama", "135M", "Q4_1")
+    assert httpx.head(real.url + "/api/tags").status_code == 200
+
+
+def test_show_describes_a_model(client):
+    shown = client.show(REAL)
+    assert "<|im_start|>" in shown.template and shown.capabilities == ["completion"]
+    assert shown.modelinfo["general.architecture"] == "llama" and shown.modelinfo["llama.context_length"] == 8192
+    assert "tokenizer.ggml.tokens" not in shown.modelinfo
+    assert "FROM smollm2:135m" in shown.modelfile
+    assert "insert" in client.show("test-suffix").capabilities
+    assert "thinking" in client.show("tiny-think").capabilities
+    assert httpx.post(client._client.base_url.join("/api/show"), json={"model": "test-system"}).json()["system"] == \
+        "You are a helpful assistant."
+
+
+@pytest.mark.parametrize("body,status,error", [
+    ({}, 400, "model is required"), ({"model": "nope"}, 404, "model 'nope' not found"),
+    ({"model": "a b"}, 400, "invalid model name")])
+def test_show_errors(real, body, status, error):
+    resp = httpx.post(real.url + "/api/show", json=body)
+    assert (resp.status_code, resp.json()) == (status, {"error": error})
+
+
+def test_ps_lists_loaded_models_latest_expiry_first(client):
+    client.generate(model="tiny", prompt="hi", options={"num_predict": 1}, keep_alive="1h")
+    client.generate(model=REAL, prompt="hi", options={"num_predict": 1}, keep_alive="10m")
+    running = client.ps().models
+    names = [m.model for m in running]
+    assert names.index("tiny:latest") < names.index(REAL)
+    smol = running[names.index(REAL)]
+    assert smol.size > 98362432 and smol.context_length == 4096 and smol.expires_at.timestamp() > time.time() + 500
+
+
+def test_version(real):
+    assert httpx.get(real.url + "/api/version").json() == {"version": "0.1.0"}
+
+
+def test_copy_then_delete(client, real):
+    client.copy("tiny", "tiny-copy:v1")
+    assert "tiny-copy:v1" in {m.model for m in client.list().models}
+    assert client.generate(model="tiny-copy:v1", prompt="hi", options={"num_predict": 2}).done
+    client.delete("tiny-copy:v1")
+    assert "tiny-copy:v1" not in {m.model for m in client.list().models}
+    assert client.generate(model="tiny", prompt="hi", options={"num_predict": 2}).done    # the blob stayed
+    cases = [("post", "/api/copy", {"source": "nope", "destination": "x"}, 404, 'model "nope" not found'),
+             ("post", "/api/copy", {"source": "tiny", "destination": "a b"}, 400, 'destination "a b" is invalid'),
+             ("post", "/api/copy", {"source": "-x", "destination": "y"}, 400, 'source "-x" is invalid'),
+             ("delete", "/api/delete", {"model": "nope"}, 404, "model 'nope' not found"),
+             ("delete", "/api/delete", {"model": "a b"}, 400, 'name "a b" is invalid')]
+    for method, path, body, status, error in cases:
+        resp = httpx.request(method.upper(), real.url + path, json=body)
+        assert (resp.status_code, resp.json()) == (status, {"error": error}), path
+
+
+def test_model_service_over_grpc(real):
+    stub = mpb_grpc.ModelServiceStub(grpc.insecure_channel(real.grpc_target))
+    assert REAL in {m.name for m in stub.ListModels(mpb.ListModelsRequest()).models}
+    assert stub.ShowModel(mpb.ShowModelRequest(model=REAL)).details.family == "llama"
+    assert stub.GetVersion(mpb.GetVersionRequest()).version == "0.1.0"
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ShowModel(mpb.ShowModelRequest(model="nope"))
+    assert (err.value.code(), err.value.details()) == (grpc.StatusCode.NOT_FOUND, "model 'nope' not found")

@@ -89,16 +89,23 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 def _single(msg: pb.GenerateResponse) -> bool:
     """Replies Ollama always sends as one JSON object: load, unload, debug render."""
-    return msg.HasField("debug_info") or msg.done_reason in (pb.DONE_REASON_LOAD, pb.DONE_REASON_UNLOAD)
+    debug = isinstance(msg, pb.GenerateResponse) and msg.HasField("debug_info")
+    return debug or msg.done_reason in (pb.DONE_REASON_LOAD, pb.DONE_REASON_UNLOAD)
 
 
-async def generate(request: web.Request) -> web.StreamResponse:
-    try:
-        req = transcode.generate_request(await request.read())
-    except BadRequest as exc:
-        return error_response(400, exc.message)
-    call = request.app[STUB].Generate(req, metadata=_metadata(request),
-                                      timeout=request.app[SETTINGS].request_timeout or None)
+def _streaming(parse, method, to_json):
+    """A streaming route: one JSON body in, the RPC's replies out as NDJSON (or one JSON object)."""
+    async def handle(request: web.Request) -> web.StreamResponse:
+        try:
+            req = parse(await request.read())
+        except BadRequest as exc:
+            return error_response(400, exc.message)
+        return await _stream(request, method(request.app), req, to_json)
+    return handle
+
+
+async def _stream(request: web.Request, method, req, to_json) -> web.StreamResponse:
+    call = method(req, metadata=_metadata(request), timeout=request.app[SETTINGS].request_timeout or None)
     try:
         try:
             first = await call.read()
@@ -108,16 +115,16 @@ async def generate(request: web.Request) -> web.StreamResponse:
             return error_response(500, "generation ended without a result")
         stream = req.stream if req.HasField("stream") else True
         if not stream or _single(first):
-            return json_response(transcode.generate_response(first))
+            return json_response(to_json(first))
         response = web.StreamResponse(headers={"Content-Type": NDJSON, "X-Request-Id": request[REQUEST_ID]})
         security.add_cors(request, response)
         await response.prepare(request)
-        await response.write(transcode.dumps(transcode.generate_response(first)) + b"\n")
+        await response.write(transcode.dumps(to_json(first)) + b"\n")
         try:
             async for msg in _rest(call):
-                await response.write(transcode.dumps(transcode.generate_response(msg)) + b"\n")
+                await response.write(transcode.dumps(to_json(msg)) + b"\n")
         except grpc.aio.AioRpcError as exc:
-            log.info("generate: error after the first byte: %s %s", exc.code().name, exc.details(),
+            log.info("error after the first byte: %s %s", exc.code().name, exc.details(),
                      extra={"request_id": request[REQUEST_ID]})
             await response.write(transcode.dumps({"error": message(exc)}) + b"\n")
         await response.write_eof()
@@ -125,6 +132,10 @@ async def generate(request: web.Request) -> web.StreamResponse:
     finally:
         if not call.done():
             call.cancel()            # client gone (handler cancelled) or early return: stop the RPC
+
+
+generate = _streaming(transcode.generate_request, lambda app: app[STUB].Generate, transcode.generate_response)
+chat = _streaming(transcode.chat_request, lambda app: app[STUB].Chat, transcode.chat_response)
 
 
 def _metadata(request: web.Request) -> list[tuple[str, str]]:
@@ -184,6 +195,17 @@ async def copy(request: web.Request, req) -> web.Response:
 @_parsed(transcode.delete_request)
 async def delete(request: web.Request, req) -> web.Response:
     return await _unary(request, request.app[MODELS].DeleteModel, req, None)
+
+
+@_parsed(transcode.embed_request)
+async def embed(request: web.Request, req) -> web.Response:
+    return await _unary(request, request.app[STUB].Embed, req, transcode.embed_response)
+
+
+@_parsed(transcode.embeddings_request)
+async def embeddings(request: web.Request, req) -> web.Response:
+    return await _unary(request, request.app[STUB].Embed, req,
+                        lambda reply: {"embedding": list(reply.embeddings[0].values) if reply.embeddings else []})
 
 
 async def _rest(call) -> AsyncIterator[pb.GenerateResponse]:
@@ -286,6 +308,9 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.cleanup_ctx.append(_channel)
     app.router.add_get("/", root)
     app.router.add_route("POST", "/api/generate", generate)
+    app.router.add_post("/api/chat", chat)
+    app.router.add_post("/api/embed", embed)
+    app.router.add_post("/api/embeddings", embeddings)
     app.router.add_get("/api/tags", tags)
     app.router.add_get("/api/ps", ps)
     app.router.add_get("/api/version", version)

@@ -14,7 +14,7 @@ import json
 import re
 from typing import Any, Callable
 
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import model_pb2 as mpb
@@ -270,8 +270,15 @@ _GENERATE_FIELDS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
 
 def _bind(body: bytes, message, struct: str, fields: dict[str, tuple[str, Callable[[Any, str], Any]]]):
     """Fills `message` from a JSON body, Go-style (see decode_object and _fields)."""
-    values = _fields(decode_object(body, struct), set(fields))
+    return _bind_values(_fields(decode_object(body, struct), set(fields)), message, fields)
+
+
+def _bind_values(values: dict[str, Any], message, fields: dict[str, tuple[str, Callable[[Any, str], Any]]]):
+    lower = {k.lower(): k for k in fields}
     for key, value in values.items():
+        key = key if key in fields else lower.get(key.lower())
+        if key is None:
+            continue
         if value is None:
             continue
         attr, convert = fields[key]
@@ -290,6 +297,89 @@ def _bind(body: bytes, message, struct: str, fields: dict[str, tuple[str, Callab
 def generate_request(body: bytes) -> pb.GenerateRequest:
     """An Ollama /api/generate body as a GenerateRequest; BadRequest with Go's message if it cannot be."""
     return _bind(body, pb.GenerateRequest(), "GenerateRequest", _GENERATE_FIELDS)
+
+
+def _struct(value: Any, field: str) -> struct_pb2.Struct:
+    if not isinstance(value, dict):
+        raise _type_error(value, field, "map[string]interface {}", "ChatRequest")
+    out = struct_pb2.Struct()
+    out.update(value)
+    return out
+
+
+def _tool_calls(value: Any, field: str) -> list[pb.ToolCall]:
+    if not isinstance(value, list):
+        raise _type_error(value, field, "[]api.ToolCall", "Message")
+    calls = []
+    for item in value:
+        function = item.get("function") if isinstance(item, dict) else None
+        if not isinstance(function, dict):
+            raise _type_error(item, field, "api.ToolCall", "Message")
+        calls.append(pb.ToolCall(function=pb.ToolCallFunction(
+            index=_int(function.get("index", 0), "index"), name=_string(function.get("name", ""), "name"),
+            arguments=_struct(function.get("arguments") or {}, "arguments"))))
+    return calls
+
+
+_MESSAGE_FIELDS = {"role": ("role", _string), "content": ("content", _string), "thinking": ("thinking", _string),
+                   "images": ("images", _images), "tool_calls": ("tool_calls", _tool_calls),
+                   "tool_name": ("tool_name", _string), "tool_call_id": ("tool_call_id", _string)}
+
+
+def _messages(value: Any, field: str) -> list[pb.Message]:
+    if not isinstance(value, list):
+        raise _type_error(value, field, "[]api.Message", "ChatRequest")
+    out = []
+    for item in value:
+        if not isinstance(item, dict):
+            raise _type_error(item, field, "api.Message", "ChatRequest")
+        out.append(_bind_values(item, pb.Message(), _MESSAGE_FIELDS))
+    return out
+
+
+def _tools(value: Any, field: str) -> list[pb.Tool]:
+    if not isinstance(value, list):
+        raise _type_error(value, field, "api.Tools", "ChatRequest")
+    tools = []
+    for item in value:
+        function = item.get("function") if isinstance(item, dict) else None
+        if not isinstance(function, dict):
+            raise _type_error(item, field, "api.Tool", "ChatRequest")
+        tools.append(pb.Tool(type=str(item.get("type", "function")), function=pb.ToolFunction(
+            name=_string(function.get("name", ""), "name"),
+            description=_string(function.get("description", ""), "description"),
+            parameters=_struct(function.get("parameters") or {}, "parameters"))))
+    return tools
+
+
+def _inputs(value: Any, field: str) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise BadRequest("invalid input type")
+    return items
+
+
+_COMMON = {k: _GENERATE_FIELDS[k] for k in ("model", "stream", "format", "options", "keep_alive", "think",
+                                            "truncate", "shift", "logprobs", "top_logprobs")}
+_CHAT_FIELDS = {**_COMMON, "messages": ("messages", _messages), "tools": ("tools", _tools)}
+_EMBED_FIELDS = {**{k: _GENERATE_FIELDS[k] for k in ("model", "options", "keep_alive", "truncate")},
+                 "input": ("input", _inputs), "dimensions": ("dimensions", _int)}
+
+
+def chat_request(body: bytes) -> pb.ChatRequest:
+    return _bind(body, pb.ChatRequest(), "ChatRequest", _CHAT_FIELDS)
+
+
+def embed_request(body: bytes) -> pb.EmbedRequest:
+    return _bind(body, pb.EmbedRequest(), "EmbedRequest", _EMBED_FIELDS)
+
+
+def embeddings_request(body: bytes) -> pb.EmbedRequest:
+    """Legacy /api/embeddings: {model, prompt} → one input (none when the prompt is empty)."""
+    req = _bind(body, pb.EmbedRequest(), "EmbeddingRequest",
+                {**{k: _GENERATE_FIELDS[k] for k in ("model", "options", "keep_alive")},
+                 "prompt": ("input", lambda v, f: [s] if (s := _string(v, f)) else [])})
+    return req
 
 
 def show_request(body: bytes) -> mpb.ShowModelRequest:
@@ -339,25 +429,58 @@ def generate_response(msg: pb.GenerateResponse) -> dict[str, Any]:
     if msg.thinking:
         out["thinking"] = msg.thinking
     out["done"] = msg.done
-    if msg.done_reason:
-        out["done_reason"] = _DONE_REASONS[msg.done_reason]
-    if msg.context:
-        out["context"] = list(msg.context)
-    for key in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
-                "eval_count", "eval_duration"):
-        value = getattr(msg, key)
-        value = value if isinstance(value, int) else _ns(value)
-        if value:
-            out[key] = value
+    _final(msg, out, context=list(msg.context))
     if msg.HasField("debug_info"):
         info: dict[str, Any] = {"rendered_template": msg.debug_info.rendered_template}
         if msg.debug_info.image_count:
             info["image_count"] = msg.debug_info.image_count
         out["_debug_info"] = info
     if msg.logprobs:
-        out["logprobs"] = [
-            {**_logprob(e), **({"top_logprobs": [_logprob(t) for t in e.top_logprobs]} if e.top_logprobs else {})}
-            for e in msg.logprobs]
+        out["logprobs"] = _logprobs(msg.logprobs)
+    return out
+
+
+def _logprobs(entries) -> list[dict[str, Any]]:
+    return [{**_logprob(e), **({"top_logprobs": [_logprob(t) for t in e.top_logprobs]} if e.top_logprobs else {})}
+            for e in entries]
+
+
+def _final(msg, out: dict[str, Any], context: list[int] | None = None) -> None:
+    """done_reason, context and the metrics, each omitted when empty (Go's omitempty)."""
+    if msg.done_reason:
+        out["done_reason"] = _DONE_REASONS[msg.done_reason]
+    if context:
+        out["context"] = context
+    for key in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
+                "eval_count", "eval_duration"):
+        value = getattr(msg, key)
+        value = value if isinstance(value, int) else _ns(value)
+        if value:
+            out[key] = value
+    if not isinstance(msg, pb.GenerateResponse) and msg.logprobs:
+        out["logprobs"] = _logprobs(msg.logprobs)
+
+
+def chat_response(msg: pb.ChatResponse) -> dict[str, Any]:
+    """A ChatResponse as Ollama's JSON object."""
+    message: dict[str, Any] = {"role": msg.message.role or "assistant", "content": msg.message.content}
+    if msg.message.thinking:
+        message["thinking"] = msg.message.thinking
+    if msg.message.tool_calls:
+        message["tool_calls"] = [{"function": {"index": c.function.index, "name": c.function.name,
+                                                "arguments": json_format.MessageToDict(c.function.arguments)}}
+                                 for c in msg.message.tool_calls]
+    out: dict[str, Any] = {"model": msg.model, "created_at": timestamp(msg.created_at), "message": message,
+                           "done": msg.done}
+    _final(msg, out)
+    return out
+
+
+def embed_response(msg: pb.EmbedResponse) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": msg.model, "embeddings": [list(e.values) for e in msg.embeddings]}
+    for key in ("total_duration", "load_duration", "prompt_eval_count"):
+        value = getattr(msg, key)
+        out[key] = value if isinstance(value, int) else _ns(value)
     return out
 
 

@@ -105,6 +105,10 @@ class Runner(abc.ABC):
         """Streams the completion of `prompt`. Closing the iterator cancels decoding."""
 
     @abc.abstractmethod
+    async def embed(self, tokens: list[int]) -> list[float]:
+        """The embedding of `tokens`: the model's output vector at the last token (not normalised)."""
+
+    @abc.abstractmethod
     async def close(self) -> None:
         """Frees the model once no generation uses it."""
 

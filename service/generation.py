@@ -9,11 +9,13 @@ module wires them together and frames the protobuf replies.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Any, AsyncIterator
 
-from google.protobuf import duration_pb2, timestamp_pb2
+import numpy as np
+from google.protobuf import duration_pb2, json_format, timestamp_pb2
 
 from gengate.v1 import generate_pb2 as pb
 from service import prompt as prompts
@@ -46,8 +48,45 @@ def _logprobs(entries: list[TokenLogprob]) -> list[pb.Logprob]:
             for e in entries]
 
 
+@dataclasses.dataclass
+class Delta:
+    """Text (and thinking) decoded since the previous delta."""
+
+    text: str
+    thinking: str
+    logprobs: list[TokenLogprob]
+
+
+@dataclasses.dataclass
+class Summary:
+    """The end of a generation: the last delta (everything, when not streaming) and the metrics."""
+
+    text: str
+    thinking: str
+    logprobs: list[TokenLogprob]
+    finish: Finish
+    prompt: list[int]
+    dropped: int
+    load_ns: int
+    total_ns: int
+
+    def metrics(self) -> dict[str, Any]:
+        f = self.finish
+        return dict(done=True, done_reason=DONE_REASONS[f.reason], total_duration=_duration(self.total_ns),
+                    load_duration=_duration(self.load_ns), prompt_eval_count=f.prompt_eval_count,
+                    prompt_eval_duration=_duration(f.prompt_eval_ns), eval_count=f.eval_count,
+                    eval_duration=_duration(f.eval_ns), logprobs=_logprobs(self.logprobs),
+                    truncated_prompt_tokens=self.dropped)
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    created = timestamp_pb2.Timestamp()
+    created.GetCurrentTime()
+    return created
+
+
 class Generation:
-    """Runs Generate requests against the model store and the loaded-model pool."""
+    """Runs Generate and Chat requests against the model store and the loaded-model pool."""
 
     def __init__(self, settings: ServiceSettings, store: ModelStore, pool: ModelPool, admission: Admission,
                  metrics: Metrics):
@@ -57,11 +96,6 @@ class Generation:
         self._admission = admission
         self._metrics = metrics
 
-    def _reply(self, req: pb.GenerateRequest, **fields: Any) -> pb.GenerateResponse:
-        created = timestamp_pb2.Timestamp()
-        created.GetCurrentTime()
-        return pb.GenerateResponse(model=req.model, created_at=created, **fields)
-
     def lookup(self, model: str) -> Model:
         name = checks.parse_model(model)
         entry = self._store.get(name)
@@ -69,51 +103,70 @@ class Generation:
             raise GenerateError(Kind.MODEL_NOT_FOUND, f"model '{model}' not found", "model")
         return Model(entry, self._store.metadata(entry))
 
+    def _think(self, req, model: Model, raw: bool = False) -> tuple[bool | None, str, tuple[str, str] | None]:
+        """(think, level, tags): Ollama's thinking rules (spec §4.1 step 9)."""
+        think, level = checks.think(req)
+        tags = model.thinking_tags()
+        if tags is None and think:
+            raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support thinking', "think")
+        if tags is not None and think is None and not raw:
+            think, level = True, "medium"
+        return think, level, tags
+
+    def _load_options(self, req, model: Model):
+        return checks.load_options(req, model.entry.parameters, default_ctx=self._settings.context_length,
+                                   n_ctx_train=model.n_ctx_train, default_threads=self._settings.num_threads)
+
+    def _options(self, req, model: Model):
+        return self._load_options(req, model), checks.sampling(req, model.entry.parameters)
+
+    @staticmethod
+    def _special(model: Model, lease: Lease) -> tuple[str, str]:
+        """The BOS and EOS texts templates may write."""
+        runner = lease.runner
+        return (runner.token_text(int(model.metadata.get("tokenizer.ggml.bos_token_id", 1))),
+                runner.token_text(int(model.metadata.get("tokenizer.ggml.eos_token_id", 2))))
+
+    # -- Generate -----------------------------------------------------------------------------------
     async def run(self, req: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
         start = time.perf_counter_ns()
-        checks.check_fields(req, self._settings.max_prompt_bytes)
+        checks.check_fields(req, self._settings.max_prompt_bytes,
+                            {f: getattr(req, f) for f in ("prompt", "system", "suffix", "template")})
         model = self.lookup(req.model)
+        reply = lambda **fields: pb.GenerateResponse(model=req.model, created_at=_now(), **fields)
         keep_alive = checks.keep_alive_ns(req)
         if not req.prompt and keep_alive == 0:
             await self._pool.unload(model.entry)
-            yield self._reply(req, done=True, done_reason=pb.DONE_REASON_UNLOAD)
+            yield reply(done=True, done_reason=pb.DONE_REASON_UNLOAD)
             return
         if any(req.HasField(f) for f in ("width", "height", "steps")):
             raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support image generation')
         if req.raw and (req.template or req.system or req.context):
             raise invalid("raw mode does not support template, system, or context", "raw")
-        think, think_level = checks.think(req)
-        tags = model.thinking_tags()
-        if tags is None and think:
-            raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support thinking', "think")
-        if tags is not None and think is None and not req.raw:
-            think, think_level = True, "medium"
+        think, level, tags = self._think(req, model, req.raw)
         if not model.generative:
             raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support generate')
         if req.suffix and "suffix" not in model.template_fields():
             raise GenerateError(Kind.UNSUPPORTED, f"{model.entry.name} does not support insert", "suffix")
         if req.images:
             raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support images', "images")
-        parameters = model.entry.parameters
-        load = checks.load_options(req, parameters, default_ctx=self._settings.context_length,
-                                   n_ctx_train=model.n_ctx_train, default_threads=self._settings.num_threads)
-        sampling = checks.sampling(req, parameters)
+        load, sampling = self._options(req, model)
         async with self._admission.slot(), self._pool.lease(model.entry, load, keep_alive) as lease:
             if not req.prompt:
-                yield self._reply(req, done=True, done_reason=pb.DONE_REASON_LOAD)
+                yield reply(done=True, done_reason=pb.DONE_REASON_LOAD)
                 return
-            text = self._render(req, model, lease, think, think_level)
+            text = self._render(req, model, lease, think, level)
             if req.debug_render_only:
-                yield self._reply(req, debug_info=pb.DebugInfo(rendered_template=text, image_count=len(req.images)))
+                yield reply(debug_info=pb.DebugInfo(rendered_template=text, image_count=len(req.images)))
                 return
-            tokens, dropped = self._fit(req, lease, text, sampling.num_keep)
-            parser = ThinkingParser(*tags, starts_inside=text.rstrip().endswith(tags[0])) \
-                if tags and think and not req.raw else None
-            stream = req.stream if req.HasField("stream") else True
-            replies = self._stream(req, lease, tokens, sampling, parser, stream, start, dropped)
-            async with contextlib.aclosing(replies):
-                async for reply in replies:
-                    yield reply
+            events = self._decode(req, lease, text, sampling, tags if think and not req.raw else None, start)
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    if isinstance(event, Delta):
+                        yield reply(response=event.text, thinking=event.thinking, logprobs=_logprobs(event.logprobs))
+                    else:
+                        yield reply(response=event.text, thinking=event.thinking, **event.metrics(),
+                                    context=[] if req.raw else event.prompt + event.finish.tokens)
 
     def _render(self, req: pb.GenerateRequest, model: Model, lease: Lease, think: bool | None, level: str) -> str:
         runner = lease.runner
@@ -123,8 +176,7 @@ class Generation:
             prompt=req.prompt, system=req.system or model.entry.system or "", suffix=req.suffix,
             template=req.template or model.entry.template,
             think=think, think_level=level, image_count=len(req.images))
-        bos = runner.token_text(int(model.metadata.get("tokenizer.ggml.bos_token_id", 1)))
-        eos = runner.token_text(int(model.metadata.get("tokenizer.ggml.eos_token_id", 2)))
+        bos, eos = self._special(model, lease)
         text = prompts.render(inp, chat_template=model.chat_template, bos=bos, eos=eos)
         if req.context:
             if any(not 0 <= t < runner.n_vocab for t in req.context):
@@ -132,7 +184,84 @@ class Generation:
             text = runner.detokenize(list(req.context)) + text
         return text
 
-    def _fit(self, req: pb.GenerateRequest, lease: Lease, text: str, num_keep: int) -> tuple[list[int], int]:
+    # -- Chat ---------------------------------------------------------------------------------------
+    async def chat(self, req: pb.ChatRequest) -> AsyncIterator[pb.ChatResponse]:
+        start = time.perf_counter_ns()
+        checks.check_fields(req, self._settings.max_prompt_bytes,
+                            {f"messages[{i}].content": m.content for i, m in enumerate(req.messages)})
+        if not req.model.strip():
+            raise invalid("model is required", "model")
+        model = self.lookup(req.model)
+        reply = lambda message=None, **fields: pb.ChatResponse(
+            model=req.model, created_at=_now(), message=message or pb.Message(role="assistant"), **fields)
+        keep_alive = checks.keep_alive_ns(req)
+        if not req.messages and keep_alive == 0:
+            await self._pool.unload(model.entry)
+            yield reply(done=True, done_reason=pb.DONE_REASON_UNLOAD)
+            return
+        think, level, tags = self._think(req, model)
+        if not model.generative:
+            raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support chat')
+        if req.tools and not model.supports_tools():
+            raise GenerateError(Kind.UNSUPPORTED, f"{model.entry.name} does not support tools", "tools")
+        if any(m.images for m in req.messages):
+            raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support images', "messages")
+        load, sampling = self._options(req, model)
+        async with self._admission.slot(), self._pool.lease(model.entry, load, keep_alive) as lease:
+            if not req.messages:
+                yield reply(done=True, done_reason=pb.DONE_REASON_LOAD)
+                return
+            messages = [{"role": m.role.lower(), "content": m.content, **({"thinking": m.thinking} if m.thinking else {}),
+                         **({"tool_name": m.tool_name} if m.tool_name else {})} for m in req.messages]
+            if model.entry.system and not any(m["role"] == "system" for m in messages):
+                messages.insert(0, {"role": "system", "content": model.entry.system})
+            bos, eos = self._special(model, lease)
+            tools = [json_format.MessageToDict(t, preserving_proto_field_name=True) for t in req.tools]
+            text = prompts.render_chat(messages, tools=tools, go_template=model.entry.template,
+                                       chat_template=model.chat_template, bos=bos, eos=eos, think=think,
+                                       think_level=level)
+            events = self._decode(req, lease, text, sampling, tags if think else None, start)
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    message = pb.Message(role="assistant", content=event.text, thinking=event.thinking)
+                    if isinstance(event, Delta):
+                        yield reply(message, logprobs=_logprobs(event.logprobs))
+                    else:
+                        yield reply(message, **event.metrics())
+
+    # -- Embed --------------------------------------------------------------------------------------
+    async def embed(self, req: pb.EmbedRequest) -> pb.EmbedResponse:
+        start = time.perf_counter_ns()
+        checks.check_fields(req, self._settings.max_prompt_bytes,
+                            {f"input[{i}]": text for i, text in enumerate(req.input)})
+        if not req.model.strip():
+            raise invalid("model is required", "model")
+        model = self.lookup(req.model)
+        if req.dimensions < 0:
+            raise invalid("dimensions must be at least 0", "dimensions")
+        load = self._load_options(req, model)
+        vectors, count = [], 0
+        async with self._admission.slot(), self._pool.lease(model.entry, load, checks.keep_alive_ns(req)) as lease:
+            runner = lease.runner
+            add_bos = bool(runner.metadata.get("tokenizer.ggml.add_bos_token", True))
+            for text in req.input:
+                tokens = runner.tokenize(text, add_bos=add_bos) or runner.tokenize("", add_bos=True)
+                if len(tokens) > runner.n_ctx:
+                    if req.HasField("truncate") and not req.truncate:
+                        raise GenerateError(Kind.CONTEXT_TOO_LONG, CONTEXT_EXCEEDED, "input")
+                    tokens = tokens[:runner.n_ctx]
+                count += len(tokens)
+                vector = np.asarray(await runner.embed(tokens), dtype=np.float64)
+                if req.dimensions:
+                    vector = vector[:req.dimensions]
+                norm = float(np.linalg.norm(vector))
+                vectors.append(pb.Embedding(values=(vector / norm if norm else vector).tolist()))
+        return pb.EmbedResponse(model=req.model, embeddings=vectors, prompt_eval_count=count,
+                                total_duration=_duration(time.perf_counter_ns() - start),
+                                load_duration=_duration(lease.load_ns))
+
+    # -- shared ------------------------------------------------------------------------------------
+    def _fit(self, req, lease: Lease, text: str, num_keep: int) -> tuple[list[int], int]:
         """Tokenizes the prompt and fits it into the context window (decisions.md §7)."""
         runner = lease.runner
         add_bos = bool(runner.metadata.get("tokenizer.ggml.add_bos_token", True))
@@ -152,7 +281,13 @@ class Generation:
         log.info("truncating input prompt: %d tokens to %d (num_ctx %d)", len(tokens), len(kept), n_ctx)
         return kept, len(tokens) - len(kept)
 
-    async def _stream(self, req, lease, tokens, sampling, parser, stream, start, dropped):
+    async def _decode(self, req, lease: Lease, text: str, sampling, tags: tuple[str, str] | None,
+                      start: int) -> AsyncIterator[Delta | Summary]:
+        """Streams the engine's pieces as Deltas (split into thinking and text when `tags` are
+        given), then one Summary. With stream = false, only the Summary, holding everything."""
+        tokens, dropped = self._fit(req, lease, text, sampling.num_keep)
+        parser = ThinkingParser(*tags, starts_inside=text.rstrip().endswith(tags[0])) if tags else None
+        stream = req.stream if req.HasField("stream") else True
         texts: list[str] = []
         thoughts: list[str] = []
         logprobs: list[TokenLogprob] = []
@@ -168,29 +303,16 @@ class Generation:
                 histogram = self._metrics.ttft if last is None else self._metrics.inter_token
                 histogram.observe((now - (start if last is None else last)) / 1e9)
                 last = now
-                text, thinking = item.text, ""
-                if parser is not None:
-                    thinking, text = parser.feed(item.text)
+                thinking, piece = parser.feed(item.text) if parser is not None else ("", item.text)
                 if stream:
-                    if text or thinking or item.logprobs:
-                        yield self._reply(req, response=text, thinking=thinking, logprobs=_logprobs(item.logprobs))
+                    if piece or thinking or item.logprobs:
+                        yield Delta(piece, thinking, item.logprobs)
                 else:
-                    texts.append(text)
+                    texts.append(piece)
                     thoughts.append(thinking)
                     logprobs.extend(item.logprobs)
         if finish is None:
             raise GenerateError(Kind.INTERNAL, "generation ended without a result")
-        text = thinking = ""
-        if parser is not None:
-            thinking, text = parser.flush()
-        if not stream:
-            text, thinking = "".join(texts) + text, "".join(thoughts) + thinking
-            finish.logprobs = logprobs + finish.logprobs
-        context = [] if req.raw else tokens + finish.tokens
-        yield self._reply(
-            req, response=text, thinking=thinking, done=True, done_reason=DONE_REASONS[finish.reason],
-            context=context, total_duration=_duration(time.perf_counter_ns() - start),
-            load_duration=_duration(lease.load_ns), prompt_eval_count=finish.prompt_eval_count,
-            prompt_eval_duration=_duration(finish.prompt_eval_ns), eval_count=finish.eval_count,
-            eval_duration=_duration(finish.eval_ns), logprobs=_logprobs(finish.logprobs),
-            truncated_prompt_tokens=dropped)
+        thinking, piece = parser.flush() if parser is not None else ("", "")
+        yield Summary("".join(texts) + piece, "".join(thoughts) + thinking, logprobs + finish.logprobs, finish,
+                      tokens, dropped, lease.load_ns, time.perf_counter_ns() - start)

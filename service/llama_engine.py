@@ -210,6 +210,23 @@ class LlamaRunner(Runner):
         llm.n_tokens = n - discard
         return True
 
+    async def embed(self, tokens: list[int]) -> list[float]:
+        async with self._turn:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._embed, tokens)
+
+    def _embed(self, tokens: list[int]) -> list[float]:
+        llm = self._llm
+        llama_cpp.llama_set_embeddings(llm._ctx.ctx, True)
+        try:
+            llm.reset()
+            for i in range(0, len(tokens), llm.n_batch):
+                llm.eval(tokens[i:i + llm.n_batch])
+            vector = llama_cpp.llama_get_embeddings_ith(llm._ctx.ctx, -1)
+            return np.ctypeslib.as_array(vector, shape=(llm.n_embd(),)).tolist()
+        finally:
+            llama_cpp.llama_set_embeddings(llm._ctx.ctx, False)
+            llm.reset()
+
     async def close(self) -> None:
         async with self._turn:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._llm.close)

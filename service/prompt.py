@@ -100,3 +100,51 @@ def _execute(template: gotemplate.Template, data: dict[str, Any]) -> str:
         return template.render(data)
     except gotemplate.TemplateError as exc:
         raise invalid(str(exc), "template") from exc
+
+
+def render_chat(messages: list[dict[str, Any]], *, tools: list[dict[str, Any]], go_template: str | None,
+                chat_template: str | None, bos: str, eos: str, think: bool | None, think_level: str) -> str:
+    """The prompt for a conversation (Ollama's chat path): the model's Go template, else its
+    GGUF chat template, else the contents one per line."""
+    think_vars = {"Think": bool(think), "ThinkLevel": think_level, "IsThinkSet": think is not None}
+    if go_template is not None:
+        template = parse_go_template(go_template)
+        fields = {f.lower() for f in template.fields()}
+        system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+        if "messages" in fields:
+            go_messages = [{"Role": m["role"], "Content": m["content"], "Thinking": m.get("thinking", ""),
+                            "ToolCalls": m.get("tool_calls", []), "ToolName": m.get("tool_name", "")}
+                           for m in messages]
+            return _execute(template, {"System": system, "Messages": go_messages, "Tools": tools, "Response": "",
+                                       **think_vars})
+        return _legacy_turns(go_template, messages, think_vars)
+    if chat_template:
+        extra: dict[str, Any] = {"tools": tools} if tools else {}
+        if think is not None:
+            extra["enable_thinking"] = bool(think)
+        return render_chat_template(chat_template, messages, bos=bos, eos=eos, **extra)
+    return "\n".join(m["content"] for m in messages)
+
+
+def _legacy_turns(source: str, messages: list[dict[str, Any]], think_vars: dict[str, Any]) -> str:
+    """A template without .Messages, run once per (system, prompt, response) turn as Ollama does;
+    the last turn stops at .Response."""
+    fields = {f.lower() for f in parse_go_template(source).fields()}
+    full = parse_go_template(source if "response" in fields else source + "{{ .Response }}")
+    out, system, prompt = [], "", None
+    for m in messages:
+        if m["role"] == "system":
+            system = f"{system}\n\n{m['content']}" if system else m["content"]
+        elif m["role"] == "user":
+            if prompt is not None:
+                out.append(_execute(full, {"System": system, "Prompt": prompt, "Response": "", **think_vars}))
+                system = ""
+            prompt = m["content"]
+        elif m["role"] == "assistant":
+            out.append(_execute(full, {"System": system, "Prompt": prompt or "", "Response": m["content"],
+                                       **think_vars}))
+            system, prompt = "", None
+    if prompt is not None or system:
+        out.append(_execute(full.cut_after_response(), {"System": system, "Prompt": prompt or "", "Response": "",
+                                                         **think_vars}))
+    return "".join(out)

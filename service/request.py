@@ -29,12 +29,16 @@ _RANGES = {"temperature": (0, None), "top_p": (0, 1), "min_p": (0, 1), "typical_
            "main_gpu": (0, None)}
 
 
-def check_fields(req: pb.GenerateRequest, max_text_bytes: int) -> None:
-    """Checks that need no model (Ollama checks top_logprobs before the model name)."""
-    if not 0 <= req.top_logprobs <= 20:
+def check_fields(req: pb.GenerateRequest | pb.ChatRequest | pb.EmbedRequest, max_text_bytes: int,
+                 texts: dict[str, str]) -> None:
+    """Checks that need no model (Ollama checks top_logprobs before the model name).
+
+    `texts` are the request's free-text fields by name, each capped at max_text_bytes."""
+    fields = req.DESCRIPTOR.fields_by_name
+    if "top_logprobs" in fields and not 0 <= req.top_logprobs <= 20:
         raise invalid("top_logprobs must be between 0 and 20", "top_logprobs")
-    for field in ("prompt", "system", "suffix", "template"):
-        size = len(getattr(req, field).encode("utf-8"))
+    for field, text in texts.items():
+        size = len(text.encode("utf-8"))
         if size > max_text_bytes:
             raise invalid(f"{field} is too long: {size} bytes (the limit is {max_text_bytes})", field)
     for field, (low, high) in _RANGES.items():
@@ -47,12 +51,14 @@ def check_fields(req: pb.GenerateRequest, max_text_bytes: int) -> None:
         raise invalid(f'option "stop" allows at most {MAX_STOP_SEQUENCES} sequences', "options.stop")
     if any(len(s) > MAX_STOP_LENGTH for s in req.options.stop):
         raise invalid(f'option "stop" allows sequences of at most {MAX_STOP_LENGTH} characters', "options.stop")
-    for field in ("width", "height"):
-        if req.HasField(field) and not 1 <= getattr(req, field) <= 4096:
-            raise invalid(f"{field} must be between 1 and 4096", field)
-    if req.HasField("steps") and req.steps < 1:
-        raise invalid("steps must be at least 1", "steps")
-    if req.HasField("think") and req.think.WhichOneof("value") == "level" and req.think.level not in THINK_LEVELS:
+    if isinstance(req, pb.GenerateRequest):
+        for field in ("width", "height"):
+            if req.HasField(field) and not 1 <= getattr(req, field) <= 4096:
+                raise invalid(f"{field} must be between 1 and 4096", field)
+        if req.HasField("steps") and req.steps < 1:
+            raise invalid("steps must be at least 1", "steps")
+    if "think" in fields and req.HasField("think") and req.think.WhichOneof("value") == "level" \
+            and req.think.level not in THINK_LEVELS:
         raise invalid('invalid think value: (must be "high", "medium", "low", "max", true, or false)', "think")
 
 

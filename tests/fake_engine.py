@@ -60,6 +60,9 @@ class FakeRunner(Runner):
             engine.active -= 1
             engine.closed += 1
 
+    async def embed(self, tokens: list[int]) -> list[float]:
+        return [float(len(tokens)), float(sum(tokens) % 97), 1.0]
+
     async def close(self) -> None:
         self._engine.unloaded += 1
 

@@ -1,0 +1,612 @@
+"""The batched engine: continuous batching over llama-cpp-python's low-level API.
+
+Every active request is a sequence of one shared llama context. One decode thread per
+loaded model owns the context and loops:
+
+1. take new requests and cancellations (they join between steps);
+2. decode one token for every running sequence, all in one llama_decode batch, and
+   sample each with the request's own sampler chain (seed, penalties, grammar);
+3. prefill one chunk of the oldest waiting prompt (so running streams keep flowing
+   while long prompts come in).
+
+A finished or cancelled sequence leaves the batch at once: its generated tokens'
+KV cells are removed (llama_memory_seq_rm) before the stream's close returns. What
+stays is the prompt's KV, a cache: a later request whose prompt starts with the
+same tokens (a shared system prompt, a conversation's context) takes that sequence
+and skips recomputing the common prefix.
+
+Determinism (docs/benchmarks.md, "Determinism"): a request gives the same logits,
+bit for bit, alone or beside others, with or without a reused prefix. llama.cpp's CPU
+kernels round differently for some batch shapes, so the layout is chosen so that no
+token's arithmetic depends on what else is in the batch:
+
+- the KV cache is split per sequence (`kv_unified = false`): each sequence has its own
+  cells, starting at cell 0, so attention sums the same values in the same order
+  whoever else is decoding, and attention runs per sequence (one query row per step);
+- flash attention is off: its CPU kernel switches between three code paths
+  (reference, tiled, split-KV) on the number of query rows and sequences in a batch;
+- prompt chunks and decode steps are separate llama_decode calls, and a prompt is
+  never split so that a chunk holds one token: attention over a 1-row chunk uses a
+  different kernel (vec_dot) from a multi-row one (llamafile sgemm), and the two
+  round differently; multi-row chunks agree with each other whatever their size;
+- only prompt KV is reused as a cache: generated tokens were decoded one row at a
+  time, so their KV differs (in the last bits) from what a prompt chunk would compute,
+  and at least two prompt tokens are always evaluated after a reused prefix.
+
+The remaining kernels (quantized matrix products, norms, RoPE, soft-max) compute each
+row on its own. Sequence ids of a decode step must be consecutive for llama.cpp to
+decode them as one micro-batch, so a request takes the lowest free sequence.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import ctypes
+import dataclasses
+import logging
+import os
+import threading
+import time
+from typing import AsyncIterator, Sequence
+
+import llama_cpp
+import numpy as np
+from llama_cpp import _internals as internals
+
+from service.detokenizer import Detokenizer
+from service.engine import Engine, Finish, LoadOptions, Piece, Runner, Sampling, TokenLogprob
+from service.gguf import read_metadata
+from service.llama_engine import LlamaEngine, LlamaRunner
+
+log = logging.getLogger(__name__)
+
+PREFILL_CHUNK = 128          # prompt tokens per llama_decode call (running streams wait at most one chunk)
+MIN_REUSE = 16               # shortest cached prefix worth taking another sequence than the lowest free one
+_DONE = object()             # end of a stream
+_RELEASED = object()         # the request's sequence is free again
+
+_backend = threading.Lock()
+_backend_ready = False
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    with _backend:
+        if not _backend_ready:
+            llama_cpp.llama_backend_init()
+            # llama.cpp's log goes through llama-cpp-python's logger: errors only (as Llama(verbose=False)).
+            llama_log = logging.getLogger("llama-cpp-python")
+            if llama_log.level == logging.NOTSET:
+                llama_log.setLevel(logging.ERROR)
+            _backend_ready = True
+
+
+def chunk_end(start: int, end: int, size: int) -> int:
+    """End of the prompt chunk that starts at `start`: at most `size` (>= 3) tokens, and
+    never leaving a single token for the next chunk, so no chunk has one token unless
+    the whole prompt has."""
+    stop = min(end, start + size)
+    if end - stop == 1 and stop - start > 2:
+        stop -= 1                         # leave two tokens rather than one
+    return stop
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    if n == 0 or a[0] != b[0]:
+        return 0
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class _Request:
+    """One generation: set up on the event loop, run by the decode thread."""
+
+    def __init__(self, prompt: list[int], sampling: Sampling, grammar, loop: asyncio.AbstractEventLoop):
+        self.prompt = prompt
+        self.s = sampling
+        self.grammar = grammar
+        self.loop = loop
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.released = loop.create_future()
+        self.cancelled = False            # set by the stream, read by the decode thread
+        # Decode-thread state.
+        self.seq = -1                     # sequence id while it holds one
+        self.n_past = 0                   # tokens in its KV cells
+        self.reused = 0                   # prompt tokens taken from the cache
+        self.shifted = False              # the context shifted: the prompt KV is no longer a clean cache
+        self.sampler = None
+        self.detok: Detokenizer | None = None
+        self.tokens: list[int] = []
+        self.pending: list[TokenLogprob] = []
+        self.limit = 0
+        self.start = 0
+        self.first = 0
+        self.next_token = -1              # sampled, to be decoded in the next step
+
+
+class _Embed:
+    """One embedding: the hidden state at the last of `tokens`."""
+
+    def __init__(self, tokens: list[int], loop: asyncio.AbstractEventLoop):
+        self.tokens = tokens
+        self.loop = loop
+        self.result = loop.create_future()
+
+
+class BatchRunner(Runner):
+    """A loaded model whose requests share one context, decoded together."""
+
+    # Token text, log-probabilities and the format grammar check are the simple engine's.
+    _piece = LlamaRunner._piece
+    _entry = LlamaRunner._entry
+    _logprob = LlamaRunner._logprob
+    _grammar = LlamaRunner._grammar
+    detokenize = LlamaRunner.detokenize
+    token_text = LlamaRunner.token_text
+
+    def __init__(self, model: internals.LlamaModel, ctx: internals.LlamaContext, *, n_seq: int, n_ctx: int,
+                 chunk: int, metadata: dict, reuse: bool):
+        self._model = model
+        self._ctx = ctx
+        self._vocab = model.vocab
+        self._mem = llama_cpp.llama_get_memory(ctx.ctx)
+        self._pieces: dict[tuple[int, bool], bytes] = {}
+        self._checked_grammars: set[str] = set()
+        self.n_seq = n_seq
+        self.n_ctx = n_ctx
+        self.n_ctx_train = model.n_ctx_train()
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self.metadata = metadata
+        self._chunk = chunk
+        self._reuse = reuse                # prompt KV may be kept and reused (not for sliding-window or recurrent memory)
+        self._can_shift = bool(self._mem) and bool(llama_cpp.llama_memory_can_shift(self._mem))
+        # The batch, over numpy arrays so a step fills it without a Python loop per field.
+        cap = max(chunk, n_seq)
+        self._b_token = np.zeros(cap, np.int32)
+        self._b_pos = np.zeros(cap, np.int32)
+        self._b_nseq = np.ones(cap, np.int32)
+        self._b_seq = np.zeros(cap, np.int32)
+        self._b_logits = np.zeros(cap, np.int8)
+        int_p = ctypes.POINTER(ctypes.c_int32)
+        self._b_seq_ptrs = (int_p * cap)(*[ctypes.cast(self._b_seq.ctypes.data + 4 * i, int_p) for i in range(cap)])
+        self._batch = llama_cpp.llama_batch(
+            n_tokens=0, token=self._b_token.ctypes.data_as(int_p), embd=None,
+            pos=self._b_pos.ctypes.data_as(int_p), n_seq_id=self._b_nseq.ctypes.data_as(int_p),
+            seq_id=self._b_seq_ptrs, logits=self._b_logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)))
+        # Shared with the event loop (under _cond).
+        self._cond = threading.Condition()
+        self._inbox: list[_Request] = []
+        self._embeds: collections.deque[_Embed] = collections.deque()
+        self._closing = False
+        # Decode-thread state.
+        self._waiting: collections.deque[_Request] = collections.deque()      # no sequence yet
+        self._prefilling: collections.deque[_Request] = collections.deque()   # prompt being evaluated
+        self._running: dict[int, _Request] = {}                               # seq id → request
+        self._free = set(range(n_seq))
+        self._cached: list[list[int]] = [[] for _ in range(n_seq)]             # prompt tokens each sequence keeps
+        self._out: list[tuple[_Request, object]] = []
+        self._held = 0
+        # Observability (written by the decode thread only): tokens sampled, decode steps,
+        # prompt chunks evaluated, prompt tokens taken from the cache.
+        self.decoded = 0
+        self.steps = 0
+        self.prefill_chunks = 0
+        self.reused_tokens = 0
+        self._thread = threading.Thread(target=self._main, name="batch-decode", daemon=True)
+        self._thread.start()
+
+    @property
+    def active(self) -> int:
+        """Generations in progress (queued, prefilling or decoding)."""
+        return self._held + len(self._inbox)
+
+    # -- tokens ------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        return self._model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    # -- the event-loop side -------------------------------------------------------
+    async def generate(self, prompt: list[int], sampling: Sampling) -> AsyncIterator[Piece | Finish]:
+        grammar = self._grammar(sampling.json_format)
+        req = _Request(list(prompt), sampling, grammar, asyncio.get_running_loop())
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("the model is being unloaded")
+            self._inbox.append(req)
+            self._cond.notify()
+        done = False
+        try:
+            while True:
+                item = await req.queue.get()
+                if item is _DONE:
+                    done = True
+                    return
+                if isinstance(item, BaseException):
+                    done = True
+                    raise item
+                yield item
+        finally:
+            if not done:
+                req.cancelled = True
+                with self._cond:
+                    self._cond.notify()
+            # The sequence is free (and its KV removed) before the stream's close returns.
+            await asyncio.shield(req.released)
+
+    async def embed(self, tokens: list[int]) -> list[float]:
+        job = _Embed(list(tokens), asyncio.get_running_loop())
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("the model is being unloaded")
+            self._embeds.append(job)
+            self._cond.notify()
+        return await job.result
+
+    async def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        await asyncio.to_thread(self._thread.join)
+
+    # -- the decode thread -----------------------------------------------------------
+    def _main(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not (self._inbox or self._embeds or self._closing or self._busy()):
+                        self._cond.wait()
+                    incoming, self._inbox = self._inbox, []
+                    embeds: list[_Embed] = []
+                    if self._free:                # an embedding borrows a free sequence
+                        embeds, self._embeds = list(self._embeds), collections.deque()
+                    self._held += len(incoming)
+                    closing = self._closing
+                self._waiting.extend(incoming)
+                if closing:
+                    self._abort_all(RuntimeError("the model was unloaded"))
+                    with self._cond:
+                        embeds += list(self._embeds)
+                        self._embeds.clear()
+                    for job in embeds:
+                        self._resolve(job, RuntimeError("the model was unloaded"))
+                    self._flush()
+                    break
+                try:
+                    for job in embeds:
+                        self._embed(job)
+                    self._iterate()
+                except Exception as exc:          # a bug or a failed decode: fail what is in flight, keep serving
+                    log.exception("batch decode failed")
+                    self._abort_all(exc)
+                    llama_cpp.llama_memory_clear(self._mem, True)
+                    self._cached = [[] for _ in range(self.n_seq)]
+                self._flush()
+        finally:
+            self._ctx.close()
+            self._model.close()
+
+    def _embed(self, job: _Embed) -> None:
+        """Evaluates `job.tokens` on a free sequence with embeddings on, between two steps."""
+        seq = min(self._free)
+        ctx = self._ctx.ctx
+        llama_cpp.llama_memory_seq_rm(self._mem, seq, -1, -1)
+        self._cached[seq] = []
+        llama_cpp.llama_set_embeddings(ctx, True)
+        try:
+            tokens, start, vector = job.tokens, 0, None
+            while start < len(tokens):
+                stop = chunk_end(start, len(tokens), self._chunk)
+                n = stop - start
+                self._b_token[:n] = tokens[start:stop]
+                self._b_pos[:n] = np.arange(start, stop, dtype=np.int32)
+                self._b_seq[:n] = seq
+                self._b_logits[:n] = 0
+                self._b_logits[n - 1] = stop == len(tokens)
+                self._decode(n)
+                start = stop
+            n_embd = llama_cpp.llama_model_n_embd(self._model.model)
+            vector = np.ctypeslib.as_array(llama_cpp.llama_get_embeddings_ith(ctx, n - 1), shape=(n_embd,)).tolist()
+            self._resolve(job, vector)
+        except Exception as exc:
+            self._resolve(job, exc)
+        finally:
+            llama_cpp.llama_set_embeddings(ctx, False)
+            llama_cpp.llama_memory_seq_rm(self._mem, seq, -1, -1)
+
+    @staticmethod
+    def _resolve(job: _Embed, value: object) -> None:
+        def settle() -> None:
+            if job.result.done():
+                return
+            if isinstance(value, BaseException):
+                job.result.set_exception(value)
+            else:
+                job.result.set_result(value)
+        try:
+            job.loop.call_soon_threadsafe(settle)
+        except RuntimeError:
+            pass
+
+    def _busy(self) -> bool:
+        return bool(self._waiting or self._prefilling or self._running)
+
+    def _iterate(self) -> None:
+        self._reap()
+        self._admit()
+        if self._running:
+            self._step()
+        if self._prefilling:
+            self._prefill()
+
+    def _reap(self) -> None:
+        """Frees the sequences of cancelled requests."""
+        for queue in (self._waiting, self._prefilling):
+            for req in [r for r in queue if r.cancelled]:
+                queue.remove(req)
+                self._release(req)
+        for req in [r for r in self._running.values() if r.cancelled]:
+            self._release(req)
+
+    def _admit(self) -> None:
+        """Gives waiting requests a sequence, in arrival order."""
+        while self._waiting and self._free:
+            req = self._waiting.popleft()
+            s = req.s
+            req.start = time.perf_counter_ns()
+            req.limit = s.num_predict if s.num_predict >= 0 else 10 * self.n_ctx
+            if req.limit == 0 or not req.prompt:
+                self._finish(req, "length", first=req.start)
+                continue
+            seq, reuse = self._pick(req.prompt)
+            self._free.discard(seq)
+            req.seq = seq
+            if not llama_cpp.llama_memory_seq_rm(self._mem, seq, reuse, -1):
+                llama_cpp.llama_memory_seq_rm(self._mem, seq, -1, -1)
+                reuse = 0
+            self._cached[seq] = []
+            req.n_past = req.reused = reuse
+            self.reused_tokens += reuse
+            req.sampler = self._sampler(s, req.grammar)
+            req.detok = Detokenizer(s.stop)
+            self._prefilling.append(req)
+
+    def _pick(self, prompt: list[int]) -> tuple[int, int]:
+        """The free sequence to use and how many prompt tokens its cache supplies."""
+        best, best_len = min(self._free), 0
+        if not self._reuse:
+            return best, 0
+        for seq in sorted(self._free):
+            n = common_prefix(self._cached[seq], prompt)
+            if n > best_len:
+                best, best_len = seq, n
+        # At least two prompt tokens are evaluated again (see the module docstring).
+        reuse = max(0, min(best_len, len(prompt) - 2))
+        if reuse < MIN_REUSE:
+            return min(self._free), 0
+        return best, reuse
+
+    def _sampler(self, s: Sampling, grammar):
+        """The request's sampler chain, in llama-cpp-python's order (as the simple engine builds it)."""
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+
+        def add(sampler) -> None:
+            llama_cpp.llama_sampler_chain_add(chain, sampler)
+
+        last_n = self.n_ctx if s.repeat_last_n < 0 else s.repeat_last_n
+        add(llama_cpp.llama_sampler_init_penalties(self.n_vocab, last_n, s.repeat_penalty, s.frequency_penalty,
+                                                   s.presence_penalty))
+        if grammar is not None:
+            add(llama_cpp.llama_sampler_init_grammar(self._vocab, grammar._grammar.encode("utf-8"),
+                                                     grammar._root.encode("utf-8")))
+        if s.temperature < 0:
+            add(llama_cpp.llama_sampler_init_dist(s.seed))
+        elif s.temperature == 0:
+            add(llama_cpp.llama_sampler_init_greedy())
+        else:
+            add(llama_cpp.llama_sampler_init_top_k(s.top_k))
+            add(llama_cpp.llama_sampler_init_typical(s.typical_p, 1))
+            add(llama_cpp.llama_sampler_init_top_p(s.top_p, 1))
+            add(llama_cpp.llama_sampler_init_min_p(s.min_p, 1))
+            add(llama_cpp.llama_sampler_init_temp(s.temperature))
+            add(llama_cpp.llama_sampler_init_dist(s.seed))
+        return chain
+
+    def _decode(self, n: int) -> None:
+        self._batch.n_tokens = n
+        rc = llama_cpp.llama_decode(self._ctx.ctx, self._batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed ({rc})")
+
+    def _step(self) -> None:
+        """Decodes one token for every running sequence, in one batch, and samples each."""
+        reqs = [self._running[seq] for seq in sorted(self._running)]
+        n = len(reqs)
+        self._b_token[:n] = [r.next_token for r in reqs]
+        self._b_pos[:n] = [r.n_past for r in reqs]
+        self._b_seq[:n] = [r.seq for r in reqs]
+        self._b_logits[:n] = 1
+        self._decode(n)
+        self.steps += 1
+        for i, req in enumerate(reqs):
+            req.n_past += 1
+            self._sample(req, i)
+
+    def _prefill(self) -> None:
+        """Evaluates one chunk of the oldest prompt; its last chunk gives the first token."""
+        req = self._prefilling[0]
+        end = len(req.prompt)
+        a = req.n_past
+        b = chunk_end(a, end, self._chunk)
+        n = b - a
+        self._b_token[:n] = req.prompt[a:b]
+        self._b_pos[:n] = np.arange(a, b, dtype=np.int32)
+        self._b_seq[:n] = req.seq
+        self._b_logits[:n] = 0
+        self._b_logits[n - 1] = b == end
+        try:
+            self._decode(n)
+        except Exception as exc:
+            self._prefilling.popleft()
+            self._fail(req, exc)
+            return
+        self.prefill_chunks += 1
+        req.n_past = b
+        if b == end:
+            self._prefilling.popleft()
+            req.first = time.perf_counter_ns()
+            self._running[req.seq] = req
+            self._sample(req, n - 1)
+
+    def _sample(self, req: _Request, index: int) -> None:
+        """Samples the request's next token from batch row `index` and streams it (as LlamaRunner._run)."""
+        s = req.s
+        token = llama_cpp.llama_sampler_sample(req.sampler, self._ctx.ctx, index)
+        self.decoded += 1
+        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            self._finish(req, "stop")
+            return
+        req.tokens.append(token)
+        if s.logprobs:
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, index), shape=(self.n_vocab,))
+            req.pending.append(self._logprob(logits, token, s.top_logprobs))
+        text = req.detok.feed(self._piece(token, False))
+        if text:
+            self._out.append((req, Piece(text, req.pending)))
+            req.pending = []
+        if req.detok.stopped:
+            self._finish(req, "stop")
+        elif len(req.tokens) >= req.limit:
+            self._finish(req, "length")
+        elif req.n_past >= self.n_ctx and not (s.shift and self._shift(req)):
+            self._finish(req, "length")
+        else:
+            req.next_token = token
+
+    def _shift(self, req: _Request) -> bool:
+        """Frees half the sequence's context after its first num_keep tokens (Ollama's context shift)."""
+        if not self._can_shift:
+            return False
+        n = req.n_past
+        keep = min(max(req.s.num_keep, 0), n // 2)
+        discard = (n - keep) // 2
+        llama_cpp.llama_memory_seq_rm(self._mem, req.seq, keep, keep + discard)
+        llama_cpp.llama_memory_seq_add(self._mem, req.seq, keep + discard, n, -discard)
+        req.n_past = n - discard
+        req.shifted = True
+        return True
+
+    def _finish(self, req: _Request, reason: str, first: int | None = None) -> None:
+        end = time.perf_counter_ns()
+        first = req.first if first is None else first
+        self._release(req)
+        rest = req.detok.flush() if req.detok is not None else ""
+        if rest:
+            self._out.append((req, Piece(rest, req.pending)))
+            req.pending = []
+        self._out.append((req, Finish(reason, len(req.prompt), first - req.start, len(req.tokens), end - first,
+                                      req.tokens, req.pending)))
+        self._out.append((req, _DONE))
+
+    def _fail(self, req: _Request, exc: BaseException) -> None:
+        self._release(req)
+        self._out.append((req, exc))
+
+    def _abort_all(self, exc: BaseException) -> None:
+        for req in list(self._waiting) + list(self._prefilling) + list(self._running.values()):
+            self._fail(req, exc)
+        self._waiting.clear()
+        self._prefilling.clear()
+
+    def _release(self, req: _Request) -> None:
+        """Takes the request out of the batch: its generated tokens' KV is removed, its prompt's stays cached."""
+        seq = req.seq
+        if seq >= 0:
+            if self._running.get(seq) is req:
+                del self._running[seq]
+            keep = 0 if req.shifted or not self._reuse else min(req.n_past, len(req.prompt))
+            if keep < 2 or not llama_cpp.llama_memory_seq_rm(self._mem, seq, keep, -1):
+                keep = 0
+                llama_cpp.llama_memory_seq_rm(self._mem, seq, -1, -1)
+            self._cached[seq] = req.prompt[:keep]
+            self._free.add(seq)
+            req.seq = -1
+        if req.sampler is not None:
+            llama_cpp.llama_sampler_free(req.sampler)
+            req.sampler = None
+        self._held -= 1
+        self._out.append((req, _RELEASED))
+
+    def _flush(self) -> None:
+        """Hands this step's pieces to the event loops, one call per loop."""
+        if not self._out:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for req, item in self._out:
+            by_loop.setdefault(req.loop, []).append((req, item))
+        self._out = []
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:                  # the loop is closed: nobody is listening
+                pass
+
+
+def _deliver(items: list[tuple[_Request, object]]) -> None:
+    for req, item in items:
+        if item is _RELEASED:
+            if not req.released.done():
+                req.released.set_result(None)
+        else:
+            req.queue.put_nowait(item)
+
+
+class BatchEngine(Engine):
+    """Loads models into BatchRunners with `num_parallel` sequences of `num_ctx` tokens each."""
+
+    def __init__(self, num_parallel: int = 4, chunk: int = PREFILL_CHUNK):
+        self.num_parallel = max(1, num_parallel)
+        self.chunk = max(3, chunk)
+
+    async def load(self, path: str, options: LoadOptions) -> Runner:
+        threads = options.num_thread or os.cpu_count() or 1
+        n_seq = self.num_parallel
+        chunk = max(3, min(self.chunk, options.num_batch))
+
+        def build() -> BatchRunner:
+            _init_backend()
+            mp = llama_cpp.llama_model_default_params()
+            mp.n_gpu_layers = options.num_gpu
+            mp.main_gpu = options.main_gpu
+            mp.use_mmap = options.use_mmap
+            model = internals.LlamaModel(path_model=path, params=mp, verbose=False)
+            try:
+                cp = llama_cpp.llama_context_default_params()
+                cp.n_ctx = options.num_ctx * n_seq
+                cp.n_batch = cp.n_ubatch = max(chunk, n_seq)
+                cp.n_seq_max = n_seq
+                cp.n_threads = cp.n_threads_batch = threads
+                cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+                cp.kv_unified = False
+                cp.embeddings = False
+                cp.no_perf = True
+                ctx = internals.LlamaContext(model=model, params=cp, verbose=False)
+            except BaseException:
+                model.close()
+                raise
+            if not llama_cpp.llama_get_memory(ctx.ctx) or llama_cpp.llama_model_has_encoder(model.model):
+                ctx.close()
+                model.close()
+                return None
+            n_ctx = min(options.num_ctx, llama_cpp.llama_n_ctx_seq(ctx.ctx))
+            m = model.model
+            reuse = not (llama_cpp.llama_model_n_swa(m) or llama_cpp.llama_model_is_recurrent(m)
+                         or llama_cpp.llama_model_is_hybrid(m))
+            return BatchRunner(model, ctx, n_seq=n_seq, n_ctx=n_ctx, chunk=chunk, metadata=read_metadata(path),
+                               reuse=reuse)
+
+        runner = await asyncio.to_thread(build)
+        if runner is None:                 # no KV memory to batch over (an encoder): one request at a time
+            return await LlamaEngine().load(path, options)
+        return runner

@@ -32,6 +32,7 @@ class Loaded:
     leases: int = 0
     expires_at: float | None = None      # wall clock; None while in use or kept forever
     timer: asyncio.TimerHandle | None = None
+    last_used: float = dataclasses.field(default_factory=time.monotonic)
 
 
 @dataclasses.dataclass
@@ -43,9 +44,10 @@ class Lease:
 
 
 class ModelPool:
-    def __init__(self, engine: Engine, default_keep_alive_ns: int):
+    def __init__(self, engine: Engine, default_keep_alive_ns: int, max_loaded: int = 3):
         self._engine = engine
         self._default_keep_alive_ns = default_keep_alive_ns
+        self._max_loaded = max(1, max_loaded)
         self._loaded: dict[str, Loaded] = {}
         self._changed = asyncio.Condition()
         self._loading: dict[str, asyncio.Lock] = {}
@@ -83,6 +85,7 @@ class ModelPool:
                     await self._changed.wait()
             if model is not None and model.entry.digest != entry.digest and model.leases == 0:
                 await self._close(model)
+            await self._make_room(entry.key)
             log.info("loading %s (%s)", entry.name.short, options)
             try:
                 runner = await self._engine.load(str(entry.path), options)
@@ -94,8 +97,22 @@ class ModelPool:
             self._loaded[entry.key] = model
             return model
 
+    async def _make_room(self, key: str) -> None:
+        """Waits until fewer than max_loaded other models are loaded, unloading the least
+        recently used idle one when needed (requests for a full pool wait, as in Ollama)."""
+        while len([m for m in self._loaded.values() if m.entry.key != key]) >= self._max_loaded:
+            idle = [m for m in self._loaded.values() if m.leases == 0 and m.entry.key != key]
+            if idle:
+                victim = min(idle, key=lambda m: m.last_used)
+                log.info("unloading %s to make room (max %d loaded)", victim.entry.name.short, self._max_loaded)
+                await self._close(victim)
+            else:
+                async with self._changed:
+                    await self._changed.wait()
+
     async def _release(self, model: Loaded) -> None:
         model.leases -= 1
+        model.last_used = time.monotonic()
         if model.leases == 0:
             self._schedule_expiry(model)
         async with self._changed:

@@ -73,6 +73,8 @@ class ServiceSettings:
     num_threads: int = setting(0, "GENGATE_NUM_THREADS", "default CPU threads for decoding (0: one per core)")
     num_parallel: int = setting(4, "GENGATE_NUM_PARALLEL", "requests generating at once (further ones queue)")
     max_queue: int = setting(512, "GENGATE_MAX_QUEUE", "requests allowed to wait for a slot (503 beyond)")
+    max_loaded_models: int = setting(3, "GENGATE_MAX_LOADED_MODELS",
+                                     "models loaded at once; the least recently used idle one makes room")
     engine: str = setting("batch", "GENGATE_ENGINE",
                           "decoding engine: batch (requests share one context, decoded together) or simple "
                           "(one request at a time)")

@@ -68,3 +68,17 @@ def test_cancelled_waiters_leave_without_running(narrow):
     running.cancel()
     wait_until(lambda: admission.running == 0 and engine.active == 0)
     assert engine.started == 1 and engine.prompts == ["first"]
+
+
+def test_loaded_models_are_bounded_and_the_least_recently_used_idle_one_leaves(models):
+    stack = Stack(models, FakeEngine(), max_loaded_models=2).start()
+    try:
+        loaded = lambda: sorted(m.entry.name.short for m in stack.service.pool.loaded())
+        for name in ("tiny", "test", "tiny"):
+            assert httpx.post(stack.url + "/api/generate", json={"model": name, "prompt": "x", "stream": False}).is_success
+        assert loaded() == ["test:latest", "tiny:latest"]
+        httpx.post(stack.url + "/api/generate", json={"model": "test-suffix", "prompt": "x", "stream": False})
+        assert loaded() == ["test-suffix:latest", "tiny:latest"]            # "test" was used least recently
+        assert stack.engine.unloaded == 1
+    finally:
+        stack.stop()

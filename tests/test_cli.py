@@ -1,0 +1,173 @@
+"""The `gengate` command line (service/cli.py), run as a real process against the real stack."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from gengate.v1 import generate_pb2 as pb
+from service import cli, names
+from service.store import ModelStore
+from tests.conftest import REAL
+from tests.tiny_gguf import write_tiny_llama
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def gengate(*args: str, env: dict | None = None, stdin: str | None = None, timeout: float = 120):
+    """Runs `python -m service.cli ARGS` and returns the finished process (text output)."""
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def stub_text(real, **request) -> str:
+    return "".join(r.response for r in real.stub().Generate(pb.GenerateRequest(**request), timeout=120))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- against the running stack ---------------------------------------------------------------------------------------
+
+def test_run_streams_the_same_text_as_the_rpc_and_ps_then_lists_the_model(real):
+    prompt = "Why is the sky blue?"
+    done = gengate("run", REAL, prompt, "--option", "num_predict=5", "--option", "temperature=0", "--verbose",
+                   "--keepalive", "5m", "--host", real.grpc_target)
+    assert done.returncode == 0, done.stderr
+    expected = stub_text(real, model=REAL, prompt=prompt, options=pb.Options(num_predict=5, temperature=0))
+    assert expected.strip() and done.stdout == expected + "\n"
+    for label in ("total duration:", "prompt eval count:", "prompt eval rate:", "eval duration:", "eval rate:"):
+        assert label in done.stderr
+    assert "eval count:           5 token(s)" in done.stderr
+
+    # The target can come from GENGATE_SERVICE_ADDR too.
+    ps = gengate("ps", env={"GENGATE_SERVICE_ADDR": real.grpc_target})
+    assert ps.returncode == 0, ps.stderr
+    header, *rows = ps.stdout.splitlines()
+    assert header.split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]
+    row = next(r for r in rows if r.startswith(REAL + " "))
+    assert "b179c9523d0e" in row and "100% CPU" in row and "from now" in row
+
+
+def test_run_reads_the_prompt_from_stdin(real):
+    done = gengate("run", "tiny", "-o", "num_predict=3", "-o", "temperature=0", "--host", real.grpc_target,
+                   stdin="Hello there")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == stub_text(real, model="tiny", prompt="Hello there",
+                                    options=pb.Options(num_predict=3, temperature=0)) + "\n"
+
+
+def test_run_reports_service_errors_and_exits_1(real):
+    done = gengate("run", "nope", "hi", "--host", real.grpc_target)
+    assert done.returncode == 1
+    assert "Error: model 'nope' not found" in done.stderr and done.stdout == ""
+    unreachable = gengate("list", "--host", f"127.0.0.1:{free_port()}")
+    assert unreachable.returncode == 1 and "Error: could not connect" in unreachable.stderr
+
+
+def test_list_and_show(real):
+    listed = gengate("list", "--host", real.grpc_target)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[0].split() == ["NAME", "ID", "SIZE", "MODIFIED"]
+    row = next(r for r in listed.stdout.splitlines() if r.startswith(REAL + " "))
+    assert "b179c9523d0e" in row and "98 MB" in row and row.endswith("ago")
+
+    shown = gengate("show", REAL, "--host", real.grpc_target)
+    assert shown.returncode == 0, shown.stderr
+    assert "architecture" in shown.stdout and "llama" in shown.stdout and "completion" in shown.stdout
+    template = gengate("show", REAL, "--template", "--host", real.grpc_target)
+    assert "<|im_start|>" in template.stdout
+
+
+def test_cp_and_rm_round_trip(real):
+    copied = gengate("cp", "tiny", "cli-copy", "--host", real.grpc_target)
+    assert copied.returncode == 0, copied.stderr
+    assert "cli-copy:latest" in gengate("list", "--host", real.grpc_target).stdout
+    removed = gengate("rm", "cli-copy", "--host", real.grpc_target)
+    assert removed.returncode == 0, removed.stderr
+    assert "cli-copy:latest" not in gengate("list", "--host", real.grpc_target).stdout
+    again = gengate("rm", "cli-copy", "--host", real.grpc_target)
+    assert again.returncode == 1 and "Error: model 'cli-copy' not found" in again.stderr
+
+
+# -- local commands ------------------------------------------------------------------------------------------------
+
+def test_import_copies_a_gguf_into_the_store_with_a_progress_bar(tmp_path):
+    gguf = write_tiny_llama(tmp_path / "tiny.gguf")
+    store_dir = tmp_path / "store"
+    done = gengate("import", "cli-tiny:q4", str(gguf), "--template", "{{ .Prompt }}", "--system", "Be brief.",
+                   env={"GENGATE_MODELS": str(store_dir)})
+    assert done.returncode == 0, done.stderr
+    assert "importing tiny.gguf 100% ▕" in done.stderr
+    entry = ModelStore(store_dir).get(names.parse("cli-tiny:q4"))
+    assert entry.digest == hashlib.sha256(gguf.read_bytes()).hexdigest() and entry.path.exists()
+    assert (entry.template, entry.system) == ("{{ .Prompt }}", "Be brief.")
+
+    (tmp_path / "bad.gguf").write_bytes(b"not a model")
+    bad = gengate("import", "bad", str(tmp_path / "bad.gguf"), "--models", str(store_dir))
+    assert bad.returncode == 1 and "is not a GGUF file" in bad.stderr
+
+
+def test_serve_runs_service_and_gateway_and_exits_0_on_sigterm(models):
+    http = f"127.0.0.1:{free_port()}"
+    grpc_addr = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "GENGATE_MODELS": str(models), "GENGATE_DEFAULT_MODEL": "", "GENGATE_LOG_LEVEL": "WARNING",
+           "GENGATE_HTTP_ADDR": http, "GENGATE_GRPC_ADDR": grpc_addr, "GENGATE_SERVICE_ADDR": grpc_addr,
+           "GENGATE_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+           "GENGATE_GATEWAY_METRICS_ADDR": f"127.0.0.1:{free_port()}"}
+    serve = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], cwd=ROOT, env=env)
+    try:
+        deadline, body = time.monotonic() + 90, ""
+        while time.monotonic() < deadline and serve.poll() is None:
+            try:
+                body = urllib.request.urlopen(f"http://{http}/", timeout=5).read().decode()
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert body == "Ollama is running"
+        listed = gengate("list", "--host", grpc_addr)
+        assert listed.returncode == 0 and "tiny:latest" in listed.stdout
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=60) == 0
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+
+
+# -- helpers, in process -------------------------------------------------------------------------------------------
+
+def test_formatting_follows_ollama():
+    assert [cli.human_bytes(n) for n in (512, 2_000, 98_362_432, 1_500_000_000)] == ["512 B", "2 KB", "98 MB", "1.5 GB"]
+    now = 1_000_000_000.0
+    assert [cli.human_time(now - s, now) for s in (0.2, 45, 150, 5400, 3 * 86400)] == [
+        "Less than a second ago", "45 seconds ago", "2 minutes ago", "2 hours ago", "3 days ago"]
+    assert cli.human_time(now + 299.5, now) == "4 minutes from now"
+    assert cli.human_time(now + 292 * 365 * 86400, now) == "Forever" and cli.human_time(None) == "Never"
+    assert [cli.go_duration(n) for n in (0, 1_500, 12_345_678, 1_234_567_891, 65_500_000_000)] == [
+        "0s", "1.5µs", "12.345678ms", "1.234567891s", "1m5.5s"]
+
+
+def test_options_are_typed_by_their_field():
+    args = cli.parser().parse_args(["run", "m", "p", "-o", "num_predict=5", "-o", "temperature=0.5", "-o",
+                                    "use_mmap=false", "-o", "stop=a", "-o", "stop=b", "--think-level", "high",
+                                    "--format", "json", "--keepalive=-1s"])
+    request = cli.build_request(args, "p")
+    assert request.options == pb.Options(num_predict=5, temperature=0.5, use_mmap=False, stop=["a", "b"])
+    assert request.think.level == pb.THINK_LEVEL_HIGH and request.format.json
+    assert request.keep_alive.ToNanoseconds() == -1_000_000_000
+    for bad in ("num_predict=x", "nope=1", "num_predict"):
+        with pytest.raises(SystemExit):
+            cli.parser().parse_args(["run", "m", "-o", bad])

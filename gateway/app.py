@@ -124,7 +124,7 @@ async def _stream(request: web.Request, method, req, to_json) -> web.StreamRespo
             async for msg in _rest(call):
                 await response.write(transcode.dumps(to_json(msg)) + b"\n")
         except grpc.aio.AioRpcError as exc:
-            log.info("error after the first byte: %s %s", exc.code().name, exc.details(),
+            log.warning("error after the first byte: %s %s", exc.code().name, exc.details(),
                      extra={"request_id": request[REQUEST_ID]})
             await response.write(transcode.dumps({"error": message(exc)}) + b"\n")
         await response.write_eof()
@@ -142,7 +142,9 @@ def _metadata(request: web.Request) -> list[tuple[str, str]]:
     """gRPC metadata for a call made on behalf of this HTTP request: its id and bearer token."""
     metadata = [("x-request-id", request[REQUEST_ID])]
     if "Authorization" in request.headers:
-        metadata.append(("authorization", request.headers["Authorization"]))
+        # gRPC metadata is ASCII: anything else cannot be a valid token, and the service refuses it.
+        token = request.headers["Authorization"]
+        metadata.append(("authorization", token if token.isascii() else "invalid"))
     return metadata
 
 
@@ -223,7 +225,9 @@ def _rpc_error(exc: grpc.aio.AioRpcError) -> web.Response:
 @web.middleware
 async def observe(request: web.Request, handler) -> web.StreamResponse:
     """Request id (X-Request-Id, or a new one; passed to the service), metrics, one log line."""
-    request[REQUEST_ID] = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    given = request.headers.get("X-Request-Id", "")
+    valid = 0 < len(given) <= 128 and given.isascii() and given.isprintable()
+    request[REQUEST_ID] = given if valid else uuid.uuid4().hex
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     start, status = time.perf_counter(), 499           # unless a response is made
     try:
@@ -259,6 +263,12 @@ async def ollama_errors(request: web.Request, handler) -> web.StreamResponse:
         return web.Response(status=405, text="405 method not allowed")
     except web.HTTPRequestEntityTooLarge:
         return error_response(413, f"request body too large (limit {request.app[SETTINGS].max_body_bytes} bytes)")
+    except web.HTTPException:
+        raise
+    except Exception:
+        # Never aiohttp's plain-text 500: a JSON error, and the details in the log.
+        log.exception("unexpected error", extra={"request_id": request.get(REQUEST_ID, "-")})
+        return error_response(500, "internal error")
 
 
 # Round-robin over every address the target resolves to (several replicas behind DNS or an

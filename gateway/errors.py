@@ -27,6 +27,8 @@ def message(exc: grpc.aio.AioRpcError) -> str:
     (whose library text varies with where it struck)."""
     if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
         return "deadline exceeded"
+    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        return "service unavailable"           # the transport's own text names internal addresses
     return exc.details() or exc.code().name.lower()
 
 

@@ -60,6 +60,7 @@ def guard(request: web.Request, *, loopback: bool, origins: str) -> web.StreamRe
         return web.json_response({"error": "origin not allowed"}, status=403)
     if request.method == "OPTIONS":
         return web.Response(status=204, headers={
+            "Access-Control-Allow-Origin": origin, "Vary": "Origin",
             "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS",
             "Access-Control-Allow-Headers": ALLOW_HEADERS, "Access-Control-Max-Age": "43200"})
     return None

@@ -11,6 +11,7 @@ import base64
 import binascii
 import datetime as dt
 import json
+import math
 import re
 from typing import Any, Callable
 
@@ -91,6 +92,27 @@ class _Pairs(list):
     """A JSON object as its key/value pairs, in order (duplicates kept)."""
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise BadRequest(f"json: cannot unmarshal number {text} into Go value of type float64")
+    return value
+
+
+def _clean(value: Any) -> Any:
+    """Lone UTF-16 surrogates (a JS string cut mid-emoji) become U+FFFD, as Go's decoder makes them."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, _Pairs):
+        return _Pairs((_clean(k), _clean(v)) for k, v in value)
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
 def _reject_constant(name: str) -> Any:
     raise json.JSONDecodeError("Expecting value", name, 0)
 
@@ -101,15 +123,18 @@ def decode_object(body: bytes, struct: str) -> list[tuple[str, Any]]:
     start = len(text) - len(text.lstrip(" \t\r\n"))
     if start == len(text):
         raise BadRequest("missing request body")
-    decoder = json.JSONDecoder(object_pairs_hook=_Pairs, parse_constant=_reject_constant)
+    decoder = json.JSONDecoder(object_pairs_hook=_Pairs, parse_constant=_reject_constant, parse_float=_float)
     try:
         value, _ = decoder.raw_decode(text, start)
+    except RecursionError:
+        raise BadRequest("exceeded max depth") from None
     except json.JSONDecodeError as exc:
         if exc.doc != text:  # NaN / Infinity: not JSON
             exc = json.JSONDecodeError("Expecting value", text, text.find(exc.doc, start))
         raise _syntax_error(exc) from None
     if value is None:
         return []
+    value = _clean(value)
     if not isinstance(value, _Pairs):
         raise BadRequest(f"json: cannot unmarshal {_kind(_plain(value))} into Go value of type api.{struct}")
     return value
@@ -187,9 +212,9 @@ def _keep_alive(value: Any, field: str):
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
     else:
-        ns = int(value * 1_000_000_000)
+        ns = value * 1_000_000_000
     # google.protobuf.Duration spans ±10 000 years; anything longer means "forever" anyway.
-    ns = max(-MAX_DURATION_NS, min(MAX_DURATION_NS, ns))
+    ns = int(max(-MAX_DURATION_NS, min(MAX_DURATION_NS, ns)))
     return duration_pb2.Duration(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
 
 
@@ -382,10 +407,18 @@ def embeddings_request(body: bytes) -> pb.EmbedRequest:
     return req
 
 
-def show_request(body: bytes) -> mpb.ShowModelRequest:
-    req = _bind(body, mpb.ShowModelRequest(), "ShowRequest",
-                {"model": ("model", _string), "name": ("model", _string), "verbose": ("verbose", _bool)})
+def _model_or_name(req, values: dict[str, Any]):
+    """Ollama's cmp.Or(model, name): the deprecated `name` counts only when `model` is empty."""
+    if not req.model and values.get("name"):
+        req.model = _string(values["name"], "name")
     return req
+
+
+def show_request(body: bytes) -> mpb.ShowModelRequest:
+    pairs = decode_object(body, "ShowRequest")
+    req = _bind_values(_fields(pairs, {"model", "verbose"}), mpb.ShowModelRequest(),
+                       {"model": ("model", _string), "verbose": ("verbose", _bool)})
+    return _model_or_name(req, _fields(pairs, {"name"}))
 
 
 def copy_request(body: bytes) -> mpb.CopyModelRequest:
@@ -394,8 +427,9 @@ def copy_request(body: bytes) -> mpb.CopyModelRequest:
 
 
 def delete_request(body: bytes) -> mpb.DeleteModelRequest:
-    return _bind(body, mpb.DeleteModelRequest(), "DeleteRequest",
-                 {"model": ("model", _string), "name": ("model", _string)})
+    pairs = decode_object(body, "DeleteRequest")
+    req = _bind_values(_fields(pairs, {"model"}), mpb.DeleteModelRequest(), {"model": ("model", _string)})
+    return _model_or_name(req, _fields(pairs, {"name"}))
 
 
 # -- responses ----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ module wires them together and frames the protobuf replies.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -117,9 +118,6 @@ class Generation:
         return checks.load_options(req, model.entry.parameters, default_ctx=self._settings.context_length,
                                    n_ctx_train=model.n_ctx_train, default_threads=self._settings.num_threads)
 
-    def _options(self, req, model: Model):
-        return self._load_options(req, model), checks.sampling(req, model.entry.parameters)
-
     @staticmethod
     def _special(model: Model, lease: Lease) -> tuple[str, str]:
         """The BOS and EOS texts templates may write."""
@@ -150,12 +148,14 @@ class Generation:
             raise GenerateError(Kind.UNSUPPORTED, f"{model.entry.name} does not support insert", "suffix")
         if req.images:
             raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support images', "images")
-        load, sampling = self._options(req, model)
+        load = self._load_options(req, model)
         async with self._admission.slot(), self._pool.lease(model.entry, load, keep_alive) as lease:
             if not req.prompt:
                 yield reply(done=True, done_reason=pb.DONE_REASON_LOAD)
                 return
-            text = self._render(req, model, lease, think, level)
+            sampling = checks.sampling(req, model.entry.parameters)     # format is checked after the load
+            # Templates and tokenizers run in a worker thread: the event loop keeps serving.
+            text = await asyncio.to_thread(self._render, req, model, lease, think, level)
             if req.debug_render_only:
                 yield reply(debug_info=pb.DebugInfo(rendered_template=text, image_count=len(req.images)))
                 return
@@ -179,7 +179,7 @@ class Generation:
         bos, eos = self._special(model, lease)
         text = prompts.render(inp, chat_template=model.chat_template, bos=bos, eos=eos)
         if req.context:
-            if any(not 0 <= t < runner.n_vocab for t in req.context):
+            if len(req.context) > 4 * runner.n_ctx_train or any(not 0 <= t < runner.n_vocab for t in req.context):
                 raise invalid("invalid context: token id out of range", "context")
             text = runner.detokenize(list(req.context)) + text
         return text
@@ -206,20 +206,21 @@ class Generation:
             raise GenerateError(Kind.UNSUPPORTED, f"{model.entry.name} does not support tools", "tools")
         if any(m.images for m in req.messages):
             raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support images', "messages")
-        load, sampling = self._options(req, model)
+        load = self._load_options(req, model)
         async with self._admission.slot(), self._pool.lease(model.entry, load, keep_alive) as lease:
             if not req.messages:
                 yield reply(done=True, done_reason=pb.DONE_REASON_LOAD)
                 return
+            sampling = checks.sampling(req, model.entry.parameters)
             messages = [{"role": m.role.lower(), "content": m.content, **({"thinking": m.thinking} if m.thinking else {}),
                          **({"tool_name": m.tool_name} if m.tool_name else {})} for m in req.messages]
             if model.entry.system and not any(m["role"] == "system" for m in messages):
                 messages.insert(0, {"role": "system", "content": model.entry.system})
             bos, eos = self._special(model, lease)
             tools = [json_format.MessageToDict(t, preserving_proto_field_name=True) for t in req.tools]
-            text = prompts.render_chat(messages, tools=tools, go_template=model.entry.template,
-                                       chat_template=model.chat_template, bos=bos, eos=eos, think=think,
-                                       think_level=level)
+            text = await asyncio.to_thread(
+                prompts.render_chat, messages, tools=tools, go_template=model.entry.template,
+                chat_template=model.chat_template, bos=bos, eos=eos, think=think, think_level=level)
             events = self._decode(req, lease, text, sampling, tags if think else None, start)
             async with contextlib.aclosing(events):
                 async for event in events:
@@ -285,7 +286,7 @@ class Generation:
                       start: int) -> AsyncIterator[Delta | Summary]:
         """Streams the engine's pieces as Deltas (split into thinking and text when `tags` are
         given), then one Summary. With stream = false, only the Summary, holding everything."""
-        tokens, dropped = self._fit(req, lease, text, sampling.num_keep)
+        tokens, dropped = await asyncio.to_thread(self._fit, req, lease, text, sampling.num_keep)
         parser = ThinkingParser(*tags, starts_inside=text.rstrip().endswith(tags[0])) if tags else None
         stream = req.stream if req.HasField("stream") else True
         texts: list[str] = []

@@ -65,6 +65,12 @@ from typing import Any, Callable
 __all__ = ["TemplateError", "Template", "parse"]
 
 
+
+# Limits on one execution: output characters, nodes walked, and fmt widths (Go's own 1e6 bound).
+MAX_OUTPUT = 16 << 20
+MAX_STEPS = 200_000
+_FMT_MAX = 1_000_000
+
 class TemplateError(Exception):
     """A parse or execution error; ``str(e)`` is Go's message, starting "template: "."""
 
@@ -1389,7 +1395,8 @@ def _sprintf(fmt: str, args: list[Any]) -> str:
         return i, argnum, False
 
     def int_arg(argnum: int) -> tuple[int | None, int]:
-        if argnum < len(args) and isinstance(args[argnum], int) and not isinstance(args[argnum], bool):
+        if argnum < len(args) and isinstance(args[argnum], int) and not isinstance(args[argnum], bool) \
+                and abs(args[argnum]) <= _FMT_MAX:                # Go: tooLarge → not an int
             return args[argnum], argnum + 1
         return None, argnum + 1
 
@@ -1432,7 +1439,10 @@ def _sprintf(fmt: str, args: list[Any]) -> str:
             while i < n and fmt[i].isdigit():
                 i += 1
             if i > start:
-                fl.width = int(fmt[start:i])
+                if int(fmt[start:i]) > _FMT_MAX:     # Go's parsenum gives up on the rest of the format
+                    i = n
+                else:
+                    fl.width = int(fmt[start:i])
         if i < n and fmt[i] == ".":
             i += 1
             i, argnum, moved = arg_index(i, argnum)
@@ -1448,7 +1458,10 @@ def _sprintf(fmt: str, args: list[Any]) -> str:
                 start = i
                 while i < n and fmt[i].isdigit():
                     i += 1
-                fl.prec = int(fmt[start:i]) if i > start else 0
+                if i > start and int(fmt[start:i]) > _FMT_MAX:
+                    i = n
+                else:
+                    fl.prec = int(fmt[start:i]) if i > start else 0
         i, argnum, moved = arg_index(i, argnum)
         reordered = reordered or moved
         if i >= n:
@@ -1892,12 +1905,27 @@ class _ExecError(Exception):
     pass
 
 
+class _Output(list):
+    """The rendered pieces, refusing to grow past a limit (a template is client input)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.size, self.limit = 0, limit
+
+    def append(self, piece: str) -> None:
+        self.size += len(piece)
+        if self.size > self.limit:
+            raise _ExecError(f"template: output exceeds {self.limit} characters")
+        super().append(piece)
+
+
 class _State:
     """A port of text/template/exec.go's state over Python values."""
 
-    def __init__(self, text: str, data: Any) -> None:
+    def __init__(self, text: str, data: Any, max_output: int = MAX_OUTPUT, max_steps: int = MAX_STEPS) -> None:
         self.text = text
-        self.out: list[str] = []
+        self.out: list[str] = _Output(max_output)
+        self.steps, self.max_steps = 0, max_steps
         # [name, value, iface]: iface tells whether Go would hold the value in an interface{}
         # (an element of a map or slice of any) rather than as its concrete type; it only
         # matters for the type named in "can't evaluate field X in type T".
@@ -1938,6 +1966,9 @@ class _State:
 
     # walking
     def walk(self, dot: Any, node: _Node) -> None:
+        self.steps += 1
+        if self.steps > self.max_steps:
+            raise _ExecError(f"template: execution exceeds {self.max_steps} steps")
         self.at(node)
         if isinstance(node, _TextNode):
             self.out.append(node.text)
@@ -2248,9 +2279,10 @@ class Template:
     def __repr__(self) -> str:
         return f"<gotemplate.Template {self._text[:40]!r}>"
 
-    def render(self, data: Any) -> str:
-        """Executes the template with ``data`` as ``.`` and ``$``; TemplateError on failure."""
-        state = _State(self._text, data)
+    def render(self, data: Any, *, max_output: int = MAX_OUTPUT, max_steps: int = MAX_STEPS) -> str:
+        """Executes the template with ``data`` as ``.`` and ``$``; TemplateError on failure, and when
+        the output or the number of steps exceeds its limit (templates can come from clients)."""
+        state = _State(self._text, data, max_output, max_steps)
         try:
             state.walk(data, self._root)
         except _ExecError as exc:

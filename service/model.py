@@ -5,6 +5,7 @@ import dataclasses
 from typing import Any
 
 from service import prompt as prompts
+from service.errors import GenerateError
 from service.store import ModelEntry
 from service.thinking import thinking_tags
 
@@ -39,7 +40,10 @@ class Model:
         """Fields the model's Go template uses, lower-cased (Ollama compares them so)."""
         if not self.entry.template:
             return set()
-        return {f.lower() for f in prompts.parse_go_template(self.entry.template).fields()}
+        try:
+            return {f.lower() for f in prompts.parse_go_template(self.entry.template).fields()}
+        except GenerateError:
+            return set()        # a broken template: no capabilities from it (rendering reports the error)
 
     def thinking_tags(self) -> tuple[str, str] | None:
         return thinking_tags(self.entry.template or self.chat_template or "")

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import importlib.metadata
 import json
+import logging
 import time
 
 from google.protobuf import struct_pb2, timestamp_pb2
@@ -17,6 +19,7 @@ from service.pool import ModelPool
 from service.servicer import rich_status
 from service.store import ModelStore
 
+log = logging.getLogger(__name__)
 FOREVER_SECONDS = 292 * 365 * 86400          # Ollama shows "forever" as ~292 years ahead
 
 
@@ -28,6 +31,21 @@ def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
 
 def _modified(iso: str) -> timestamp_pb2.Timestamp:
     return _timestamp(dt.datetime.fromisoformat(iso).timestamp())
+
+
+def _guarded(method):
+    """GenerateErrors become rich statuses; anything else INTERNAL with a generic text (no paths)."""
+    @functools.wraps(method)
+    async def call(self, request, context):
+        try:
+            return await method(self, request, context)
+        except GenerateError as exc:
+            status = rich_status(exc)
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            status = rich_status(GenerateError(Kind.INTERNAL, "internal error"))
+        await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)
+    return call
 
 
 class ModelServicer(mpb_grpc.ModelServiceServicer):
@@ -44,17 +62,17 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
         except names.InvalidName:
             raise invalid(invalid_text or "invalid model name", "model") from None
         entry = self._store.get(name)
-        if entry is None:
+        if entry is None or not entry.path.exists():
             raise GenerateError(Kind.MODEL_NOT_FOUND, missing or f"model '{text}' not found", "model")
         return Model(entry, self._store.metadata(entry))
 
-    async def _abort(self, context, exc: GenerateError):
-        status = rich_status(exc)
-        await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)
-
+    @_guarded
     async def ListModels(self, request, context):
         models = []
         for entry in sorted(self._store.list(), key=lambda e: e.modified_at, reverse=True):
+            if not entry.path.exists():
+                log.warning("model %s: its file is missing from the store", entry.name.short)
+                continue
             model = Model(entry, self._store.metadata(entry))
             models.append(mpb.ModelSummary(
                 name=entry.name.short, model=entry.name.short, modified_at=_modified(entry.modified_at),
@@ -62,11 +80,9 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
                 capabilities=model.capabilities()))
         return mpb.ListModelsResponse(models=models)
 
+    @_guarded
     async def ShowModel(self, request, context):
-        try:
-            model = self._model(request.model)
-        except GenerateError as exc:
-            return await self._abort(context, exc)
+        model = self._model(request.model)
         entry = model.entry
         info = struct_pb2.Struct()
         info.update({k: v for k, v in model.metadata.items()
@@ -86,6 +102,7 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
             capabilities=model.capabilities(), modified_at=_modified(entry.modified_at),
             license=str(model.metadata.get("general.license", "")))
 
+    @_guarded
     async def ListRunningModels(self, request, context):
         running = []
         for loaded in self._pool.loaded():
@@ -103,29 +120,26 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
         running.sort(key=lambda pair: pair[0], reverse=True)
         return mpb.ListRunningModelsResponse(models=[m for _, m in running])
 
+    @_guarded
     async def CopyModel(self, request, context):
-        try:
-            for field, value in (("source", request.source), ("destination", request.destination)):
-                try:
-                    names.parse(value)
-                except names.InvalidName:
-                    raise invalid(f'{field} "{value}" is invalid', field) from None
-            source = self._model(request.source, required=f'source "{request.source}" is invalid',
-                                 missing=f'model "{request.source}" not found')
-            self._store.copy(source.entry.name, names.parse(request.destination))
-        except GenerateError as exc:
-            return await self._abort(context, exc)
+        for field, value in (("source", request.source), ("destination", request.destination)):
+            try:
+                names.parse(value)
+            except names.InvalidName:
+                raise invalid(f'{field} "{value}" is invalid', field) from None
+        source = self._model(request.source, required=f'source "{request.source}" is invalid',
+                             missing=f'model "{request.source}" not found')
+        self._store.copy(source.entry.name, names.parse(request.destination))
         return mpb.CopyModelResponse()
 
+    @_guarded
     async def DeleteModel(self, request, context):
-        try:
-            model = self._model(request.model, required=f'name "{request.model}" is invalid',
-                                invalid_text=f'name "{request.model}" is invalid')
-            await self._pool.unload(model.entry)
-            self._store.delete(model.entry.name)
-        except GenerateError as exc:
-            return await self._abort(context, exc)
+        model = self._model(request.model, required=f'name "{request.model}" is invalid',
+                            invalid_text=f'name "{request.model}" is invalid')
+        await self._pool.unload(model.entry)
+        self._store.delete(model.entry.name)
         return mpb.DeleteModelResponse()
 
+    @_guarded
     async def GetVersion(self, request, context):
         return mpb.GetVersionResponse(version=importlib.metadata.version("gengate"))

@@ -49,6 +49,7 @@ class ModelPool:
         self._default_keep_alive_ns = default_keep_alive_ns
         self._max_loaded = max(1, max_loaded)
         self._loaded: dict[str, Loaded] = {}
+        self._pending: dict[str, asyncio.Future] = {}       # loads in progress
         self._changed = asyncio.Condition()
         self._loading: dict[str, asyncio.Lock] = {}
 
@@ -71,36 +72,52 @@ class ModelPool:
         lock = self._loading.setdefault(entry.key, asyncio.Lock())
         async with lock:
             while True:
+                pending = self._pending.get(entry.key)
+                if pending is not None:
+                    await asyncio.shield(pending)   # a load a departed requester started
+                    continue
                 model = self._loaded.get(entry.key)
-                if model is None or model.entry.digest != entry.digest:
+                if model is None:
                     break
-                if model.options == options:
+                if model.entry.digest == entry.digest and model.options == options:
                     model.leases += 1
                     self._cancel_timer(model)
                     return model
-                if model.leases == 0:          # loaded with other options: reload once idle
+                if model.leases == 0:          # another file or other load options: reload once idle
                     await self._close(model)
                     break
                 async with self._changed:
                     await self._changed.wait()
-            if model is not None and model.entry.digest != entry.digest and model.leases == 0:
-                await self._close(model)
             await self._make_room(entry.key)
-            log.info("loading %s (%s)", entry.name.short, options)
-            try:
-                runner = await self._engine.load(str(entry.path), options)
-            except Exception as exc:
-                log.exception("loading %s failed", entry.name.short)
-                # The cause goes to the log only: it may name files on the server.
-                raise GenerateError(Kind.MODEL_LOAD_FAILED, f"unable to load model {entry.name.short}") from exc
-            model = Loaded(entry, options, runner, self._default_keep_alive_ns, leases=1)
-            self._loaded[entry.key] = model
+            # The load is a task of its own: a requester that leaves (client gone, deadline) does not
+            # abandon it half-way; the model is then registered idle and follows its keep-alive.
+            task = asyncio.ensure_future(self._load(entry, options))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._pending[entry.key] = task
+            model = await asyncio.shield(task)
+            model.leases += 1
+            self._cancel_timer(model)
             return model
 
+    async def _load(self, entry: ModelEntry, options: LoadOptions) -> Loaded:
+        log.info("loading %s (%s)", entry.name.short, options)
+        try:
+            runner = await self._engine.load(str(entry.path), options)
+        except Exception as exc:
+            log.exception("loading %s failed", entry.name.short)
+            # The cause goes to the log only: it may name files on the server.
+            raise GenerateError(Kind.MODEL_LOAD_FAILED, f"unable to load model {entry.name.short}") from exc
+        finally:
+            self._pending.pop(entry.key, None)
+        model = Loaded(entry, options, runner, self._default_keep_alive_ns)
+        self._loaded[entry.key] = model
+        self._schedule_expiry(model)
+        return model
+
     async def _make_room(self, key: str) -> None:
-        """Waits until fewer than max_loaded other models are loaded, unloading the least
+        """Waits until fewer than max_loaded other models are loaded or loading, unloading the least
         recently used idle one when needed (requests for a full pool wait, as in Ollama)."""
-        while len([m for m in self._loaded.values() if m.entry.key != key]) >= self._max_loaded:
+        while len(({*self._loaded, *self._pending}) - {key}) >= self._max_loaded:
             idle = [m for m in self._loaded.values() if m.leases == 0 and m.entry.key != key]
             if idle:
                 victim = min(idle, key=lambda m: m.last_used)

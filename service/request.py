@@ -6,6 +6,7 @@ failure is a GenerateError with Ollama's message (and the offending field).
 from __future__ import annotations
 
 import json
+import os
 import random
 from typing import Any
 
@@ -70,14 +71,16 @@ def parse_model(model: str) -> names.ModelName:
     lower = text.lower()
     if lower.endswith(":local:cloud") or lower.endswith(":cloud:local"):
         raise invalid(f"use either :local or :cloud, not both: {golang.quote(text)}", "model")
-    if lower.endswith(":cloud") or lower.endswith("-cloud"):
-        raise GenerateError(Kind.CLOUD_DISABLED, "ollama cloud is disabled: remote model is unavailable", "model")
-    if lower.endswith(":local"):
-        text = text[: -len(":local")]
+    cloud = lower.endswith(":cloud")
+    if cloud or lower.endswith(":local"):
+        text = text.rsplit(":", 1)[0]
     try:
-        return names.parse(text)
+        name = names.parse(text)
     except names.InvalidName:
         raise invalid("invalid model name", "model") from None
+    if cloud or name.tag.lower().endswith("-cloud"):
+        raise GenerateError(Kind.CLOUD_DISABLED, "ollama cloud is disabled: remote model is unavailable", "model")
+    return name
 
 
 def keep_alive_ns(req: pb.GenerateRequest) -> int | None:
@@ -115,7 +118,7 @@ def load_options(req: pb.GenerateRequest, parameters: dict[str, Any], *, default
         num_gpu=int(values.get("num_gpu", -1)),
         main_gpu=int(values.get("main_gpu", 0)),
         use_mmap=bool(values.get("use_mmap", True)),
-        num_thread=int(values.get("num_thread", 0)) or default_threads,
+        num_thread=min(int(values.get("num_thread", 0)) or default_threads, os.cpu_count() or 1),
     )
 
 

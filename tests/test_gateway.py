@@ -153,7 +153,7 @@ def test_client_disconnect_stops_the_engine(fake, engine):
     (b'{"model":"tiny","options":{"num_ctx":"big"}}', 400, 'option "num_ctx" must be of type integer'),
     (b'{"model":"tiny","options":{"use_mmap":1}}', 400, 'option "use_mmap" must be of type boolean'),
     (b'{"model":"tiny","options":{"stop":[1]}}', 400, 'option "stop" must be of an array of strings'),
-    (b'{"model":"tiny","format":"xml"}', 400,
+    (b'{"model":"tiny","prompt":"x","format":"xml"}', 400,
      'invalid format: "\\"xml\\""; expected "json" or a valid JSON Schema object'),
     (b'{"model":"tiny","prompt":"x","raw":true,"system":"s"}', 400,
      "raw mode does not support template, system, or context"),
@@ -186,6 +186,11 @@ def test_bad_requests_get_ollamas_errors(fake, engine, body, status, error):
     with pytest.raises(grpc.RpcError) as err:
         list(fake.stub().Generate(req))
     assert (http_status(err.value.code()), err.value.details()) == (status, error)
+
+
+def test_format_is_checked_after_the_load_reply(fake, engine):
+    obj = post(fake, {"model": "tiny", "format": "xml"}).json()               # no prompt: Ollama loads first
+    assert obj["done_reason"] == "load"
 
 
 def test_keys_match_case_insensitively_and_last_duplicate_wins(fake, engine):
@@ -264,3 +269,33 @@ def test_gateway_deadline_is_504_before_the_first_byte_and_an_error_line_after(d
     while engine.active and time.monotonic() < deadline_wait:
         time.sleep(0.01)
     assert engine.active == 0 and engine.tokens_emitted < 100          # the engine was stopped
+
+
+# -- found in review ------------------------------------------------------------------------------------
+def test_a_runaway_template_is_refused_and_the_server_keeps_serving(fake, engine):
+    for template in ("{{range 1000000000}}{{range 1000000000}}x{{end}}{{end}}", '{{printf "%2000000000d" 1}}x'):
+        resp = post(fake, {"model": "test", "prompt": "x", "template": template, "_debug_render_only": True})
+        assert resp.status_code in (200, 400)
+        if resp.status_code == 200:                       # Go's fmt prints %!(NOVERB) for an absurd width
+            assert len(resp.json()["_debug_info"]["rendered_template"]) < 100
+        else:
+            assert resp.json() == {"error": "template: execution exceeds 200000 steps"}
+    assert post(fake, {"model": "tiny", "prompt": "hi", "stream": False}).status_code == 200
+
+
+@pytest.mark.parametrize("body,status", [
+    (b'{"model":"tiny","prompt":"\\ud83d cut","stream":false}', 200),          # lone surrogate → U+FFFD
+    (b'{"model":"tiny","options":{"num_ctx":1e400}}', 400),
+    (b'{"model":"tiny","keep_alive":1e300}', 200),
+    (b'{"model":"tiny","context":' + b"[" * 5000 + b"]" * 5000 + b"}", 400),
+    (b'{"model":"my-cloud"}', 404), (b'{"model":"m:v1-cloud"}', 403), (b'{"model":"a b:cloud"}', 400),
+])
+def test_odd_json_and_names_never_500(fake, engine, body, status):
+    resp = post(fake, body)
+    assert resp.status_code == status and "error" in resp.json() if status != 200 else resp.status_code == 200
+
+
+def test_request_ids_must_be_printable_ascii(fake, engine):
+    resp = httpx.post(fake.url + "/api/generate", json={"model": "tiny", "prompt": "hi", "stream": False},
+                      headers={"X-Request-Id": "bad\u00e9id".encode("latin-1")})
+    assert resp.status_code == 200 and len(resp.headers["x-request-id"]) == 32

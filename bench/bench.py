@@ -1,0 +1,425 @@
+"""`make bench`: gengate against raw llama-cpp-python and llama.cpp's llama-server, measured in one run.
+
+It starts everything it needs (the gRPC service and the HTTP gateway as `make run` does,
+llama-server built from the sources gengate pins, raw llama-cpp-python in a child process),
+one at a time so they never share the CPU, and prints one Markdown report:
+
+1. one stream, greedy, 128 tokens: raw llama-cpp-python in-process vs the gateway + gRPC
+   (decode rate ratio, time to first token added);
+2. N = 1, 2, 4, 8, 16 concurrent streams through the gateway (GENGATE_NUM_PARALLEL = N) beside
+   `llama-server -np N` on the same GGUF with the same context per sequence: aggregate tokens
+   per second and time to first token (p50, p99);
+3. peak RSS of each process with the model loaded.
+
+Every stream has its own prompt (no shared prefix, so no prompt cache helps either side), about
+80 tokens of text ending in a number sequence that greedy decoding continues past 128 tokens.
+TTFT is measured by the client: from sending the request to the first non-empty response line
+(gateway NDJSON) or event (llama-server SSE). Aggregate throughput is all streams' generated
+tokens over the wall time from the first request sent to the last stream's end.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.llama_server import ensure_llama_server  # noqa: E402
+
+LOGS = ROOT / ".cache" / "bench-logs"
+MODEL = "smollm2:135m"
+TOKENS = 128
+PASSAGE = ("The river town kept a ledger of every boat that passed its lock: the name, the cargo, the hour, "
+           "and the number painted on the bow. The lock keeper wrote the numbers in a long column, one after another.")
+
+
+def prompt(k: int) -> str:
+    return f"Ledger {k}. {PASSAGE}\nNumbers: {k}, {k + 1}, {k + 2}, {k + 3}, {k + 4},"
+
+
+class Prompts:
+    """A fresh number for every stream, so no two requests share more than the first token or two."""
+
+    def __init__(self) -> None:
+        self.k = 10
+
+    def next(self) -> str:
+        self.k += 37
+        return prompt(self.k)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def model_path() -> Path:
+    from service import names
+    from service.settings import ServiceSettings
+    from service.store import ModelStore
+    store = ModelStore(ServiceSettings().models)
+    entry = store.get(names.parse(MODEL)) or store.install(MODEL)
+    return entry.path
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    pos = (len(values) - 1) * q
+    lo, hi = int(pos), min(int(pos) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+
+
+class Stream:
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.first: float | None = None
+        self.end = start
+        self.tokens = 0
+
+    @property
+    def ttft(self) -> float:
+        return (self.first or self.end) - self.start
+
+    @property
+    def rate(self) -> float:
+        """Decode rate: tokens after the first over the time after the first."""
+        return (self.tokens - 1) / (self.end - self.first) if self.first and self.end > self.first else float("nan")
+
+
+# -- clients ---------------------------------------------------------------------------------------
+async def gateway_stream(session: aiohttp.ClientSession, url: str, text: str) -> Stream:
+    body = {"model": MODEL, "prompt": text, "raw": True, "stream": True,
+            "options": {"temperature": 0, "num_predict": TOKENS}}
+    s = Stream(time.perf_counter())
+    async with session.post(url + "/api/generate", json=body) as resp:
+        resp.raise_for_status()
+        async for line in resp.content:
+            if not line.strip():
+                continue
+            reply = json.loads(line)
+            if s.first is None and reply.get("response"):
+                s.first = time.perf_counter()
+            if reply.get("done"):
+                s.tokens = reply["eval_count"]
+    s.end = time.perf_counter()
+    return s
+
+
+async def llama_server_stream(session: aiohttp.ClientSession, url: str, text: str) -> Stream:
+    body = {"prompt": text, "n_predict": TOKENS, "temperature": 0, "stream": True, "cache_prompt": True}
+    s = Stream(time.perf_counter())
+    async with session.post(url + "/completion", json=body) as resp:
+        resp.raise_for_status()
+        async for line in resp.content:
+            if not line.startswith(b"data: "):
+                continue
+            event = json.loads(line[6:])
+            if s.first is None and event.get("content"):
+                s.first = time.perf_counter()
+            if event.get("stop"):
+                s.tokens = event.get("tokens_predicted") or event.get("timings", {}).get("predicted_n", 0)
+    s.end = time.perf_counter()
+    return s
+
+
+async def concurrent(client, url: str, n: int, prompts: Prompts) -> list[Stream]:
+    timeout = aiohttp.ClientTimeout(total=900)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+        texts = [prompts.next() for _ in range(n)]
+        return await asyncio.gather(*[client(session, url, t) for t in texts])
+
+
+def summarize(rounds: list[list[Stream]]) -> dict:
+    aggregates = [sum(s.tokens for s in r) / (max(s.end for s in r) - min(s.start for s in r)) for r in rounds]
+    ttfts = [s.ttft for r in rounds for s in r]
+    return {"tok_s": statistics.median(aggregates), "tok_s_all": aggregates,
+            "ttft_p50": percentile(ttfts, 0.5), "ttft_p99": percentile(ttfts, 0.99),
+            "rate": statistics.median(s.rate for r in rounds for s in r),
+            "tokens": [s.tokens for r in rounds for s in r]}
+
+
+# -- servers ---------------------------------------------------------------------------------------
+class Server:
+    """Processes started for one measurement, stopped (and their peak RSS read) on exit."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.rss: dict[str, float] = {}
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+        LOGS.mkdir(parents=True, exist_ok=True)
+        path = LOGS / f"{name}-{len(list(LOGS.iterdir()))}.log"
+        with open(path, "wb") as log:                   # a file, never a pipe nobody reads
+            proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        proc.log = path
+        self.procs.append((name, proc))
+        return proc
+
+    def stop(self) -> None:
+        for name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                self.rss[name] = peak_rss_mib(proc.pid)
+                proc.terminate()
+        for name, proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def check(self) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                raise SystemExit(f"{name} exited ({proc.returncode}):\n{proc.log.read_text(errors='replace')[-3000:]}")
+
+
+async def wait_ready(server: Server, url: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        while time.monotonic() < deadline:
+            server.check()
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with session.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(0.2)
+    raise SystemExit(f"{url} not ready after {timeout}s")
+
+
+@contextlib.asynccontextmanager
+async def gengate(engine: str, parallel: int, threads: int, ctx: int):
+    server = Server()
+    grpc_port, http_port = free_port(), free_port()
+    env = {**os.environ, "GENGATE_GRPC_ADDR": f"127.0.0.1:{grpc_port}", "GENGATE_HTTP_ADDR": f"127.0.0.1:{http_port}",
+           "GENGATE_SERVICE_ADDR": f"127.0.0.1:{grpc_port}", "GENGATE_ENGINE": engine,
+           "GENGATE_NUM_PARALLEL": str(parallel), "GENGATE_MAX_QUEUE": "256", "GENGATE_KEEP_ALIVE": "-1",
+           "GENGATE_CONTEXT_LENGTH": str(ctx), "GENGATE_NUM_THREADS": str(threads), "GENGATE_DEFAULT_MODEL": MODEL,
+           "GENGATE_LOG_LEVEL": "WARNING", "GENGATE_METRICS_ADDR": "", "GENGATE_GATEWAY_METRICS_ADDR": "",
+           "GENGATE_API_KEY": "", "GENGATE_DRAIN_SECONDS": "1"}
+    try:
+        server.start("service", [sys.executable, "-m", "service"], env)
+        server.start("gateway", [sys.executable, "-m", "gateway"], env)
+        url = f"http://127.0.0.1:{http_port}"
+        await wait_ready(server, url + "/readyz")
+        yield url, server
+    finally:
+        server.stop()
+
+
+@contextlib.asynccontextmanager
+async def llama_server(binary: Path, gguf: Path, parallel: int, threads: int, ctx: int, *extra: str):
+    server = Server()
+    port = free_port()
+    cmd = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-np", str(parallel),
+           "-c", str(ctx * parallel), "-t", str(threads), "-tb", str(threads), "--no-webui", "--log-disable", *extra]
+    try:
+        server.start("llama-server", cmd, dict(os.environ))
+        url = f"http://127.0.0.1:{port}"
+        await wait_ready(server, url + "/health")
+        yield url, server
+    finally:
+        server.stop()
+
+
+# -- raw llama-cpp-python (in a child process of its own) --------------------------------------------
+RAW_CHILD = r"""
+import json, sys, time
+from llama_cpp import Llama
+path, threads, ctx, tokens = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+llm = Llama(model_path=path, n_ctx=ctx, n_batch=512, n_ubatch=512, n_threads=threads, n_threads_batch=threads,
+            verbose=False)
+llm.create_completion("warm up", max_tokens=4, temperature=0)
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    text = json.loads(line)
+    start = time.perf_counter(); first = None; reason = None
+    for chunk in llm.create_completion(text, max_tokens=tokens, temperature=0, stream=True):
+        if first is None and chunk["choices"][0]["text"]:
+            first = time.perf_counter()
+        reason = chunk["choices"][0]["finish_reason"] or reason
+    rss = next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    print(json.dumps({"start": start, "first": first, "end": time.perf_counter(), "reason": reason, "rss": rss}),
+          flush=True)
+"""
+
+
+class RawLlamaCpp:
+    """llama-cpp-python's Llama in a child process; one streamed completion per call."""
+
+    def __init__(self, gguf: Path, threads: int, ctx: int) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", RAW_CHILD, str(gguf), str(threads), str(ctx), str(TOKENS)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        json.loads(self.proc.stdout.readline())
+        self.rss = 0.0
+
+    def stream(self, text: str) -> list[Stream]:
+        self.proc.stdin.write(json.dumps(text) + "\n")
+        self.proc.stdin.flush()
+        item = json.loads(self.proc.stdout.readline())
+        if item["reason"] != "length":
+            raise SystemExit(f"raw llama-cpp-python stopped early ({item['reason']})")
+        s = Stream(item["start"])
+        s.first, s.end, s.tokens = item["first"], item["end"], TOKENS
+        self.rss = item["rss"]
+        return [s]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+# -- the run -------------------------------------------------------------------------------------
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+               if line.startswith("MemTotal"))
+    import llama_cpp
+    return (f"{cpu}, {os.cpu_count()} cores, {mem / 2**20:.0f} GiB RAM, no GPU; {platform.system()} "
+            f"{platform.release()}; Python {platform.python_version()}, llama-cpp-python {llama_cpp.__version__}")
+
+
+def fmt_s(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ns", default="1,2,4,8,16", help="concurrent stream counts (default 1,2,4,8,16)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per measurement; the median is reported")
+    ap.add_argument("--ctx", type=int, default=4096, help="context per sequence (num_ctx / llama-server -c / -np)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for every system")
+    ap.add_argument("--no-simple", action="store_true", help="skip the simple (one request at a time) engine")
+    ap.add_argument("--json", type=Path, default=ROOT / ".cache" / "bench.json", help="raw results written here")
+    args = ap.parse_args()
+    ns = [int(n) for n in args.ns.split(",")]
+    gguf = model_path()
+    binary = ensure_llama_server()
+    prompts = Prompts()
+    results: dict = {"machine": machine(), "load_before": os.getloadavg()}
+    servers: dict[str, Server] = {}
+    print(f"machine: {results['machine']}; load average {os.getloadavg()[0]:.2f}", flush=True)
+
+    # 1. One stream: raw llama-cpp-python and the gateway, in alternating rounds.
+    print("single stream ...", flush=True)
+    engines = ["batch"] + ([] if args.no_simple else ["simple"])
+    rss: dict[str, float] = {}
+    raw = RawLlamaCpp(gguf, args.threads, args.ctx)
+    runs: dict[str, list] = {"raw": []}
+    async with contextlib.AsyncExitStack() as stack:
+        urls = {}
+        for engine in engines:
+            urls[engine], server = await stack.enter_async_context(gengate(engine, 4, args.threads, args.ctx))
+            servers[engine] = server
+            await concurrent(gateway_stream, urls[engine], 1, prompts)
+            runs[engine] = []
+        for _ in range(args.rounds + 2):
+            runs["raw"].append(raw.stream(prompts.next()))
+            for engine in engines:
+                runs[engine].append(await concurrent(gateway_stream, urls[engine], 1, prompts))
+    raw.close()
+    rss["raw llama-cpp-python (1 sequence)"] = raw.rss
+    for engine in engines:
+        rss[f"gengate service, {engine} engine (4 sequences)"] = servers[engine].rss["service"]
+    rss["gengate gateway"] = servers["batch"].rss["gateway"]
+    # The first two rounds warm the page cache and the allocators.
+    single = results["single"] = {name: summarize(r[2:]) for name, r in runs.items()}
+
+    # 2. N concurrent streams: every system started, then one round each in turn (so load from
+    # elsewhere on the machine falls on all of them alike).
+    systems = [("batch", "gengate")] + ([("simple", "gengate")] if "simple" in engines else []) + \
+        [("llama-server", "llama-server"), ("llama-server -fa off", "llama-server")]
+    table: dict[int, dict] = {}
+    for n in ns:
+        print(f"{n} concurrent streams ...", flush=True)
+        async with contextlib.AsyncExitStack() as stack:
+            urls, clients = {}, {}
+            for name, kind in systems:
+                if kind == "gengate":
+                    urls[name], servers[name] = await stack.enter_async_context(gengate(name, n, args.threads, args.ctx))
+                    clients[name] = gateway_stream
+                else:
+                    extra = ("-fa", "off") if name.endswith("off") else ()
+                    urls[name], servers[name] = await stack.enter_async_context(
+                        llama_server(binary, gguf, n, args.threads, args.ctx, *extra))
+                    clients[name] = llama_server_stream
+                await concurrent(clients[name], urls[name], n, prompts)
+            runs = {name: [] for name, _ in systems}
+            for _ in range(args.rounds):
+                for name, _ in systems:
+                    runs[name].append(await concurrent(clients[name], urls[name], n, prompts))
+        table[n] = {name: summarize(r) for name, r in runs.items()}
+        for name, kind in systems:
+            if kind == "gengate":
+                rss[f"gengate service, {name} engine ({n} sequences)"] = servers[name].rss["service"]
+            else:
+                rss[f"{name} -np {n}"] = servers[name].rss["llama-server"]
+    results["concurrent"] = table
+    results["rss_mib"] = rss
+    results["load_after"] = os.getloadavg()
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=1, default=str))
+
+    # The report.
+    out = [f"Machine: {results['machine']}.",
+           f"Model {MODEL} ({gguf.stat().st_size / 2**20:.0f} MiB GGUF, Q4_1), greedy, {TOKENS} tokens per stream, "
+           f"{args.threads} threads everywhere, {args.ctx} tokens of context per sequence, median of "
+           f"{args.rounds} rounds. Load average {results['load_before'][0]:.2f} before, "
+           f"{results['load_after'][0]:.2f} after.", ""]
+    raw = single["raw"]
+    out += ["1. One stream", "",
+            "| | decode tok/s | ratio to raw | TTFT | TTFT added |", "|---|---:|---:|---:|---:|",
+            f"| raw llama-cpp-python, in process | {raw['rate']:.1f} | 1.000 | {fmt_s(raw['ttft_p50'])} | |"]
+    for engine in engines:
+        r = single[engine]
+        out.append(f"| gateway + gRPC, {engine} engine | {r['rate']:.1f} | {r['rate'] / raw['rate']:.3f} | "
+                   f"{fmt_s(r['ttft_p50'])} | {(r['ttft_p50'] - raw['ttft_p50']) * 1000:+.1f} ms |")
+    names = [name for name, _ in systems]
+    out += ["", "2. N concurrent streams: aggregate tok/s (all streams' tokens over the wall time)", "",
+            "| N | gengate batch | llama-server | batch ÷ llama-server | llama-server -fa off | batch ÷ -fa off |"
+            + (" gengate simple |" if "simple" in names else ""),
+            "|---:|---:|---:|---:|---:|---:|" + ("---:|" if "simple" in names else "")]
+    for n, row in table.items():
+        b, s, f = row["batch"]["tok_s"], row["llama-server"]["tok_s"], row["llama-server -fa off"]["tok_s"]
+        out.append(f"| {n} | {b:.1f} | {s:.1f} | {b / s:.2f}× | {f:.1f} | {b / f:.2f}× |"
+                   + (f" {row['simple']['tok_s']:.1f} |" if "simple" in row else ""))
+    out += ["", "Time to first token, p50 / p99", "", "| N | " + " | ".join(
+        {"batch": "gengate batch", "simple": "gengate simple"}.get(n, n) for n in names) + " |",
+        "|---:|" + "---:|" * len(names)]
+    for n, row in table.items():
+        out.append(f"| {n} | " + " | ".join(f"{fmt_s(row[name]['ttft_p50'])} / {fmt_s(row[name]['ttft_p99'])}"
+                                           for name in names) + " |")
+    out += ["", "3. Peak RSS (VmHWM) with the model loaded", "", "| process | peak RSS |", "|---|---:|"]
+    out += [f"| {name} | {mib:.0f} MiB |" for name, mib in rss.items()]
+    print("\n" + "\n".join(out))
+
+
+if __name__ == "__main__":
+    # SIGTERM unwinds like Ctrl-C, so the servers started here are stopped too.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    asyncio.run(main())

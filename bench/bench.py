@@ -1,8 +1,10 @@
 """`make bench`: gengate against raw llama-cpp-python and llama.cpp's llama-server, measured in one run.
 
 It starts everything it needs (the gRPC service and the HTTP gateway as `make run` does,
-llama-server built from the sources gengate pins, raw llama-cpp-python in a child process),
-one at a time so they never share the CPU, and prints one Markdown report:
+llama-server built from the sources gengate pins, raw llama-cpp-python in a child process).
+The systems compared in one part are all started, then take turns, one round each, so only
+one of them works at a time and load from elsewhere on the machine falls on all of them alike.
+It prints one Markdown report:
 
 1. one stream, greedy, 128 tokens: raw llama-cpp-python in-process vs the gateway + gRPC
    (decode rate ratio, time to first token added);
@@ -338,7 +340,7 @@ async def main() -> None:
             servers[engine] = server
             await concurrent(gateway_stream, urls[engine], 1, prompts)
             runs[engine] = []
-        for _ in range(args.rounds + 2):
+        for _ in range(3 * args.rounds + 2):        # one stream is quick: more rounds, a steadier median
             runs["raw"].append(raw.stream(prompts.next()))
             for engine in engines:
                 runs[engine].append(await concurrent(gateway_stream, urls[engine], 1, prompts))
@@ -389,7 +391,7 @@ async def main() -> None:
     out = [f"Machine: {results['machine']}.",
            f"Model {MODEL} ({gguf.stat().st_size / 2**20:.0f} MiB GGUF, Q4_1), greedy, {TOKENS} tokens per stream, "
            f"{args.threads} threads everywhere, {args.ctx} tokens of context per sequence, median of "
-           f"{args.rounds} rounds. Load average {results['load_before'][0]:.2f} before, "
+           f"{3 * args.rounds} rounds (one stream) and {args.rounds} rounds (N streams). Load average {results['load_before'][0]:.2f} before, "
            f"{results['load_after'][0]:.2f} after.", ""]
     raw = single["raw"]
     out += ["1. One stream", "",

@@ -16,10 +16,11 @@ import time
 from typing import Any, AsyncIterator
 
 import numpy as np
-from google.protobuf import duration_pb2, json_format, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from gengate.v1 import generate_pb2 as pb
 from service import prompt as prompts
+from service import tools
 from service.admission import Admission
 from service import request as checks
 from service.engine import Finish, Piece, TokenLogprob
@@ -78,6 +79,39 @@ class Summary:
                     prompt_eval_duration=_duration(f.prompt_eval_ns), eval_count=f.eval_count,
                     eval_duration=_duration(f.eval_ns), logprobs=_logprobs(self.logprobs),
                     truncated_prompt_tokens=self.dropped)
+
+
+def _plain(value: Any) -> Any:
+    """A protobuf Struct value as JSON would read it: whole numbers as ints."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _message(m: pb.Message) -> dict[str, Any]:
+    """A conversation turn as the templates see it (JSON field names)."""
+    out: dict[str, Any] = {"role": m.role.lower(), "content": m.content}
+    if m.thinking:
+        out["thinking"] = m.thinking
+    if m.tool_calls:
+        out["tool_calls"] = [{"type": "function", "function": {
+            "name": c.function.name, "arguments": _plain(json_format.MessageToDict(c.function.arguments))}}
+            for c in m.tool_calls]
+    if m.tool_name:
+        out["tool_name"] = m.tool_name
+    if m.tool_call_id:
+        out["tool_call_id"] = m.tool_call_id
+    return out
+
+
+def _tool_call(call: dict[str, Any]) -> pb.ToolCall:
+    arguments = struct_pb2.Struct()
+    arguments.update(call["arguments"])
+    return pb.ToolCall(function=pb.ToolCallFunction(index=call["index"], name=call["name"], arguments=arguments))
 
 
 def _now() -> timestamp_pb2.Timestamp:
@@ -212,23 +246,28 @@ class Generation:
                 yield reply(done=True, done_reason=pb.DONE_REASON_LOAD)
                 return
             sampling = checks.sampling(req, model.entry.parameters)
-            messages = [{"role": m.role.lower(), "content": m.content, **({"thinking": m.thinking} if m.thinking else {}),
-                         **({"tool_name": m.tool_name} if m.tool_name else {})} for m in req.messages]
+            messages = [_message(m) for m in req.messages]
             if model.entry.system and not any(m["role"] == "system" for m in messages):
                 messages.insert(0, {"role": "system", "content": model.entry.system})
             bos, eos = self._special(model, lease)
-            tools = [json_format.MessageToDict(t, preserving_proto_field_name=True) for t in req.tools]
+            offered = [_plain(json_format.MessageToDict(t, preserving_proto_field_name=True)) for t in req.tools]
             text = await asyncio.to_thread(
-                prompts.render_chat, messages, tools=tools, go_template=model.entry.template,
+                prompts.render_chat, messages, tools=offered, go_template=model.entry.template,
                 chat_template=model.chat_template, bos=bos, eos=eos, think=think, think_level=level)
+            calls = tools.ToolCallParser(tools.tool_tag(model.entry.template or model.chat_template or ""),
+                                         {t.function.name for t in req.tools}) if req.tools else None
             events = self._decode(req, lease, text, sampling, tags if think else None, start)
             async with contextlib.aclosing(events):
                 async for event in events:
-                    message = pb.Message(role="assistant", content=event.text, thinking=event.thinking)
-                    if isinstance(event, Delta):
-                        yield reply(message, logprobs=_logprobs(event.logprobs))
-                    else:
+                    content, found = calls.feed(event.text) if calls is not None else (event.text, [])
+                    if calls is not None and isinstance(event, Summary):
+                        content += calls.flush()
+                    message = pb.Message(role="assistant", content=content, thinking=event.thinking,
+                                         tool_calls=[_tool_call(c) for c in found])
+                    if isinstance(event, Summary):
                         yield reply(message, **event.metrics())
+                    elif content or event.thinking or found or event.logprobs:
+                        yield reply(message, logprobs=_logprobs(event.logprobs))
 
     # -- Embed --------------------------------------------------------------------------------------
     async def embed(self, req: pb.EmbedRequest) -> pb.EmbedResponse:

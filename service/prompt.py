@@ -16,6 +16,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from service import gotemplate
+from service.tools import go_values
 from service.errors import GenerateError, Kind, invalid
 
 
@@ -113,10 +114,11 @@ def render_chat(messages: list[dict[str, Any]], *, tools: list[dict[str, Any]], 
         system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
         if "messages" in fields:
             go_messages = [{"Role": m["role"], "Content": m["content"], "Thinking": m.get("thinking", ""),
-                            "ToolCalls": m.get("tool_calls", []), "ToolName": m.get("tool_name", "")}
+                            "ToolCalls": go_values(m.get("tool_calls", [])), "ToolName": m.get("tool_name", ""),
+                            "ToolCallID": m.get("tool_call_id", "")}
                            for m in messages]
-            return _execute(template, {"System": system, "Messages": go_messages, "Tools": tools, "Response": "",
-                                       **think_vars})
+            return _execute(template, {"System": system, "Messages": go_messages, "Tools": go_values(tools),
+                                       "Response": "", **think_vars})
         return _legacy_turns(go_template, messages, think_vars)
     if chat_template:
         extra: dict[str, Any] = {"tools": tools} if tools else {}

@@ -22,6 +22,17 @@ THINK_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\
                   "{% if add_generation_prompt %}<|assistant|>{% if enable_thinking is defined and not enable_thinking %}"
                   "<think></think>{% else %}<think>{% endif %}{% endif %}")
 
+# Tool-calling templates: a Hermes-style Jinja chat template and a Qwen-style Go TEMPLATE, each with <tool_call> tags.
+TOOLS_JINJA = ("{% if tools %}<tools>{{ tools | tojson }}</tools>\n{% endif %}"
+               "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}"
+               "{% for c in m.get('tool_calls', []) %}<tool_call>{{ c['function'] | tojson }}</tool_call>{% endfor %}"
+               "\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+TOOLS_GO = ("{{- if .Tools }}<tools>{{ range .Tools }}{{ json .Function }}{{ end }}</tools>\n{{ end }}"
+            "{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}"
+            "{{- range .ToolCalls }}<tool_call>{\"name\": \"{{ .Function.Name }}\", \"arguments\": "
+            "{{ .Function.Arguments }}}</tool_call>{{ end }}"
+            "{{- if eq .Role \"tool\" }} ({{ .ToolName }}){{ end }}\n{{ end }}<|assistant|>")
+
 # Tries to run a shell command through Jinja internals (CVE-2024-34359); the sandbox must refuse.
 EVIL_TEMPLATE = "{{ cycler.__init__.__globals__.os.system('touch /tmp/gengate-pwned') }}{{ messages[0]['content'] }}"
 
@@ -41,6 +52,8 @@ def models(tmp_path_factory) -> Path:
     store.import_file("tiny-think", write_tiny_llama(root / "think.gguf", chat_template=THINK_TEMPLATE))
     store.import_file("bert", write_tiny_llama(root / "bert.gguf", extra_metadata={"general.architecture": "bert"}))
     store.import_file("test-params", tiny, parameters={"num_predict": 3, "temperature": 0})
+    store.import_file("tiny-tools", write_tiny_llama(root / "tools.gguf", chat_template=TOOLS_JINJA))
+    store.import_file("test-tools", tiny, template=TOOLS_GO)
     store.import_file("tiny-evil", write_tiny_llama(root / "evil.gguf", chat_template=EVIL_TEMPLATE))
     return root
 

@@ -8,6 +8,7 @@ goes away, aiohttp cancels the handler, which cancels the RPC: the service stops
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -21,7 +22,7 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import openai, openapi, security, transcode
-from gateway.errors import BadRequest, http_status, message
+from gateway.errors import RETRY_AFTER, BadRequest, http_status, message
 from gateway.settings import GatewaySettings
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import generate_pb2_grpc as pb_grpc
@@ -54,9 +55,17 @@ JSON = "application/json; charset=utf-8"
 NDJSON = "application/x-ndjson"
 
 
+def error_headers(status: int, content_type: str = JSON) -> dict[str, str]:
+    """An error reply's headers: a 503 (full queue, draining, no service) asks the client to retry."""
+    headers = {"Content-Type": content_type}
+    if status == 503:
+        headers["Retry-After"] = RETRY_AFTER
+    return headers
+
+
 def error_response(status: int, message: str, content_type: str = JSON) -> web.Response:
     return web.Response(status=status, body=transcode.dumps({"error": message}), content_type=None,
-                        headers={"Content-Type": content_type})
+                        headers=error_headers(status, content_type))
 
 
 def json_response(obj: dict) -> web.Response:
@@ -105,10 +114,27 @@ def _streaming(parse, method, to_json):
     return handle
 
 
-async def _stream(request: web.Request, method, req, to_json) -> web.StreamResponse:
-    call = method(req, metadata=_metadata(request), timeout=request.app[SETTINGS].request_timeout or None)
+@contextlib.contextmanager
+def tracked(request: web.Request, call):
+    """A streaming RPC made for `request`: the drain can end it, and it ends with the handler."""
     request.app[CALLS].add(call)
     try:
+        yield call
+    finally:
+        request.app[CALLS].discard(call)
+        if not call.done():
+            call.cancel()            # client gone (handler cancelled) or early return: stop the RPC
+
+
+def ended_by_drain(request: web.Request) -> bool:
+    """Whether a CancelledError in a handler came from the drain ending its RPC (not the client leaving,
+    which cancels the handler's task itself)."""
+    return request.app[DRAINING]["since"] is not None and not asyncio.current_task().cancelling()
+
+
+async def _stream(request: web.Request, method, req, to_json) -> web.StreamResponse:
+    call = method(req, metadata=_metadata(request), timeout=request.app[SETTINGS].request_timeout or None)
+    with tracked(request, call):
         try:
             first = await call.read()
         except grpc.aio.AioRpcError as exc:
@@ -130,16 +156,11 @@ async def _stream(request: web.Request, method, req, to_json) -> web.StreamRespo
                         extra={"request_id": request[REQUEST_ID]})
             await response.write(transcode.dumps({"error": message(exc)}) + b"\n")
         except asyncio.CancelledError:
-            # The drain ended this RPC (not the client leaving, which cancels this task itself).
-            if request.app[DRAINING]["since"] is None or asyncio.current_task().cancelling():
+            if not ended_by_drain(request):
                 raise
             await response.write(transcode.dumps({"error": "server is shutting down"}) + b"\n")
         await response.write_eof()
         return response
-    finally:
-        request.app[CALLS].discard(call)
-        if not call.done():
-            call.cancel()            # client gone (handler cancelled) or early return: stop the RPC
 
 
 generate = _streaming(transcode.generate_request, lambda app: app[STUB].Generate, transcode.generate_response)
@@ -224,7 +245,7 @@ async def _rest(call) -> AsyncIterator[pb.GenerateResponse]:
 
 
 def _rpc_error(exc: grpc.aio.AioRpcError) -> web.Response:
-    status = http_status(exc.code())
+    status = http_status(exc)
     if status >= 500:
         log.warning("generate: %s %s", exc.code().name, exc.details())
     return error_response(status, message(exc))

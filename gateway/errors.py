@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -17,8 +19,33 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 }
 
 
-def http_status(code: grpc.StatusCode) -> int:
-    """HTTP status for a gRPC code; anything unlisted (INTERNAL, UNKNOWN, …) is 500."""
+# Seconds a client is asked to wait (Retry-After) after a 503: a full queue or a drain.
+RETRY_AFTER = "1"
+
+
+def reason(exc: grpc.aio.AioRpcError) -> str:
+    """The google.rpc.ErrorInfo reason the service attached (QUEUE_FULL, MODEL_NOT_FOUND, …), or ""."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            try:
+                status = status_pb2.Status.FromString(value)
+            except DecodeError:
+                return ""
+            for detail in status.details:
+                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    info = error_details_pb2.ErrorInfo()
+                    detail.Unpack(info)
+                    return info.reason
+    return ""
+
+
+def http_status(exc: grpc.aio.AioRpcError) -> int:
+    """HTTP status for a failed RPC; anything unlisted (INTERNAL, UNKNOWN, …) is 500.
+    RESOURCE_EXHAUSTED is a full queue (503) when the service says so; from gRPC itself it is a
+    message over the size limit (413)."""
+    code = exc.code()
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and reason(exc) != "QUEUE_FULL":
+        return 413
     return HTTP_STATUS.get(code, 500)
 
 
@@ -29,6 +56,8 @@ def message(exc: grpc.aio.AioRpcError) -> str:
         return "deadline exceeded"
     if exc.code() == grpc.StatusCode.UNAVAILABLE:
         return "service unavailable"           # the transport's own text names internal addresses
+    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason(exc) != "QUEUE_FULL":
+        return "request too large"             # gRPC's own text names the limit's internals
     return exc.details() or exc.code().name.lower()
 
 

@@ -19,6 +19,8 @@ list, `response_format` as Ollama's `format`, `reasoning_effort` as `think`.
 """
 from __future__ import annotations
 
+import asyncio
+
 import base64
 import binascii
 import json
@@ -67,11 +69,11 @@ def error_object(status: int, text: str, param: str | None = None) -> dict[str, 
 
 def error_response(status: int, text: str, param: str | None = None) -> web.Response:
     return web.Response(status=status, body=transcode.dumps(error_object(status, text, param)),
-                        headers={"Content-Type": gw.JSON})
+                        headers=gw.error_headers(status))
 
 
 def _rpc_error(exc: grpc.aio.AioRpcError) -> web.Response:
-    status = http_status(exc.code())
+    status = http_status(exc)
     if status >= 500:
         log.warning("openai: %s %s", exc.code().name, exc.details())
     return error_response(status, message(exc))
@@ -477,7 +479,7 @@ def _sse(obj: Any) -> bytes:
 async def _generate(request: web.Request, method, req, stream: bool, shape) -> web.StreamResponse:
     """Calls a streaming RPC; one JSON object back, or its replies as SSE chunks."""
     call = method(req, metadata=gw._metadata(request), timeout=request.app[gw.SETTINGS].request_timeout or None)
-    try:
+    with gw.tracked(request, call):
         try:
             first = await call.read()
         except grpc.aio.AioRpcError as exc:
@@ -499,14 +501,15 @@ async def _generate(request: web.Request, method, req, stream: bool, shape) -> w
         except grpc.aio.AioRpcError as exc:
             log.info("error after the first byte: %s %s", exc.code().name, exc.details(),
                      extra={"request_id": request[gw.REQUEST_ID]})
-            await response.write(_sse(error_object(http_status(exc.code()), message(exc))))
+            await response.write(_sse(error_object(http_status(exc), message(exc))))
+        except asyncio.CancelledError:
+            if not gw.ended_by_drain(request):
+                raise
+            await response.write(_sse(error_object(503, "server is shutting down")))
         else:
             await response.write(_sse(b"[DONE]"))
         await response.write_eof()
         return response
-    finally:
-        if not call.done():
-            call.cancel()            # client gone (handler cancelled) or early return: stop the RPC
 
 
 async def _unary(request: web.Request, method, req, to_json) -> web.Response:

@@ -44,6 +44,7 @@ def test_queue_full_is_503_then_recovers(narrow):
             wait_until(lambda: admission.waiting == i)
         rejected = post(3)                                    # a loaded model, still bounded
         assert (rejected.status_code, rejected.json()) == (503, {"error": BUSY})
+        assert rejected.headers["Retry-After"] == "1"
         with pytest.raises(grpc.RpcError) as err:
             list(narrow.stub().Generate(pb.GenerateRequest(model="tiny", prompt="x")))
         assert (err.value.code(), err.value.details()) == (grpc.StatusCode.RESOURCE_EXHAUSTED, BUSY)
@@ -80,5 +81,18 @@ def test_loaded_models_are_bounded_and_the_least_recently_used_idle_one_leaves(m
         httpx.post(stack.url + "/api/generate", json={"model": "test-suffix", "prompt": "x", "stream": False})
         assert loaded() == ["test-suffix:latest", "tiny:latest"]            # "test" was used least recently
         assert stack.engine.unloaded == 1
+    finally:
+        stack.stop()
+
+
+def test_a_message_over_the_services_limit_is_413_not_503(models):
+    """gRPC's own RESOURCE_EXHAUSTED (message size) and the queue's are told apart by ErrorInfo."""
+    stack = Stack(models, FakeEngine(), max_message_bytes=4096).start()
+    try:
+        resp = httpx.post(stack.url + "/api/generate", timeout=30,
+                          json={"model": "tiny", "prompt": "x" * 8192, "stream": False})
+        assert (resp.status_code, resp.json()) == (413, {"error": "request too large"})
+        assert httpx.post(stack.url + "/api/generate", timeout=30,
+                          json={"model": "tiny", "prompt": "x", "stream": False}).status_code == 200
     finally:
         stack.stop()

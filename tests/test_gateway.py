@@ -185,7 +185,7 @@ def test_bad_requests_get_ollamas_errors(fake, engine, body, status, error):
         return
     with pytest.raises(grpc.RpcError) as err:
         list(fake.stub().Generate(req))
-    assert (http_status(err.value.code()), err.value.details()) == (status, error)
+    assert (http_status(err.value), err.value.details()) == (status, error)
 
 
 def test_format_is_checked_after_the_load_reply(fake, engine):

@@ -128,11 +128,18 @@ def test_streams_longer_than_the_drain_are_ended_and_the_process_exits(procs):
 
 @pytest.mark.parametrize("procs", [{"GENGATE_DRAIN_SECONDS": "2"}], indirect=True)
 def test_http_streams_longer_than_the_gateway_drain_end_with_an_error_line(procs):
-    body = {"model": REAL, "prompt": "1, 2, 3, 4, 5,", "raw": True, "options": {"num_predict": 3000, "temperature": 0}}
-    with httpx.stream("POST", procs.url + "/api/generate", json=body, timeout=60) as resp:
-        lines = resp.iter_lines()
+    """Both framings: Ollama's NDJSON ends with an error line, OpenAI's SSE with an error event."""
+    ollama_body = {"model": REAL, "prompt": "1, 2, 3, 4, 5,", "raw": True,
+                   "options": {"num_predict": 3000, "temperature": 0}}
+    openai_body = {"model": REAL, "prompt": "1, 2, 3, 4, 5,", "max_tokens": 3000, "temperature": 0, "stream": True}
+    with httpx.stream("POST", procs.url + "/api/generate", json=ollama_body, timeout=60) as ndjson, \
+            httpx.stream("POST", procs.url + "/v1/completions", json=openai_body, timeout=60) as sse:
+        lines, events = ndjson.iter_lines(), (e for e in sse.iter_lines() if e.startswith("data: "))
         assert json.loads(next(lines))["done"] is False
+        assert json.loads(next(events)[6:])["object"] == "text_completion"
         procs.gateway.send_signal(signal.SIGTERM)
         rest = [json.loads(line) for line in lines if line]
+        last = [e[6:] for e in events][-1]
     assert rest[-1] == {"error": "server is shutting down"} and not any(x.get("done") for x in rest)
+    assert json.loads(last)["error"]["message"] == "server is shutting down"
     assert procs.gateway.wait(timeout=30) == 0

@@ -67,7 +67,7 @@ class Summary:
     thinking: str
     logprobs: list[TokenLogprob]
     finish: Finish
-    prompt: list[int]
+    response: str                  # the whole response text, also when streaming
     dropped: int
     load_ns: int
     total_ns: int
@@ -184,23 +184,25 @@ class Generation:
             raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support images', "images")
         load = self._load_options(req, model)
         async with self._admission.slot(), self._pool.lease(model.entry, load, keep_alive) as lease:
+            loaded = time.perf_counter_ns()
             if not req.prompt:
                 yield reply(done=True, done_reason=pb.DONE_REASON_LOAD)
                 return
-            sampling = checks.sampling(req, model.entry.parameters)     # format is checked after the load
             # Templates and tokenizers run in a worker thread: the event loop keeps serving.
             text = await asyncio.to_thread(self._render, req, model, lease, think, level)
             if req.debug_render_only:
                 yield reply(debug_info=pb.DebugInfo(rendered_template=text, image_count=len(req.images)))
                 return
-            events = self._decode(req, lease, text, sampling, tags if think and not req.raw else None, start)
+            sampling = checks.sampling(req, model.entry.parameters)     # format is checked after the load
+            events = self._decode(req, lease, text, sampling, tags if think and not req.raw else None, start, loaded)
             async with contextlib.aclosing(events):
                 async for event in events:
                     if isinstance(event, Delta):
                         yield reply(response=event.text, thinking=event.thinking, logprobs=_logprobs(event.logprobs))
                     else:
-                        yield reply(response=event.text, thinking=event.thinking, **event.metrics(),
-                                    context=[] if req.raw else event.prompt + event.finish.tokens)
+                        # Ollama's context: the tokens of the prompt as rendered and of the response text.
+                        context = [] if req.raw else await asyncio.to_thread(self._tokens, lease, text + event.response)
+                        yield reply(response=event.text, thinking=event.thinking, **event.metrics(), context=context)
 
     def _render(self, req: pb.GenerateRequest, model: Model, lease: Lease, think: bool | None, level: str) -> str:
         runner = lease.runner
@@ -242,6 +244,7 @@ class Generation:
             raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support images', "messages")
         load = self._load_options(req, model)
         async with self._admission.slot(), self._pool.lease(model.entry, load, keep_alive) as lease:
+            loaded = time.perf_counter_ns()
             if not req.messages:
                 yield reply(done=True, done_reason=pb.DONE_REASON_LOAD)
                 return
@@ -256,7 +259,7 @@ class Generation:
                 chat_template=model.chat_template, bos=bos, eos=eos, think=think, think_level=level)
             calls = tools.ToolCallParser(tools.tool_tag(model.entry.template or model.chat_template or ""),
                                          {t.function.name for t in req.tools}) if req.tools else None
-            events = self._decode(req, lease, text, sampling, tags if think else None, start)
+            events = self._decode(req, lease, text, sampling, tags if think else None, start, loaded)
             async with contextlib.aclosing(events):
                 async for event in events:
                     content, found = calls.feed(event.text) if calls is not None else (event.text, [])
@@ -282,6 +285,7 @@ class Generation:
         load = self._load_options(req, model)
         vectors, count = [], 0
         async with self._admission.slot(), self._pool.lease(model.entry, load, checks.keep_alive_ns(req)) as lease:
+            loaded = time.perf_counter_ns()
             runner = lease.runner
             add_bos = bool(runner.metadata.get("tokenizer.ggml.add_bos_token", True))
             for text in req.input:
@@ -298,16 +302,23 @@ class Generation:
                 vectors.append(pb.Embedding(values=(vector / norm if norm else vector).tolist()))
         return pb.EmbedResponse(model=req.model, embeddings=vectors, prompt_eval_count=count,
                                 total_duration=_duration(time.perf_counter_ns() - start),
-                                load_duration=_duration(lease.load_ns))
+                                load_duration=_duration(loaded - start))
 
     # -- shared ------------------------------------------------------------------------------------
-    def _fit(self, req, lease: Lease, text: str, num_keep: int) -> tuple[list[int], int]:
-        """Tokenizes the prompt and fits it into the context window (decisions.md §7)."""
+    @staticmethod
+    def _tokens(lease: Lease, text: str) -> list[int]:
+        """The model's tokens for a prompt text, with one BOS where the model wants one."""
         runner = lease.runner
         add_bos = bool(runner.metadata.get("tokenizer.ggml.add_bos_token", True))
         tokens = runner.tokenize(text, add_bos=add_bos)
         if add_bos and len(tokens) > 1 and tokens[0] == tokens[1]:
             tokens = tokens[1:]          # the template already wrote the BOS text
+        return tokens
+
+    def _fit(self, req, lease: Lease, text: str, num_keep: int) -> tuple[list[int], int]:
+        """Tokenizes the prompt and fits it into the context window (decisions.md §7)."""
+        runner = lease.runner
+        tokens = self._tokens(lease, text)
         n_ctx = runner.n_ctx
         if len(tokens) < n_ctx:
             return tokens, 0
@@ -322,13 +333,16 @@ class Generation:
         return kept, len(tokens) - len(kept)
 
     async def _decode(self, req, lease: Lease, text: str, sampling, tags: tuple[str, str] | None,
-                      start: int) -> AsyncIterator[Delta | Summary]:
+                      start: int, loaded: int) -> AsyncIterator[Delta | Summary]:
         """Streams the engine's pieces as Deltas (split into thinking and text when `tags` are
-        given), then one Summary. With stream = false, only the Summary, holding everything."""
+        given), then one Summary. With stream = false, only the Summary, holding everything.
+        `start` is when the request came, `loaded` when its model was ready (Ollama's load_duration
+        is the time between: queueing and loading)."""
         tokens, dropped = await asyncio.to_thread(self._fit, req, lease, text, sampling.num_keep)
         parser = ThinkingParser(*tags, starts_inside=text.rstrip().endswith(tags[0])) if tags else None
         stream = req.stream if req.HasField("stream") else True
         texts: list[str] = []
+        whole: list[str] = []
         thoughts: list[str] = []
         logprobs: list[TokenLogprob] = []
         finish: Finish | None = None
@@ -344,6 +358,7 @@ class Generation:
                 histogram.observe((now - (start if last is None else last)) / 1e9)
                 last = now
                 thinking, piece = parser.feed(item.text) if parser is not None else ("", item.text)
+                whole.append(piece)
                 if stream:
                     if piece or thinking or item.logprobs:
                         yield Delta(piece, thinking, item.logprobs)
@@ -355,4 +370,4 @@ class Generation:
             raise GenerateError(Kind.INTERNAL, "generation ended without a result")
         thinking, piece = parser.flush() if parser is not None else ("", "")
         yield Summary("".join(texts) + piece, "".join(thoughts) + thinking, logprobs + finish.logprobs, finish,
-                      tokens, dropped, lease.load_ns, time.perf_counter_ns() - start)
+                      "".join(whole) + piece, dropped, loaded - start, time.perf_counter_ns() - start)

@@ -40,6 +40,21 @@ def test_runner_receives_ollamas_prompt(fake, engine, body, prompt):
     obj = resp.json()
     assert obj["response"] == "".join(f"t{i} " for i in range(20)) and obj["done_reason"] == "stop"
     assert ("context" in obj) != bool(body.get("raw"))
+    if "context" in obj:        # Ollama's context: the tokens of the rendered prompt and the response text
+        assert "".join(map(chr, obj["context"])) == prompt + obj["response"]
+
+
+def test_context_sent_back_is_prefixed_as_text_and_streaming_returns_the_same(fake, engine):
+    first = generate(fake, model="test", prompt="A").json()
+    lines = [json.loads(line) for line in httpx.post(fake.url + "/api/generate", json={
+        "model": "test", "prompt": "B", "context": first["context"]}).text.splitlines()]
+    assert engine.prompts[-1] == "User: A " + first["response"] + "User: B "
+    assert "".join(map(chr, lines[-1]["context"])) == engine.prompts[-1] + "".join(x["response"] for x in lines)
+
+
+def test_debug_render_only_ignores_a_bad_format(fake, engine):
+    obj = generate(fake, model="test", prompt="hi", format="yaml", _debug_render_only=True).json()
+    assert obj["_debug_info"] == {"rendered_template": "User: hi "} and engine.prompts == []
 
 
 @pytest.mark.parametrize("body,rendered", [

@@ -10,8 +10,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = prom.CollectorRegistry()
         r = self.registry
-        self.requests = prom.Counter("gengate_requests", "Generate requests by final gRPC status code", ["code"],
-                                     registry=r)
+        self.requests = prom.Counter("gengate_requests", "Generate, Chat and Embed requests by RPC and final gRPC status code",
+                                     ["method", "code"], registry=r)
         self.ttft = prom.Histogram("gengate_time_to_first_token_seconds", "Request start to first text",
                                    buckets=_LATENCY, registry=r)
         self.inter_token = prom.Histogram("gengate_inter_token_latency_seconds", "Time between streamed pieces",

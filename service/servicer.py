@@ -37,22 +37,22 @@ class GenerateServicer(pb_grpc.GenerateServiceServicer):
         self._metrics = metrics
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
-        async for reply in self._serve(self._generation.run(request), request.model, context):
+        async for reply in self._serve("Generate", self._generation.run(request), request.model, context):
             yield reply
 
     async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext):
-        async for reply in self._serve(self._generation.chat(request), request.model, context):
+        async for reply in self._serve("Chat", self._generation.chat(request), request.model, context):
             yield reply
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext):
         async def one():
             yield await self._generation.embed(request)
         result = None
-        async for reply in self._serve(one(), request.model, context):
+        async for reply in self._serve("Embed", one(), request.model, context):
             result = reply
         return result
 
-    async def _serve(self, replies, model: str, context: grpc.aio.ServicerContext):
+    async def _serve(self, method: str, replies, model: str, context: grpc.aio.ServicerContext):
         """Streams a pipeline's replies; errors become rich statuses; metrics and one log line."""
         metadata = dict(context.invocation_metadata() or ())
         request_id = metadata.get("x-request-id") or uuid.uuid4().hex
@@ -75,7 +75,12 @@ class GenerateServicer(pb_grpc.GenerateServiceServicer):
             code = exc.kind.code
             status = rich_status(exc)
             await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
+        except asyncio.CancelledError:
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                code = grpc.StatusCode.DEADLINE_EXCEEDED       # the client's deadline, not the client leaving
+            raise
+        except grpc.aio.AbortError:
             raise
         except Exception:
             code = grpc.StatusCode.INTERNAL
@@ -83,7 +88,7 @@ class GenerateServicer(pb_grpc.GenerateServiceServicer):
             await context.abort(grpc.StatusCode.INTERNAL, "an error was encountered while running the model")
         finally:
             elapsed = time.perf_counter() - start
-            m.requests.labels(code.name).inc()
+            m.requests.labels(method, code.name).inc()
             m.e2e.observe(elapsed)
-            log.info("model=%s code=%s tokens=%d seconds=%.3f", model, code.name, tokens, elapsed,
+            log.info("%s model=%s code=%s tokens=%d seconds=%.3f", method, model, code.name, tokens, elapsed,
                      extra={"request_id": request_id})

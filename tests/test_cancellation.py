@@ -10,6 +10,7 @@ import grpc
 from gengate.v1 import generate_pb2 as pb
 
 from tests.conftest import REAL
+from tests.test_observability import value
 
 # Greedy SmolLM2 keeps counting for thousands of tokens (about 100 a second here).
 COUNT = {"model": REAL, "prompt": "1, 2, 3, 4, 5, 6,", "raw": True}
@@ -53,6 +54,9 @@ def test_grpc_cancel_and_deadline_stop_decoding(real):
     next(call), next(call)
     runner = runner_of(real, REAL)
     before = runner.decoded
+    registry = real.service.metrics.registry
+    counted = lambda code: value(registry, "gengate_requests_total", method="Generate", code=code)
+    cancelled, expired = counted("CANCELLED"), counted("DEADLINE_EXCEEDED")
     call.cancel()
     wait_idle(runner)
     assert runner.active == 0 and runner.decoded - before < 20
@@ -64,6 +68,10 @@ def test_grpc_cancel_and_deadline_stop_decoding(real):
         assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     wait_idle(runner)
     assert runner.active == 0
+    deadline = time.monotonic() + 5                       # the handler's last bookkeeping runs after the reply
+    while counted("DEADLINE_EXCEEDED") == expired and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (counted("CANCELLED"), counted("DEADLINE_EXCEEDED")) == (cancelled + 1, expired + 1)
 
 
 def test_cancel_during_a_long_prefill_stops_before_any_token(real):

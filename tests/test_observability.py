@@ -27,14 +27,14 @@ def value(registry, name, **labels) -> float:
 
 def test_service_metrics_move_as_requests_pass(fake, engine):
     reg = fake.service.metrics.registry
-    ok, missing = value(reg, "gengate_requests_total", code="OK"), value(reg, "gengate_requests_total", code="NOT_FOUND")
+    ok, missing = value(reg, "gengate_requests_total", method="Generate", code="OK"), value(reg, "gengate_requests_total", method="Generate", code="NOT_FOUND")
     tokens, ttft = value(reg, "gengate_generated_tokens_total"), value(reg, "gengate_time_to_first_token_seconds_count")
     waits = value(reg, "gengate_queue_wait_seconds_count")
     for _ in range(3):
         httpx.post(fake.url + "/api/generate", json={"model": "tiny", "prompt": "hi", "stream": False})
     httpx.post(fake.url + "/api/generate", json={"model": "nope", "prompt": "hi"})
-    assert value(reg, "gengate_requests_total", code="OK") == ok + 3
-    assert value(reg, "gengate_requests_total", code="NOT_FOUND") == missing + 1
+    assert value(reg, "gengate_requests_total", method="Generate", code="OK") == ok + 3
+    assert value(reg, "gengate_requests_total", method="Generate", code="NOT_FOUND") == missing + 1
     assert value(reg, "gengate_generated_tokens_total") == tokens + 60
     assert value(reg, "gengate_time_to_first_token_seconds_count") == ttft + 3
     assert value(reg, "gengate_inter_token_latency_seconds_count") > 0

@@ -22,6 +22,7 @@ class Kind(enum.Enum):
     QUEUE_FULL = enum.auto()
     SHUTTING_DOWN = enum.auto()
     MODEL_LOAD_FAILED = enum.auto()
+    STORE_READ_ONLY = enum.auto()     # copy/delete on a store that cannot be written
     INTERNAL = enum.auto()
 
     @property
@@ -39,6 +40,7 @@ GRPC_CODE: dict[Kind, grpc.StatusCode] = {
     Kind.QUEUE_FULL: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Kind.SHUTTING_DOWN: grpc.StatusCode.UNAVAILABLE,
     Kind.MODEL_LOAD_FAILED: grpc.StatusCode.INTERNAL,
+    Kind.STORE_READ_ONLY: grpc.StatusCode.FAILED_PRECONDITION,
     Kind.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 

@@ -17,7 +17,7 @@ from service.errors import GenerateError, Kind, invalid
 from service.model import Model
 from service.pool import ModelPool
 from service.servicer import rich_status
-from service.store import ModelStore
+from service.store import ModelStore, ReadOnlyStore
 
 log = logging.getLogger(__name__)
 FOREVER_SECONDS = 292 * 365 * 86400          # Ollama shows "forever" as ~292 years ahead
@@ -41,6 +41,8 @@ def _guarded(method):
             return await method(self, request, context)
         except GenerateError as exc:
             status = rich_status(exc)
+        except ReadOnlyStore:
+            status = rich_status(GenerateError(Kind.STORE_READ_ONLY, "the model store is read-only"))
         except Exception:
             log.exception("%s failed", method.__name__)
             status = rich_status(GenerateError(Kind.INTERNAL, "internal error"))

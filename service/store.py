@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
@@ -107,6 +108,10 @@ CATALOG: dict[str, Packaged] = {
     ),
 }
 DEFAULT_MODEL = "smollm2:135m"
+
+
+class ReadOnlyStore(Exception):
+    """The store cannot be changed (a read-only image or volume)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,10 +232,15 @@ class ModelStore:
                 (self._blobs / ("sha256-" + record["digest"])).unlink(missing_ok=True)
 
     def _write(self, models: dict[str, dict[str, Any]]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self._manifest.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"models": models}, indent=1))
-        os.replace(tmp, self._manifest)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = self._manifest.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"models": models}, indent=1))
+            os.replace(tmp, self._manifest)
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise ReadOnlyStore() from exc
+            raise
 
     def import_file(self, name: str, path: Path, *, template: str | None = None, system: str | None = None,
                     parameters: dict[str, Any] | None = None,

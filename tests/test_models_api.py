@@ -106,3 +106,25 @@ def test_show_prefers_model_over_an_empty_name_and_never_leaks_paths(real, model
         assert tags.status_code == 200 and "ghost" not in {m["name"] for m in tags.json()["models"]}
     finally:
         store.delete(names.parse("ghost"))
+
+
+def test_copy_on_a_read_only_store_is_a_clear_400(client, real, monkeypatch):
+    """A read-only image or volume (deploy/k8s: readOnlyRootFilesystem) refuses copy and delete plainly."""
+    import errno
+    import os
+
+    from service import store
+
+    def read_only(*args):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+    monkeypatch.setattr(store.os, "replace", read_only)
+    with pytest.raises(ollama.ResponseError) as err:
+        client.copy("tiny", "tiny-copy")
+    assert (err.value.status_code, err.value.error) == (400, "the model store is read-only")
+    with pytest.raises(grpc.RpcError) as err:
+        mpb_grpc.ModelServiceStub(grpc.insecure_channel(real.grpc_target)).DeleteModel(
+            mpb.DeleteModelRequest(model="tiny"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    monkeypatch.undo()
+    assert "tiny-copy:latest" not in {m.model for m in client.list().models}
+    assert "tiny:latest" in {m.model for m in client.list().models}

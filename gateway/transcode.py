@@ -215,7 +215,9 @@ def _keep_alive(value: Any, field: str):
         ns = value * 1_000_000_000
     # google.protobuf.Duration spans ±10 000 years; anything longer means "forever" anyway.
     ns = int(max(-MAX_DURATION_NS, min(MAX_DURATION_NS, ns)))
-    return duration_pb2.Duration(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(ns)             # seconds and nanos of one sign, as the Duration spec demands
+    return duration
 
 
 def _think(value: Any, field: str) -> pb.Think:

@@ -60,7 +60,9 @@ def check_fields(req: pb.GenerateRequest | pb.ChatRequest | pb.EmbedRequest, max
             raise invalid("steps must be at least 1", "steps")
     if "think" in fields and req.HasField("think") and req.think.WhichOneof("value") == "level" \
             and req.think.level not in THINK_LEVELS:
-        raise invalid('invalid think value: (must be "high", "medium", "low", "max", true, or false)', "think")
+        level = req.think.level
+        shown = pb.ThinkLevel.Name(level) if level in pb.ThinkLevel.values() else level
+        raise invalid(f'invalid think value: "{shown}" (must be "high", "medium", "low", "max", true, or false)', "think")
 
 
 def parse_model(model: str) -> names.ModelName:

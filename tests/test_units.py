@@ -84,3 +84,11 @@ def test_gguf_metadata(tmp_path):
     (tmp_path / "bad.gguf").write_bytes(b"GGML" + b"\0" * 64)
     with pytest.raises(GGUFError):
         read_metadata(tmp_path / "bad.gguf")
+
+
+def test_negative_fractional_keep_alive_is_a_valid_duration():
+    """google.protobuf.Duration needs seconds and nanos of one sign (other languages' runtimes check it)."""
+    from gateway import transcode
+    req = transcode.generate_request(b'{"model": "m", "keep_alive": -1.5}')
+    assert (req.keep_alive.seconds, req.keep_alive.nanos) == (-1, -500_000_000)
+    assert transcode.generate_request(b'{"model": "m", "keep_alive": "-90s"}').keep_alive.ToNanoseconds() == -90 * 10**9

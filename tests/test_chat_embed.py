@@ -107,3 +107,30 @@ def test_legacy_embeddings_and_embed_errors(real):
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     reply = real.stub().Embed(pb.EmbedRequest(model=REAL, input=["x"]))
     assert len(reply.embeddings[0].values) == 576
+
+
+def test_chat_thinking_with_the_official_client_streamed_and_merged(fake, engine):
+    from tests.test_prompts import THOUGHT
+    engine.script.pieces = THOUGHT
+    client = ollama.Client(host=fake.url)
+    ask = [{"role": "user", "content": "2+2?"}]
+    whole = client.chat(model="tiny-think", messages=ask, think=True)
+    assert (whole.message.thinking, whole.message.content) == ("Let me think", "The answer is 4.")
+    chunks = list(client.chat(model="tiny-think", messages=ask, think="high", stream=True))
+    assert "".join(c.message.thinking or "" for c in chunks) == "Let me think"
+    assert "".join(c.message.content for c in chunks) == "The answer is 4."
+    # An earlier assistant turn's thinking reaches the template as a message field.
+    client.chat(model="tiny-think", messages=ask + [
+        {"role": "assistant", "content": "4", "thinking": "easy"}, {"role": "user", "content": "3+3?"}], think=False)
+    assert engine.prompts[-1].endswith("<|user|>3+3?\n<|assistant|><think></think>")
+
+
+def test_chat_format_and_logprobs_on_the_real_model(client):
+    ask = [{"role": "user", "content": "Describe a cat as a JSON object with name and color."}]
+    reply = client.chat(model=REAL, messages=ask, format="json", options={"temperature": 0, "num_predict": 60})
+    assert isinstance(__import__("json").loads(reply.message.content), dict)
+    chunks = list(client.chat(model=REAL, messages=[{"role": "user", "content": "Name a planet."}], stream=True,
+                              logprobs=True, top_logprobs=2, options={"temperature": 0, "num_predict": 8}))
+    entries = [e for c in chunks for e in (c.logprobs or [])]
+    assert len(entries) == chunks[-1].eval_count and all(len(e.top_logprobs) == 2 for e in entries)
+    assert "".join(e.token for e in entries) == "".join(c.message.content for c in chunks)

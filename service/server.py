@@ -116,8 +116,10 @@ def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
     mpb_grpc.add_ModelServiceServicer_to_server(ModelServicer(store, pool), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, MODEL_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, MODEL_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), server)
     if settings.tls_cert:
         read = lambda path: open(path, "rb").read()
         credentials = grpc.ssl_server_credentials(

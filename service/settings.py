@@ -85,6 +85,8 @@ class ServiceSettings:
     tls_cert: str = setting("", "GENGATE_TLS_CERT", "server certificate chain (PEM): enables TLS on gRPC")
     tls_key: str = setting("", "GENGATE_TLS_KEY", "server private key (PEM)")
     tls_client_ca: str = setting("", "GENGATE_TLS_CLIENT_CA", "CA (PEM) for client certificates: requires mTLS")
+    reflection: bool = setting(True, "GENGATE_REFLECTION",
+                               "serve gRPC server reflection (grpcurl lists and calls the API without the proto)")
     drain_seconds: float = setting(30.0, "GENGATE_DRAIN_SECONDS",
                                    "on SIGTERM, how long in-flight requests may finish before they are ended")
     metrics_addr: str = setting("127.0.0.1:9464", "GENGATE_METRICS_ADDR", "where Prometheus /metrics is served ('' for off)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
@@ -48,6 +49,24 @@ def test_reflection_lists_and_describes_the_service(real):
     assert {"gengate.v1.GenerateService", "grpc.health.v1.Health"} <= services
     method = db.FindFileContainingSymbol("gengate.v1.GenerateService").service[0].method[0]
     assert (method.name, method.server_streaming) == ("Generate", True)
+
+
+async def test_reflection_can_be_turned_off(models):
+    service = service_server.build(ServiceSettings(grpc_addr="127.0.0.1:0", models=models, default_model="",
+                                                   reflection=False), FakeEngine())
+    await service.server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+            replies = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in replies:
+                    pass
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await service.server.stop(None)
+        await service.pool.close()
 
 
 def test_gateway_readiness_follows_service_health(real):

@@ -1,4 +1,4 @@
-"""The README stays true: it lists every setting of both processes."""
+"""The README (and the deploy guide) stay true: they list every setting of both processes."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +7,9 @@ from pathlib import Path
 from gateway.settings import GatewaySettings
 from service.settings import ServiceSettings
 
-README = (Path(__file__).parent.parent / "README.md").read_text()
+ROOT = Path(__file__).parent.parent
+README = (ROOT / "README.md").read_text()
+DEPLOY = (ROOT / "docs" / "deploy.md").read_text()
 
 
 def test_readme_lists_every_setting():
@@ -15,6 +17,7 @@ def test_readme_lists_every_setting():
         for field in dataclasses.fields(cls):
             assert f"`{field.metadata['env']}`" in README, field.metadata["env"]
             assert f"--{field.name.replace('_', '-')}`" in README, field.name
+            assert f"| `{field.metadata['env']}` |" in DEPLOY, field.metadata["env"]     # its operators' table too
 
 
 def test_readme_gives_the_two_commands():

@@ -82,11 +82,12 @@ class Summary:
 
 
 def _plain(value: Any) -> Any:
-    """A protobuf Struct value as JSON would read it: whole numbers as ints."""
+    """A protobuf Struct value as JSON would read it: whole numbers as ints, and object keys sorted (a Struct
+    is a map and keeps no order; sorted, a prompt renders the same every time, as Go's json.Marshal of a map)."""
     if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:
         return int(value)
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: _plain(value[k]) for k in sorted(value)}
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value

@@ -19,6 +19,7 @@ from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 DOMAIN = "gengate.v1"
+DEADLINE_SLACK_S = 0.1
 
 
 def rich_status(exc: GenerateError) -> grpc.Status:
@@ -76,9 +77,11 @@ class GenerateServicer(pb_grpc.GenerateServiceServicer):
             status = rich_status(exc)
             await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)
         except asyncio.CancelledError:
+            # The client's deadline, not the client leaving: its cancel may arrive just before the server's own
+            # timer fires, so "all but passed" counts too.
             remaining = context.time_remaining()
-            if remaining is not None and remaining <= 0:
-                code = grpc.StatusCode.DEADLINE_EXCEEDED       # the client's deadline, not the client leaving
+            if remaining is not None and remaining < DEADLINE_SLACK_S:
+                code = grpc.StatusCode.DEADLINE_EXCEEDED
             raise
         except grpc.aio.AbortError:
             raise

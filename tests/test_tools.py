@@ -81,8 +81,9 @@ def test_ollama_client_gets_tool_calls_streamed_and_whole(fake, engine, model):
     assert "".join(c.message.content for c in chunks) == "Sure. "
     assert [c.function.name for ch in chunks for c in ch.message.tool_calls or []] == ["get_weather"]
     assert chunks[-1].done
-    # The offered tools reached the prompt through the template.
+    # The offered tools reached the prompt through the template, the same text every time.
     assert '"name":"get_weather"' in engine.prompts[-1].replace(" ", "")
+    assert len(set(engine.prompts[-2:])) == 1
 
 
 def test_without_tools_the_same_text_is_content(fake, engine):
@@ -98,8 +99,8 @@ def test_without_tools_the_same_text_is_content(fake, engine):
                    '</tool_call><|tool|>18 degrees<|assistant|>'),          # Jinja: tojson sorts, trim_blocks
 ])
 def test_a_past_call_and_its_result_render_in_the_next_prompt(fake, engine, model, expected):
-    history = ASK + [{"role": "assistant", "content": "",
-                      "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}}]},
+    history = ASK + [{"role": "assistant", "content": "",           # arguments render with their keys sorted
+                      "tool_calls": [{"function": {"name": "get_weather", "arguments": {"days": 2, "city": "Paris"}}}]},
                      {"role": "tool", "content": "18 degrees", "tool_name": "get_weather"}]
     resp = httpx.post(fake.url + "/api/chat", json={"model": model, "messages": history, "tools": [WEATHER],
                                                     "stream": False})

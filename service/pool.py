@@ -44,8 +44,9 @@ class Lease:
 
 
 class ModelPool:
-    def __init__(self, engine: Engine, default_keep_alive_ns: int, max_loaded: int = 3):
+    def __init__(self, engine: Engine, default_keep_alive_ns: int, max_loaded: int = 3, load_timeout_s: float = 300):
         self._engine = engine
+        self._load_timeout_s = load_timeout_s if load_timeout_s > 0 else None     # <= 0: wait as long as it takes
         self._default_keep_alive_ns = default_keep_alive_ns
         self._max_loaded = max(1, max_loaded)
         self._loaded: dict[str, Loaded] = {}
@@ -94,7 +95,13 @@ class ModelPool:
             task = asyncio.ensure_future(self._load(entry, options))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
             self._pending[entry.key] = task
-            model = await asyncio.shield(task)
+            try:
+                model = await asyncio.wait_for(asyncio.shield(task), self._load_timeout_s)
+            except TimeoutError:
+                # The load goes on (a thread in C code cannot be stopped); when it ends the model is idle.
+                log.error("loading %s took over %ss", entry.name.short, self._load_timeout_s)
+                raise GenerateError(Kind.MODEL_LOAD_FAILED, f"timed out waiting for model {entry.name.short} "
+                                                            "to load") from None
             model.leases += 1
             self._cancel_timer(model)
             return model

@@ -96,7 +96,7 @@ def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
     if engine is None:
         engine = make_engine(settings)
     store = ModelStore(settings.models)
-    pool = ModelPool(engine, keep_alive_ns(settings.keep_alive), settings.max_loaded_models)
+    pool = ModelPool(engine, keep_alive_ns(settings.keep_alive), settings.max_loaded_models, settings.load_timeout)
     metrics = Metrics()
     metrics.loaded.set_function(lambda: len(pool.loaded()))
     generation = Generation(settings, store, pool, Admission(settings.num_parallel, settings.max_queue, metrics),

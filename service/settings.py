@@ -75,6 +75,8 @@ class ServiceSettings:
     max_queue: int = setting(512, "GENGATE_MAX_QUEUE", "requests allowed to wait for a slot (503 beyond)")
     max_loaded_models: int = setting(3, "GENGATE_MAX_LOADED_MODELS",
                                      "models loaded at once; the least recently used idle one makes room")
+    load_timeout: float = setting(300.0, "GENGATE_LOAD_TIMEOUT",
+                                  "seconds a request waits for its model to load before it fails (0: no limit)")
     engine: str = setting("batch", "GENGATE_ENGINE",
                           "decoding engine: batch (requests share one context, decoded together) or simple "
                           "(one request at a time)")

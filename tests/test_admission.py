@@ -1,6 +1,7 @@
 """Admission: bounded parallelism and queue, for loaded models too (decisions.md §10)."""
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import json
 import time
@@ -94,5 +95,23 @@ def test_a_message_over_the_services_limit_is_413_not_503(models):
         assert (resp.status_code, resp.json()) == (413, {"error": "request too large"})
         assert httpx.post(stack.url + "/api/generate", timeout=30,
                           json={"model": "tiny", "prompt": "x", "stream": False}).status_code == 200
+    finally:
+        stack.stop()
+
+
+def test_a_load_that_stalls_past_the_timeout_fails_and_then_completes(models):
+    """Reliability #22 (Ollama's OLLAMA_LOAD_TIMEOUT): the request gets a clear error, nothing hangs, and the
+    load, which cannot be stopped half-way, finishes and serves the next request."""
+    engine = FakeEngine()
+    engine.load_gate = asyncio.Event()
+    stack = Stack(models, engine, load_timeout=0.3).start()
+    try:
+        post = lambda: httpx.post(stack.url + "/api/generate", timeout=30,
+                                  json={"model": "tiny", "prompt": "x", "stream": False})
+        resp = post()
+        assert (resp.status_code, resp.json()) == (500, {"error": "timed out waiting for model tiny:latest to load"})
+        assert stack.service.generation._admission.running == 0           # its slot was given back
+        stack._loop.call_soon_threadsafe(engine.load_gate.set)
+        assert post().status_code == 200 and engine.loads == 1             # the same load, finished
     finally:
         stack.stop()

@@ -139,6 +139,10 @@ async def _stream(request: web.Request, method, req, to_json) -> web.StreamRespo
             first = await call.read()
         except grpc.aio.AioRpcError as exc:
             return _rpc_error(exc)
+        except asyncio.CancelledError:
+            if not ended_by_drain(request):
+                raise
+            return error_response(503, "server is shutting down")
         if first is grpc.aio.EOF:
             return error_response(500, "generation ended without a result")
         stream = req.stream if req.HasField("stream") else True

@@ -484,6 +484,10 @@ async def _generate(request: web.Request, method, req, stream: bool, shape) -> w
             first = await call.read()
         except grpc.aio.AioRpcError as exc:
             return _rpc_error(exc)
+        except asyncio.CancelledError:
+            if not gw.ended_by_drain(request):
+                raise
+            return error_response(503, "server is shutting down")
         if first is grpc.aio.EOF:
             return error_response(500, "generation ended without a result")
         if not stream:

@@ -75,7 +75,7 @@ class ModelPool:
             while True:
                 pending = self._pending.get(entry.key)
                 if pending is not None:
-                    await asyncio.shield(pending)   # a load a departed requester started
+                    await self._loaded_within_timeout(pending, entry)   # a load a departed requester started
                     continue
                 model = self._loaded.get(entry.key)
                 if model is None:
@@ -95,16 +95,20 @@ class ModelPool:
             task = asyncio.ensure_future(self._load(entry, options))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
             self._pending[entry.key] = task
-            try:
-                model = await asyncio.wait_for(asyncio.shield(task), self._load_timeout_s)
-            except TimeoutError:
-                # The load goes on (a thread in C code cannot be stopped); when it ends the model is idle.
-                log.error("loading %s took over %ss", entry.name.short, self._load_timeout_s)
-                raise GenerateError(Kind.MODEL_LOAD_FAILED, f"timed out waiting for model {entry.name.short} "
-                                                            "to load") from None
+            model = await self._loaded_within_timeout(task, entry)
             model.leases += 1
             self._cancel_timer(model)
             return model
+
+    async def _loaded_within_timeout(self, load: asyncio.Future, entry: ModelEntry) -> Loaded:
+        """Waits for a load, at most the load timeout. On timeout the load goes on (a thread in C code cannot
+        be stopped); when it ends, the model is registered idle."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(load), self._load_timeout_s)
+        except TimeoutError:
+            log.error("loading %s took over %ss", entry.name.short, self._load_timeout_s)
+            raise GenerateError(Kind.MODEL_LOAD_FAILED,
+                                f"timed out waiting for model {entry.name.short} to load") from None
 
     async def _load(self, entry: ModelEntry, options: LoadOptions) -> Loaded:
         log.info("loading %s (%s)", entry.name.short, options)

@@ -4,9 +4,9 @@ and the parser that finds the calls in what the model writes.
 A template that supports tools shows the model how to call one: usually a tag followed by a
 JSON object such as ``<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}``.
 The parser takes the tag from the model's template (as Ollama's tools.Parser does); with no
-tag, a call is a bare JSON object (or a list of them). Text before the tag is content; a
-call's JSON is held back until it is complete; JSON that is not a call of one of the offered
-tools is given back as content, and the parser stops looking.
+tag, a call is a bare JSON object (or a list of them) that the reply starts with. Text before
+the tag is content; a call's JSON is held back until it is complete; JSON that is not a call
+of one of the offered tools is given back as content, and the parser stops looking.
 """
 from __future__ import annotations
 
@@ -41,38 +41,81 @@ def _closing(tag: str) -> str | None:
     return None
 
 
-def _json_end(s: str) -> int | None:
-    """Index just past the JSON object or array that `s` starts with; None while it is incomplete."""
-    depth, in_string, escape = 0, False, False
-    for i, c in enumerate(s):
-        if in_string:
-            if escape:
-                escape = False
-            elif c == "\\":
-                escape = True
-            elif c == '"':
-                in_string = False
-        elif c == '"':
-            in_string = True
-        elif c in "{[":
-            depth += 1
-        elif c in "}]":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-    return None
+MAX_DEPTH = 64                  # JSON nested deeper than this is no tool call
+MAX_CALL_CHARS = 1 << 20        # nor is one longer than this
+
+
+class _Scanner:
+    """Finds where a JSON object or array ends, each character looked at once however the text arrives."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.in_string = self.escape = False
+
+    def feed(self, piece: str) -> int | None:
+        """Index in `piece` just past the end of the value; None while it goes on; -1: nested too deep."""
+        depth, in_string, escape = self.depth, self.in_string, self.escape
+        try:
+            for i, c in enumerate(piece):
+                if in_string:
+                    if escape:
+                        escape = False
+                    elif c == "\\":
+                        escape = True
+                    elif c == '"':
+                        in_string = False
+                elif c == '"':
+                    in_string = True
+                elif c in "{[":
+                    depth += 1
+                    if depth > MAX_DEPTH:
+                        return -1
+                elif c in "}]":
+                    depth -= 1
+                    if depth == 0:
+                        return i + 1
+            return None
+        finally:
+            self.depth, self.in_string, self.escape = depth, in_string, escape
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("not a finite number")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads(text: str) -> Any:
+    """Strict JSON (no NaN or Infinity, numbers a double holds), or ValueError."""
+    try:
+        return json.loads(text, object_pairs_hook=collections.OrderedDict, parse_float=_finite,
+                          parse_int=lambda t: int(t) if len(t) < 16 else _finite(t), parse_constant=_no_constant)
+    except (RecursionError, OverflowError) as exc:
+        raise ValueError(str(exc)) from exc
 
 
 class ToolCallParser:
-    """Splits generated text into content and tool calls, piece by piece."""
+    """Splits generated text into content and tool calls, piece by piece.
+
+    A call opens with the template's tag anywhere in the text, or with a bracket as the first thing the model
+    writes (the bare JSON that templates without a tag, and Llama 3.1 for user-defined tools, ask for)."""
 
     def __init__(self, tag: str | None, names: set[str]):
-        self._tag = tag or "{"
-        self._bare = tag is None          # the tag is the JSON's own first character
+        self._tag = tag
         self._close = None if tag is None else _closing(tag)
         self._names = names
         self._buf = ""
-        self._calling = False             # the tag was seen: the buffer holds calls being written
+        self._started = False             # something other than whitespace was written
+        self._calling = False             # the tag (or leading JSON) was seen: calls are being written
+        self._scan: _Scanner | None = None  # set while inside a call's JSON
+        self._raw: list[str] = []         # the text since that call began, verbatim (content if it is none)
+        self._parts: list[str] = []       # the call's JSON so far
+        self._size = 0
         self._done = False                # the text is not (or no longer) tool calls
         self._index = 0
 
@@ -80,30 +123,34 @@ class ToolCallParser:
         """(content, calls) that `text` completes."""
         if self._done:
             return text, []
-        self._buf += text
+        if self._scan is not None:                        # inside a call's JSON
+            self._raw.append(text)
+            return self._scanned(text)
+        self._buf += text                                 # between calls: a few characters at most
         content = ""
         if not self._calling:
-            i = self._find(self._buf)
-            if i < 0:
-                keep = self._partial(self._buf, self._tag)
-                content, self._buf = self._buf[:len(self._buf) - keep], self._buf[len(self._buf) - keep:]
-                return content, []
-            content, self._buf = self._buf[:i], self._buf[i:]
-            self._calling = True
-        calls, rest = self._parse()
+            stripped = self._buf.lstrip()
+            if not self._started and stripped[:1] in ("{", "["):
+                self._calling = True                      # bare JSON first
+            elif self._tag is None:
+                return (self._give_up(), []) if stripped else ("", [])   # no tag, and not JSON first: content
+            else:
+                self._started = self._started or bool(stripped)
+                i = self._buf.find(self._tag)
+                if i < 0:
+                    keep = self._partial(self._buf, self._tag)
+                    content, self._buf = self._buf[:len(self._buf) - keep], self._buf[len(self._buf) - keep:]
+                    return content, []
+                content, self._buf = self._buf[:i], self._buf[i:]
+                self._calling = True
+        rest, calls = self._between()
         return content + rest, calls
 
     def flush(self) -> str:
         """What is left at the end of the generation (an unfinished call is content)."""
-        rest, self._buf = self._buf, ""
-        self._done = True
+        rest = "".join(self._raw) if self._scan is not None else self._buf
+        self._buf, self._raw, self._scan, self._done = "", [], None, True
         return "" if self._index and not rest.strip() else rest
-
-    def _find(self, text: str) -> int:
-        if not self._bare:
-            return text.find(self._tag)
-        starts = [i for i in (text.find("{"), text.find("[")) if i >= 0]
-        return min(starts, default=-1)
 
     @staticmethod
     def _partial(text: str, tag: str) -> int:
@@ -113,38 +160,46 @@ class ToolCallParser:
                 return n
         return 0
 
-    def _parse(self) -> tuple[list[dict[str, Any]], str]:
-        calls: list[dict[str, Any]] = []
-        while True:
-            s = self._buf.lstrip()
-            if self._close and self._index and s.startswith(self._close):
-                self._buf = s[len(self._close):]          # the end of a call already taken
-                continue
-            if not self._bare and s.startswith(self._tag):
-                s = s[len(self._tag):].lstrip()           # consumed with the call that follows it
-            if not s:
-                return calls, ""
-            if s[0] not in "{[":
-                if any(self._partial(s, t) == len(s) for t in (self._close, self._tag) if t):
-                    return calls, ""          # a tag may be coming
-                return calls, self._give_up()
-            end = _json_end(s)
-            if end is None:
-                return calls, ""
-            found = self._calls(s[:end])
-            if found is None:
-                return calls, self._give_up()
-            calls += found
-            self._buf = s[end:]
+    def _between(self) -> tuple[str, list[dict[str, Any]]]:
+        """After the tag or a call: skips a closing tag, the next opening tag and spaces, then starts on
+        the next call's JSON. Anything else ends the calls."""
+        s = self._buf.lstrip()
+        if self._close and self._index and s.startswith(self._close):
+            self._buf = s = s[len(self._close):].lstrip()  # the end of a call already taken
+        if self._tag and s.startswith(self._tag):
+            s = s[len(self._tag):].lstrip()                # consumed with the call that follows it
+        if not s:
+            return "", []
+        if s[0] not in "{[":
+            if any(self._partial(s, t) == len(s) for t in (self._close, self._tag) if t):
+                return "", []                              # a tag may be coming
+            return self._give_up(), []
+        self._scan, self._raw, self._parts, self._size = _Scanner(), [self._buf], [], 0
+        self._buf = ""
+        return self._scanned(s)
+
+    def _scanned(self, piece: str) -> tuple[str, list[dict[str, Any]]]:
+        """Scans the next piece of a call's JSON; at its end, takes the call and goes on after it."""
+        end = self._scan.feed(piece)
+        if end is None:
+            self._parts.append(piece)
+            self._size += len(piece)
+            return (self._give_up(), []) if self._size > MAX_CALL_CHARS else ("", [])
+        found = None if end < 0 else self._calls("".join(self._parts) + piece[:end])
+        if found is None:
+            return self._give_up(), []
+        self._buf, self._scan, self._raw, self._parts = piece[end:], None, [], []
+        rest, more = self._between()
+        return rest, found + more
 
     def _give_up(self) -> str:
-        self._done = True
-        rest, self._buf = self._buf, ""
+        rest = "".join(self._raw) if self._scan is not None else self._buf
+        self._buf, self._raw, self._scan, self._done = "", [], None, True
         return rest
 
     def _calls(self, text: str) -> list[dict[str, Any]] | None:
         try:
-            value = json.loads(text, object_pairs_hook=collections.OrderedDict)
+            value = _loads(text)
         except ValueError:
             return None
         calls = []
@@ -157,7 +212,7 @@ class ToolCallParser:
             args = item.get("arguments", item.get("parameters", {}))
             if isinstance(args, str):
                 try:
-                    args = json.loads(args, object_pairs_hook=collections.OrderedDict)
+                    args = _loads(args)
                 except ValueError:
                     return None
             if not isinstance(name, str) or not isinstance(args, dict) or (self._names and name not in self._names):

@@ -115,3 +115,17 @@ def test_a_load_that_stalls_past_the_timeout_fails_and_then_completes(models):
         assert post().status_code == 200 and engine.loads == 1             # the same load, finished
     finally:
         stack.stop()
+
+
+def test_every_request_waiting_on_a_stalled_load_times_out(models):
+    engine = FakeEngine()
+    engine.load_gate = asyncio.Event()
+    stack = Stack(models, engine, load_timeout=0.5).start()
+    try:
+        post = lambda _: httpx.post(stack.url + "/api/generate", timeout=30,
+                                    json={"model": "tiny", "prompt": "x", "stream": False}).status_code
+        with cf.ThreadPoolExecutor(3) as pool:
+            assert list(pool.map(post, range(3))) == [500, 500, 500]      # the first and those behind it
+    finally:
+        stack._loop.call_soon_threadsafe(engine.load_gate.set)
+        stack.stop()

@@ -132,14 +132,21 @@ def test_http_streams_longer_than_the_gateway_drain_end_with_an_error_line(procs
     ollama_body = {"model": REAL, "prompt": "1, 2, 3, 4, 5,", "raw": True,
                    "options": {"num_predict": 3000, "temperature": 0}}
     openai_body = {"model": REAL, "prompt": "1, 2, 3, 4, 5,", "max_tokens": 3000, "temperature": 0, "stream": True}
-    with httpx.stream("POST", procs.url + "/api/generate", json=ollama_body, timeout=60) as ndjson, \
+    with cf.ThreadPoolExecutor(1) as pool, \
+            httpx.stream("POST", procs.url + "/api/generate", json=ollama_body, timeout=60) as ndjson, \
             httpx.stream("POST", procs.url + "/v1/completions", json=openai_body, timeout=60) as sse:
         lines, events = ndjson.iter_lines(), (e for e in sse.iter_lines() if e.startswith("data: "))
         assert json.loads(next(lines))["done"] is False
         assert json.loads(next(events)[6:])["object"] == "text_completion"
+        # A third request, stream:false, has had no byte yet when the drain ends: it gets a real status.
+        whole = pool.submit(httpx.post, procs.url + "/api/generate", json={**ollama_body, "stream": False}, timeout=60)
+        time.sleep(0.3)
         procs.gateway.send_signal(signal.SIGTERM)
         rest = [json.loads(line) for line in lines if line]
         last = [e[6:] for e in events][-1]
+        refused = whole.result()
     assert rest[-1] == {"error": "server is shutting down"} and not any(x.get("done") for x in rest)
     assert json.loads(last)["error"]["message"] == "server is shutting down"
+    assert (refused.status_code, refused.json()) == (503, {"error": "server is shutting down"})
+    assert refused.headers["Retry-After"] == "1"
     assert procs.gateway.wait(timeout=30) == 0

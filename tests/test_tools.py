@@ -55,6 +55,31 @@ def test_text_that_is_no_call_is_content_verbatim(text):
         assert parse([text[i:i + size] for i in range(0, len(text), size)]) == (text, [])
 
 
+@pytest.mark.parametrize("text", [
+    "[" * 5000,                                                                  # a model stuck on one token
+    '<tool_call>{"name": "get_weather", "arguments": {"n": NaN}}</tool_call>',
+    '<tool_call>{"name": "get_weather", "arguments": {"n": 1e999}}</tool_call>',
+    '<tool_call>{"name": "get_weather", "arguments": {"n": ' + "9" * 400 + '}}</tool_call>',
+])
+def test_json_no_struct_can_hold_is_content(text):
+    assert parse([text[i:i + 7] for i in range(0, len(text), 7)]) == (text, [])
+
+
+def test_a_long_call_written_a_few_characters_at_a_time_is_scanned_once():
+    text = '<tool_call>{"name": "get_weather", "arguments": {"city": "' + "P" * 100_000 + '"}}</tool_call>'
+    content, [call] = parse([text[i:i + 4] for i in range(0, len(text), 4)])
+    assert content == "" and len(call["arguments"]["city"]) == 100_000
+
+
+def test_without_a_tag_only_a_reply_that_starts_with_json_is_a_call():
+    assert parse(["Options: [a", ", b]"], tag=None) == ("Options: [a, b]", [])
+    prose = 'I would call {"name": "get_weather", "arguments": {}} maybe'
+    assert parse([prose], tag=None) == (prose, [])
+    # Llama 3.1's template names <|python_tag|> (built-in tools) but user tools come as bare JSON.
+    content, calls = parse([' {"name": "get_weather", "parameters": {"city": "Oslo"}}'], tag="<|python_tag|>")
+    assert content == "" and calls[0]["arguments"] == {"city": "Oslo"}
+
+
 def test_bare_json_calls_lists_and_string_arguments():
     content, calls = parse(['[{"name": "get_weather", "parameters": {"city": "Oslo"}}, ',
                             '{"function": {"name": "get_weather", "arguments": "{\\"city\\": \\"Rome\\"}"}}]'], tag=None)

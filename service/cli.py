@@ -10,7 +10,8 @@
     gengate serve                      run the service and the gateway (what `make run` does)
 
 Client commands talk to the service at --host, else GENGATE_SERVICE_ADDR, else 127.0.0.1:50051,
-and send `authorization: Bearer $GENGATE_API_KEY` when that variable is set.
+and send `authorization: Bearer $GENGATE_API_KEY` when that variable is set. With
+GENGATE_SERVICE_TLS_CA (plus GENGATE_SERVICE_TLS_CERT and _KEY for mTLS) they use TLS, as the gateway does.
 """
 from __future__ import annotations
 
@@ -138,6 +139,18 @@ def target(args: argparse.Namespace) -> str:
     return args.host or os.environ.get("GENGATE_SERVICE_ADDR") or DEFAULT_HOST
 
 
+def channel(args: argparse.Namespace) -> grpc.Channel:
+    """A channel to the service: TLS (and mTLS) with the gateway's variables, GENGATE_SERVICE_TLS_CA
+    (and GENGATE_SERVICE_TLS_CERT, GENGATE_SERVICE_TLS_KEY), else plaintext."""
+    ca = os.environ.get("GENGATE_SERVICE_TLS_CA")
+    if not ca:
+        return grpc.insecure_channel(target(args))
+    read = lambda name: Path(os.environ[name]).read_bytes() if os.environ.get(name) else None
+    credentials = grpc.ssl_channel_credentials(Path(ca).read_bytes(), read("GENGATE_SERVICE_TLS_KEY"),
+                                               read("GENGATE_SERVICE_TLS_CERT"))
+    return grpc.secure_channel(target(args), credentials)
+
+
 def metadata() -> list[tuple[str, str]]:
     key = os.environ.get("GENGATE_API_KEY")
     return [("authorization", f"Bearer {key}")] if key else []
@@ -152,7 +165,7 @@ def rpc_error(exc: grpc.RpcError, where: str) -> CLIError:
 
 
 def model_stub(args: argparse.Namespace) -> mpb_grpc.ModelServiceStub:
-    return mpb_grpc.ModelServiceStub(grpc.insecure_channel(target(args)))
+    return mpb_grpc.ModelServiceStub(channel(args))
 
 
 def call(args: argparse.Namespace, method: str, request):
@@ -269,7 +282,7 @@ def print_stats(reply: pb.GenerateResponse) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    stub = pb_grpc.GenerateServiceStub(grpc.insecure_channel(target(args)))
+    stub = pb_grpc.GenerateServiceStub(channel(args))
     prompt = " ".join(args.prompt)
     if args.prompt or sys.stdin is None or not sys.stdin.isatty():
         if not args.prompt:

@@ -107,6 +107,13 @@ def test_mtls_between_gateway_and_service(models, certs):
                            "service_tls_key": c("client.key")}).start()
     try:
         assert ollama.Client(host=stack.url).generate(model="tiny", prompt="hi").done      # gateway → mTLS → service
+        # The CLI is a client of the service too, with the gateway's variables.
+        from tests.test_cli import gengate
+        listed = gengate("list", "--host", stack.grpc_target, env={
+            "GENGATE_SERVICE_TLS_CA": c("ca.pem"), "GENGATE_SERVICE_TLS_CERT": c("client.pem"),
+            "GENGATE_SERVICE_TLS_KEY": c("client.key")})
+        assert listed.returncode == 0 and "tiny:latest" in listed.stdout, listed.stderr
+        assert gengate("list", "--host", stack.grpc_target, timeout=60).returncode != 0       # plaintext: refused
         request = pb.GenerateRequest(model="tiny", prompt="hi")
         insecure = pb_grpc.GenerateServiceStub(grpc.insecure_channel(stack.grpc_target))
         no_cert = pb_grpc.GenerateServiceStub(grpc.secure_channel(

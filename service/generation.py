@@ -109,6 +109,21 @@ def _message(m: pb.Message) -> dict[str, Any]:
     return out
 
 
+class _model_template_errors(contextlib.ContextDecorator):
+    """A template error is the client's (400) in a request's `template`, the server's (500) in the model's own
+    (decisions.md §3 makes only the former a 400)."""
+
+    def __init__(self, from_request: bool):
+        self._from_request = from_request
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if isinstance(exc, GenerateError) and exc.field == "template" and not self._from_request:
+            raise GenerateError(Kind.INTERNAL, exc.message) from exc
+
+
 def _tool_call(call: dict[str, Any]) -> pb.ToolCall:
     arguments = struct_pb2.Struct()
     arguments.update(call["arguments"])
@@ -214,7 +229,8 @@ class Generation:
             template=req.template or model.entry.template,
             think=think, think_level=level, image_count=len(req.images))
         bos, eos = self._special(model, lease)
-        text = prompts.render(inp, chat_template=model.chat_template, bos=bos, eos=eos)
+        with _model_template_errors(bool(req.template)):
+            text = prompts.render(inp, chat_template=model.chat_template, bos=bos, eos=eos)
         if req.context:
             if len(req.context) > 4 * runner.n_ctx_train or any(not 0 <= t < runner.n_vocab for t in req.context):
                 raise invalid("invalid context: token id out of range", "context")
@@ -256,7 +272,7 @@ class Generation:
             bos, eos = self._special(model, lease)
             offered = [_plain(json_format.MessageToDict(t, preserving_proto_field_name=True)) for t in req.tools]
             text = await asyncio.to_thread(
-                prompts.render_chat, messages, tools=offered, go_template=model.entry.template,
+                _model_template_errors(False)(prompts.render_chat), messages, tools=offered, go_template=model.entry.template,
                 chat_template=model.chat_template, bos=bos, eos=eos, think=think, think_level=level)
             calls = tools.ToolCallParser(tools.tool_tag(model.entry.template or model.chat_template or ""),
                                          {t.function.name for t in req.tools}) if req.tools else None

@@ -131,3 +131,19 @@ def test_thinking_over_grpc(fake, engine):
     assert err.value.details() == '"test" does not support thinking'
     # think:false is accepted by a model that cannot think.
     assert list(fake.stub().Generate(pb.GenerateRequest(model="test", prompt="x", think=pb.Think(enabled=False))))
+
+
+def test_a_broken_model_template_is_the_servers_error_a_broken_request_template_the_clients(fake, engine):
+    """decisions.md §3: 400 for the request's `template`; the model's own is a 500, as in Ollama."""
+    broken = {"error": "template: :1: unclosed action"}
+    for body, status in (({"model": "test-broken", "prompt": "x"}, 500),
+                         ({"model": "test", "prompt": "x", "template": "{{ .Prompt"}, 400)):
+        resp = generate(fake, **body)
+        assert (resp.status_code, resp.json()) == (status, broken)
+    resp = httpx.post(fake.url + "/api/chat", json={"model": "test-broken", "stream": False,
+                                                    "messages": [{"role": "user", "content": "x"}]})
+    assert (resp.status_code, resp.json()) == (500, broken)
+    with pytest.raises(grpc.RpcError) as err:
+        list(fake.stub().Generate(pb.GenerateRequest(model="test-broken", prompt="x")))
+    assert (err.value.code(), err.value.details()) == (grpc.StatusCode.INTERNAL, broken["error"])
+    assert engine.prompts == []

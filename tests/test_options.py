@@ -90,6 +90,26 @@ def test_keep_alive_expires_idle_models_and_is_sticky(client, real):
     assert loaded(real, "tiny:latest") is None
 
 
+@pytest.mark.parametrize("keep_alive,ns", [
+    ("1h30m", 5400 * 10**9), ("90s", 90 * 10**9), ("250ms", 250 * 10**6), (120, 120 * 10**9), (2.5, 2_500_000_000),
+    ("-1m", -1), (-1, -1), ("-0.5s", -1),
+])
+def test_every_keep_alive_form_is_kept_on_the_model(fake, engine, keep_alive, ns):
+    """Numbers are seconds, strings Go durations, anything negative keeps the model forever (spec §4.3)."""
+    resp = httpx.post(fake.url + "/api/generate", json={"model": "tiny", "prompt": "", "keep_alive": keep_alive})
+    assert resp.json()["done_reason"] == "load"
+    [model] = [m for m in fake.service.pool.loaded() if m.entry.name.short == "tiny:latest"]
+    assert model.keep_alive_ns == ns if ns >= 0 else (model.keep_alive_ns < 0 and model.expires_at is None)
+
+
+@pytest.mark.parametrize("keep_alive", ["0s", 0, 0.0, "0m"])
+def test_every_zero_keep_alive_form_unloads(fake, engine, keep_alive):
+    httpx.post(fake.url + "/api/generate", json={"model": "tiny", "prompt": ""})
+    resp = httpx.post(fake.url + "/api/generate", json={"model": "tiny", "prompt": "", "keep_alive": keep_alive})
+    assert resp.json()["done_reason"] == "unload"
+    assert not [m for m in fake.service.pool.loaded() if m.entry.name.short == "tiny:latest"]
+
+
 def test_modelfile_parameters_are_defaults_that_requests_override(client):
     by_model = client.generate(model="test-params", prompt="x", raw=True, stream=False)
     assert (by_model.eval_count, by_model.done_reason) == (3, "length")         # num_predict 3 from the model

@@ -104,6 +104,19 @@ def test_chat_template_and_system_are_applied(real):
     assert reply.debug_info.rendered_template.startswith("<|im_start|>system\nBe terse.<|im_end|>")
 
 
+def test_logprobs_over_grpc_and_raw_http_carry_bytes(real):
+    request = pb.GenerateRequest(model=REAL, prompt="Hello", logprobs=True, top_logprobs=2,
+                                 options=pb.Options(temperature=0, num_predict=6))
+    replies = list(real.stub().Generate(request, timeout=60))
+    entries = [e for r in replies for e in r.logprobs]
+    assert len(entries) == replies[-1].eval_count == 6
+    assert all(bytes(e.bytes).decode("utf-8", "replace") == e.token and len(e.top_logprobs) == 2 for e in entries)
+    body = {"model": REAL, "prompt": "Hello", "logprobs": True, "top_logprobs": 2, "stream": False,
+            "options": {"temperature": 0, "num_predict": 6}}
+    over_http = httpx.post(real.url + "/api/generate", json=body, timeout=60).json()["logprobs"]
+    assert [(e["token"], e["bytes"]) for e in over_http] == [(e.token, list(e.bytes)) for e in entries]
+
+
 def test_logprobs_stream_and_non_stream_agree(client):
     kw = dict(model=REAL, prompt="Hello", options={"temperature": 0, "num_predict": 8}, logprobs=True, top_logprobs=3)
     streamed = [lp for c in client.generate(stream=True, **kw) for lp in (c.logprobs or [])]

@@ -22,6 +22,7 @@ class Kind(enum.Enum):
     QUEUE_FULL = enum.auto()
     SHUTTING_DOWN = enum.auto()
     MODEL_LOAD_FAILED = enum.auto()
+    OUT_OF_MEMORY = enum.auto()       # a model does not fit, even with idle ones unloaded
     STORE_READ_ONLY = enum.auto()     # copy/delete on a store that cannot be written
     INTERNAL = enum.auto()
 
@@ -40,6 +41,7 @@ GRPC_CODE: dict[Kind, grpc.StatusCode] = {
     Kind.QUEUE_FULL: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Kind.SHUTTING_DOWN: grpc.StatusCode.UNAVAILABLE,
     Kind.MODEL_LOAD_FAILED: grpc.StatusCode.INTERNAL,
+    Kind.OUT_OF_MEMORY: grpc.StatusCode.INTERNAL,       # Ollama: 500; the reason tells it apart
     Kind.STORE_READ_ONLY: grpc.StatusCode.FAILED_PRECONDITION,
     Kind.INTERNAL: grpc.StatusCode.INTERNAL,
 }

@@ -21,6 +21,12 @@ from service.store import ModelEntry
 log = logging.getLogger(__name__)
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """A load that failed for memory: MemoryError, or llama.cpp's words for it (as Ollama matches them)."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "out of memory" in text or "failed to allocate" in text
+
+
 @dataclasses.dataclass
 class Loaded:
     """One loaded model."""
@@ -113,10 +119,24 @@ class ModelPool:
     async def _load(self, entry: ModelEntry, options: LoadOptions) -> Loaded:
         log.info("loading %s (%s)", entry.name.short, options)
         try:
-            runner = await self._engine.load(str(entry.path), options)
+            try:
+                runner = await self._engine.load(str(entry.path), options)
+            except Exception as exc:
+                idle = [m for m in self._loaded.values() if m.leases == 0 and m.entry.key != entry.key]
+                if not (_out_of_memory(exc) and idle):
+                    raise
+                # As Ollama does on a load that runs out of memory: free what idle models hold, try once more.
+                log.warning("loading %s ran out of memory; unloading %d idle model(s) and retrying",
+                            entry.name.short, len(idle))
+                for model in idle:
+                    await self._close(model)
+                runner = await self._engine.load(str(entry.path), options)
         except Exception as exc:
             log.exception("loading %s failed", entry.name.short)
             # The cause goes to the log only: it may name files on the server.
+            if _out_of_memory(exc):
+                raise GenerateError(Kind.OUT_OF_MEMORY,
+                                    f"model {entry.name.short} requires more memory than is available") from exc
             raise GenerateError(Kind.MODEL_LOAD_FAILED, f"unable to load model {entry.name.short}") from exc
         finally:
             self._pending.pop(entry.key, None)

@@ -78,9 +78,12 @@ class FakeEngine(Engine):
         self.loads = self.unloaded = 0
         self.prompts: list[str] = []
         self.load_gate: asyncio.Event | None = None   # when set, loads wait for it
+        self.load_errors: list[BaseException] = []     # raised by the next loads, one each
 
     async def load(self, path: str, options: LoadOptions) -> Runner:
         if self.load_gate is not None:
             await self.load_gate.wait()
+        if self.load_errors:
+            raise self.load_errors.pop(0)
         self.loads += 1
         return FakeRunner(self)

@@ -129,3 +129,32 @@ def test_every_request_waiting_on_a_stalled_load_times_out(models):
     finally:
         stack._loop.call_soon_threadsafe(engine.load_gate.set)
         stack.stop()
+
+
+def test_a_load_out_of_memory_unloads_idle_models_and_retries_once(models):
+    """Reliability #23: memory freed by idle models is used; when that is not enough, a clear error with a
+    stable reason, and the service goes on serving."""
+    from grpc_status import rpc_status
+    from google.rpc import error_details_pb2
+    engine = FakeEngine()
+    stack = Stack(models, engine).start()
+    try:
+        post = lambda model: httpx.post(stack.url + "/api/generate", timeout=30,
+                                        json={"model": model, "prompt": "x", "stream": False})
+        assert post("tiny").status_code == 200
+        engine.load_errors = [MemoryError()]
+        assert post("test").status_code == 200                               # tiny made room, then test loaded
+        assert [m.entry.name.short for m in stack.service.pool.loaded()] == ["test:latest"]
+        engine.load_errors = [RuntimeError("ggml: failed to allocate buffer")] * 2
+        resp = post("test-system")                                           # test unloaded, still no room
+        assert (resp.status_code, resp.json()) == (500, {"error": "model test-system:latest requires more memory "
+                                                                  "than is available"})
+        with pytest.raises(grpc.RpcError) as err:
+            engine.load_errors = [MemoryError()]
+            list(stack.stub().Generate(pb.GenerateRequest(model="test-system", prompt="x")))
+        info = error_details_pb2.ErrorInfo()
+        rpc_status.from_call(err.value).details[0].Unpack(info)
+        assert info.reason == "OUT_OF_MEMORY"
+        assert post("tiny").status_code == 200                               # still serving
+    finally:
+        stack.stop()

@@ -406,6 +406,7 @@ def embeddings_request(body: bytes) -> pb.EmbedRequest:
     req = _bind(body, pb.EmbedRequest(), "EmbeddingRequest",
                 {**{k: _GENERATE_FIELDS[k] for k in ("model", "options", "keep_alive")},
                  "prompt": ("input", lambda v, f: [s] if (s := _string(v, f)) else [])})
+    req.unnormalized = True               # Ollama's legacy handler returns the raw vector
     return req
 
 

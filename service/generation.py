@@ -315,7 +315,7 @@ class Generation:
                 vector = np.asarray(await runner.embed(tokens), dtype=np.float64)
                 if req.dimensions:
                     vector = vector[:req.dimensions]
-                norm = float(np.linalg.norm(vector))
+                norm = 0.0 if req.unnormalized else float(np.linalg.norm(vector))
                 vectors.append(pb.Embedding(values=(vector / norm if norm else vector).tolist()))
         return pb.EmbedResponse(model=req.model, embeddings=vectors, prompt_eval_count=count,
                                 total_duration=_duration(time.perf_counter_ns() - start),

@@ -131,9 +131,10 @@ def _tool_call(call: dict[str, Any]) -> pb.ToolCall:
 
 
 def _now() -> timestamp_pb2.Timestamp:
-    created = timestamp_pb2.Timestamp()
-    created.GetCurrentTime()
-    return created
+    """The time now (every streamed reply has one): from time_ns, as Timestamp.GetCurrentTime goes through
+    datetime and costs several times more."""
+    ns = time.time_ns()
+    return timestamp_pb2.Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
 
 
 class Generation:

@@ -39,25 +39,36 @@ def reason(exc: grpc.aio.AioRpcError) -> str:
     return ""
 
 
+def _oversize(exc: grpc.aio.AioRpcError) -> str | None:
+    """For gRPC's own RESOURCE_EXHAUSTED (a message over a size limit, not the service's full queue): whose
+    message it was. The service's handler sends its initial metadata first; if it did, the request was taken
+    and the reply was too large."""
+    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or reason(exc) == "QUEUE_FULL":
+        return None
+    started = any(key == "x-request-id" for key, _ in exc.initial_metadata() or ())
+    return "reply" if started else "request"
+
+
 def http_status(exc: grpc.aio.AioRpcError) -> int:
     """HTTP status for a failed RPC; anything unlisted (INTERNAL, UNKNOWN, …) is 500.
     RESOURCE_EXHAUSTED is a full queue (503) when the service says so; from gRPC itself it is a
-    message over the size limit (413)."""
-    code = exc.code()
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and reason(exc) != "QUEUE_FULL":
-        return 413
-    return HTTP_STATUS.get(code, 500)
+    request over the size limit (413), or a reply over it (500)."""
+    oversize = _oversize(exc)
+    if oversize is not None:
+        return 413 if oversize == "request" else 500
+    return HTTP_STATUS.get(exc.code(), 500)
 
 
 def message(exc: grpc.aio.AioRpcError) -> str:
-    """The error text for HTTP: the service's own message (Ollama's), or a plain one for a deadline
-    (whose library text varies with where it struck)."""
+    """The error text for HTTP: the service's own message (Ollama's), or a plain one where gRPC's text
+    would name internals (a deadline's varies with where it struck; transport errors name addresses)."""
     if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
         return "deadline exceeded"
     if exc.code() == grpc.StatusCode.UNAVAILABLE:
-        return "service unavailable"           # the transport's own text names internal addresses
-    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason(exc) != "QUEUE_FULL":
-        return "request too large"             # gRPC's own text names the limit's internals
+        return "service unavailable"
+    oversize = _oversize(exc)
+    if oversize is not None:
+        return f"{oversize} too large"
     return exc.details() or exc.code().name.lower()
 
 

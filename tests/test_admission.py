@@ -158,3 +158,14 @@ def test_a_load_out_of_memory_unloads_idle_models_and_retries_once(models):
         assert post("tiny").status_code == 200                               # still serving
     finally:
         stack.stop()
+
+
+def test_a_reply_over_the_gateways_limit_is_500_not_413(models):
+    engine = FakeEngine()
+    engine.script = Script(pieces=["x" * 100] * 50)                 # 5,000 characters in one stream:false reply
+    stack = Stack(models, engine, gateway={"max_body_bytes": 2048}).start()
+    try:
+        resp = httpx.post(stack.url + "/api/generate", timeout=30, json={"model": "tiny", "prompt": "x", "stream": False})
+        assert (resp.status_code, resp.json()) == (500, {"error": "reply too large"})
+    finally:
+        stack.stop()

@@ -359,8 +359,7 @@ class Generation:
         tokens, dropped = await asyncio.to_thread(self._fit, req, lease, text, sampling.num_keep)
         parser = ThinkingParser(*tags, starts_inside=text.rstrip().endswith(tags[0])) if tags else None
         stream = req.stream if req.HasField("stream") else True
-        texts: list[str] = []
-        whole: list[str] = []
+        texts: list[str] = []                # the whole response text, also when streaming (for `context`)
         thoughts: list[str] = []
         logprobs: list[TokenLogprob] = []
         finish: Finish | None = None
@@ -376,16 +375,16 @@ class Generation:
                 histogram.observe((now - (start if last is None else last)) / 1e9)
                 last = now
                 thinking, piece = parser.feed(item.text) if parser is not None else ("", item.text)
-                whole.append(piece)
+                texts.append(piece)
                 if stream:
                     if piece or thinking or item.logprobs:
                         yield Delta(piece, thinking, item.logprobs)
                 else:
-                    texts.append(piece)
                     thoughts.append(thinking)
                     logprobs.extend(item.logprobs)
         if finish is None:
             raise GenerateError(Kind.INTERNAL, "generation ended without a result")
         thinking, piece = parser.flush() if parser is not None else ("", "")
-        yield Summary("".join(texts) + piece, "".join(thoughts) + thinking, logprobs + finish.logprobs, finish,
-                      "".join(whole) + piece, dropped, loaded - start, time.perf_counter_ns() - start)
+        response = "".join(texts) + piece
+        yield Summary(piece if stream else response, "".join(thoughts) + thinking, logprobs + finish.logprobs,
+                      finish, response, dropped, loaded - start, time.perf_counter_ns() - start)

@@ -46,7 +46,6 @@ class Lease:
     """A model held by one request."""
 
     runner: Runner
-    load_ns: int                         # time spent acquiring (loading, or waiting for a reload)
 
 
 class ModelPool:
@@ -66,12 +65,11 @@ class ModelPool:
     @contextlib.asynccontextmanager
     async def lease(self, entry: ModelEntry, options: LoadOptions, keep_alive_ns: int | None) -> AsyncIterator[Lease]:
         """Holds `entry` loaded with `options` for the duration of the block."""
-        start = time.perf_counter_ns()
         model = await self._acquire(entry, options)
         if keep_alive_ns is not None:
             model.keep_alive_ns = keep_alive_ns
         try:
-            yield Lease(model.runner, time.perf_counter_ns() - start)
+            yield Lease(model.runner)
         finally:
             await self._release(model)
 

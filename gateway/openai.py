@@ -20,7 +20,6 @@ list, `response_format` as Ollama's `format`, `reasoning_effort` as `think`.
 from __future__ import annotations
 
 import asyncio
-
 import base64
 import binascii
 import json

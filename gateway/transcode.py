@@ -548,8 +548,11 @@ def show_response(msg: mpb.ShowModelResponse) -> dict[str, Any]:
         out["template"] = msg.template
     if msg.system:
         out["system"] = msg.system
-    out.update(details=_details(msg.details), model_info=json_format.MessageToDict(msg.model_info),
-               capabilities=list(msg.capabilities), modified_at=timestamp(msg.modified_at))
+    out["details"] = _details(msg.details)
+    if msg.messages:
+        out["messages"] = [{"role": m.role, "content": m.content} for m in msg.messages]
+    out.update(model_info=json_format.MessageToDict(msg.model_info), capabilities=list(msg.capabilities),
+               modified_at=timestamp(msg.modified_at))
     return out
 
 

@@ -423,6 +423,11 @@ class ProgressBar:
         sys.stderr.flush()
 
 
+def message_arg(text: str) -> dict[str, str]:
+    from service.store import message_arg as parse
+    return parse(text)
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from service.settings import ServiceSettings
     from service.store import ModelStore
@@ -432,7 +437,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     path = Path(args.file)
     try:
         bar = ProgressBar(f"importing {path.name}", path.stat().st_size)
-        entry = store.import_file(args.name, path, template=args.template, system=args.system, progress=bar.update)
+        entry = store.import_file(args.name, path, template=args.template, system=args.system,
+                                  messages=args.message, progress=bar.update)
     except (OSError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     bar.finish()
@@ -524,6 +530,8 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument("file")
     imp.add_argument("--template", help="Go template for prompts")
     imp.add_argument("--system", help="default system message")
+    imp.add_argument("--message", action="append", type=message_arg, metavar="ROLE:TEXT",
+                     help="a turn every conversation starts with (Modelfile MESSAGE); repeatable")
     imp.add_argument("--models", help="store directory (env GENGATE_MODELS, default ~/.gengate/models)")
     imp.set_defaults(func=cmd_import)
 

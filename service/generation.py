@@ -228,7 +228,8 @@ class Generation:
         inp = prompts.PromptInput(
             prompt=req.prompt, system=req.system or model.entry.system or "", suffix=req.suffix,
             template=req.template or model.entry.template,
-            think=think, think_level=level, image_count=len(req.images))
+            think=think, think_level=level, image_count=len(req.images),
+            turns=() if req.context else model.entry.messages)     # Ollama: MESSAGEs only without context
         bos, eos = self._special(model, lease)
         with _model_template_errors(bool(req.template)):
             text = prompts.render(inp, chat_template=model.chat_template, bos=bos, eos=eos)
@@ -267,7 +268,7 @@ class Generation:
                 yield reply(done=True, done_reason=pb.DONE_REASON_LOAD)
                 return
             sampling = checks.sampling(req, model.entry.parameters)
-            messages = [_message(m) for m in req.messages]
+            messages = [dict(m) for m in model.entry.messages] + [_message(m) for m in req.messages]
             if model.entry.system and not any(m["role"] == "system" for m in messages):
                 messages.insert(0, {"role": "system", "content": model.entry.system})
             bos, eos = self._special(model, lease)

@@ -10,6 +10,7 @@ import time
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
+from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import model_pb2 as mpb
 from gengate.v1 import model_pb2_grpc as mpb_grpc
 from service import names
@@ -98,7 +99,9 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
         if entry.system:
             modelfile.append(f'SYSTEM """{entry.system}"""')
         modelfile += [f"PARAMETER {line}" for line in parameters.splitlines()]
+        modelfile += [f'MESSAGE {m["role"]} """{m["content"]}"""' for m in entry.messages]
         return mpb.ShowModelResponse(
+            messages=[pb.Message(role=m["role"], content=m["content"]) for m in entry.messages],
             modelfile="\n".join(modelfile) + "\n", parameters=parameters, template=template,
             system=entry.system or "", details=mpb.ModelDetails(**model.details()), model_info=info,
             capabilities=model.capabilities(), modified_at=_modified(entry.modified_at),

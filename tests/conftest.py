@@ -53,6 +53,8 @@ def models(tmp_path_factory) -> Path:
     store.import_file("bert", write_tiny_llama(root / "bert.gguf", extra_metadata={"general.architecture": "bert"}))
     store.import_file("test-params", tiny, parameters={"num_predict": 3, "temperature": 0})
     store.import_file("test-broken", tiny, template="{{ .Prompt")      # a model whose own template is broken
+    store.import_file("test-messages", tiny, template=TEST_TEMPLATE, system="Be brief.",   # Modelfile MESSAGEs
+                      messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}])
     store.import_file("tiny-tools", write_tiny_llama(root / "tools.gguf", chat_template=TOOLS_JINJA))
     store.import_file("test-tools", tiny, template=TOOLS_GO)
     store.import_file("tiny-evil", write_tiny_llama(root / "evil.gguf", chat_template=EVIL_TEMPLATE))

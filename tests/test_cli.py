@@ -108,12 +108,15 @@ def test_import_copies_a_gguf_into_the_store_with_a_progress_bar(tmp_path):
     gguf = write_tiny_llama(tmp_path / "tiny.gguf")
     store_dir = tmp_path / "store"
     done = gengate("import", "cli-tiny:q4", str(gguf), "--template", "{{ .Prompt }}", "--system", "Be brief.",
-                   env={"GENGATE_MODELS": str(store_dir)})
+                   "--message", "user:Hi: there", "--message", "assistant:Hello!", env={"GENGATE_MODELS": str(store_dir)})
     assert done.returncode == 0, done.stderr
     assert "importing tiny.gguf 100% ▕" in done.stderr
     entry = ModelStore(store_dir).get(names.parse("cli-tiny:q4"))
     assert entry.digest == hashlib.sha256(gguf.read_bytes()).hexdigest() and entry.path.exists()
     assert (entry.template, entry.system) == ("{{ .Prompt }}", "Be brief.")
+    assert entry.messages == ({"role": "user", "content": "Hi: there"}, {"role": "assistant", "content": "Hello!"})
+    wrong = gengate("import", "x", str(gguf), "--message", "robot:beep", "--models", str(store_dir))
+    assert wrong.returncode == 2 and "ROLE:TEXT" in wrong.stderr
 
     (tmp_path / "bad.gguf").write_bytes(b"not a model")
     bad = gengate("import", "bad", str(tmp_path / "bad.gguf"), "--models", str(store_dir))

@@ -147,3 +147,17 @@ def test_a_broken_model_template_is_the_servers_error_a_broken_request_template_
         list(fake.stub().Generate(pb.GenerateRequest(model="test-broken", prompt="x")))
     assert (err.value.code(), err.value.details()) == (grpc.StatusCode.INTERNAL, broken["error"])
     assert engine.prompts == []
+
+
+def test_modelfile_messages_start_every_conversation(fake, engine):
+    """Spec §4.6: [system] + the model's MESSAGEs (unless `context` is sent) + the prompt; /api/chat likewise."""
+    assert generate(fake, model="test-messages", prompt="Bye").status_code == 200
+    assert engine.prompts[-1] == "System: Be brief. User: Hi Assistant: Hello! User: Bye "
+    generate(fake, model="test-messages", prompt="Bye", context=[ord(c) for c in "before "])
+    assert engine.prompts[-1] == "before System: Be brief. User: Bye "
+    httpx.post(fake.url + "/api/chat", json={"model": "test-messages", "stream": False,
+                                             "messages": [{"role": "user", "content": "Bye"}]})
+    assert engine.prompts[-1] == "System: Be brief. User: Hi Assistant: Hello! User: Bye "
+    shown = httpx.post(fake.url + "/api/show", json={"model": "test-messages"}).json()
+    assert shown["messages"] == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    assert 'MESSAGE assistant """Hello!"""' in shown["modelfile"]

@@ -109,19 +109,16 @@ def _message(m: pb.Message) -> dict[str, Any]:
     return out
 
 
-class _model_template_errors(contextlib.ContextDecorator):
+@contextlib.contextmanager
+def _model_template_errors(from_request: bool):
     """A template error is the client's (400) in a request's `template`, the server's (500) in the model's own
     (decisions.md §3 makes only the former a 400)."""
-
-    def __init__(self, from_request: bool):
-        self._from_request = from_request
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, exc, tb) -> None:
-        if isinstance(exc, GenerateError) and exc.field == "template" and not self._from_request:
+    try:
+        yield
+    except GenerateError as exc:
+        if exc.field == "template" and not from_request:
             raise GenerateError(Kind.INTERNAL, exc.message) from exc
+        raise
 
 
 def _tool_call(call: dict[str, Any]) -> pb.ToolCall:

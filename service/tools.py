@@ -148,8 +148,7 @@ class ToolCallParser:
 
     def flush(self) -> str:
         """What is left at the end of the generation (an unfinished call is content)."""
-        rest = "".join(self._raw) if self._scan is not None else self._buf
-        self._buf, self._raw, self._scan, self._done = "", [], None, True
+        rest = self._give_up()
         return "" if self._index and not rest.strip() else rest
 
     @staticmethod

@@ -51,6 +51,7 @@ import logging
 import os
 import threading
 import time
+from pathlib import Path
 from typing import AsyncIterator, Sequence
 
 import llama_cpp
@@ -102,6 +103,21 @@ def _holding_gil(function):
 
 
 _sample_holding_gil = _holding_gil(llama_cpp.llama_sampler_sample)
+
+
+def _has_amx() -> bool:
+    """Whether ggml was built with Intel AMX kernels (a native build on an AMX CPU)."""
+    try:
+        lib = ctypes.CDLL(str(Path(llama_cpp.llama_cpp._lib._name).with_name("libggml-cpu.so")))
+        return bool(lib.ggml_cpu_has_amx_int8())
+    except (AttributeError, OSError):
+        return False
+
+
+# ggml's AMX buffer type repacks Q4_0/Q4_1/K-quant weights for AMX kernels that crash (SIGSEGV in llama_decode
+# with several sequences in a batch) and give wrong results (llama.cpp PR 16315, issue 20824). Where the build
+# has them, weights stay in plain CPU buffers ("extra" buffer types off, as llama-server's --no-repack).
+EXTRA_BUFFERS = not _has_amx()
 
 
 def chunk_end(start: int, end: int, size: int) -> int:
@@ -616,6 +632,7 @@ class BatchEngine(Engine):
             mp.n_gpu_layers = options.num_gpu
             mp.main_gpu = options.main_gpu
             mp.use_mmap = options.use_mmap
+            mp.use_extra_bufts = EXTRA_BUFFERS
             model = internals.LlamaModel(path_model=path, params=mp, verbose=False)
             try:
                 cp = llama_cpp.llama_context_default_params()

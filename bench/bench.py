@@ -78,7 +78,7 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def model_path() -> Path:
-    from service import names
+    from common import names
     from service.settings import ServiceSettings
     from service.store import ModelStore
     store = ModelStore(ServiceSettings().models)

@@ -1,25 +1,57 @@
-"""python -m gateway: runs the HTTP gateway."""
+"""python -m gateway: runs the HTTP gateway.
+
+On SIGTERM (or SIGINT) it drains: the listener stays open and new API requests get 503 with Retry-After
+(and `Connection: close`), so a client or a mesh sidecar retries elsewhere instead of meeting a refused
+connection; requests in flight have GENGATE_DRAIN_SECONDS to finish (the streams still running then end with
+an error line); then the listener closes and the process exits.
+"""
+from __future__ import annotations
+
+import asyncio
 import logging
+import signal
 
 import prometheus_client
 from aiohttp import web
 
-from gateway.app import METRICS, create_app
+from common import logs
+from common.settings import load
+from gateway.app import create_app, start_drain
 from gateway.settings import GatewaySettings
-from service import logs
-from service.settings import load
+from gateway.state import DRAIN, METRICS
+
+log = logging.getLogger("gateway")
+
+
+async def serve(settings: GatewaySettings) -> None:
+    app = create_app(settings)
+    if settings.metrics_addr:
+        host, _, port = settings.metrics_addr.rpartition(":")
+        prometheus_client.start_http_server(int(port), addr=host.strip("[]"), registry=app[METRICS].registry)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    host, _, port = settings.http_addr.rpartition(":")
+    await web.TCPSite(runner, host.strip("[]") or None, int(port)).start()
+    log.info("HTTP listening on %s", settings.http_addr)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await start_drain(app)
+    deadline = loop.time() + settings.drain_seconds
+    # The drain ends the RPCs still running a second before the deadline; their handlers then finish.
+    while app[DRAIN].active and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    log.info("drained; stopping")
+    await runner.cleanup()
+    app[DRAIN].since = None
 
 
 def main() -> None:
     settings = load(GatewaySettings)
     logs.configure(settings.log_level, settings.log_format)
-    app = create_app(settings)
-    if settings.metrics_addr:
-        host, _, port = settings.metrics_addr.rpartition(":")
-        prometheus_client.start_http_server(int(port), addr=host.strip("[]"), registry=app[METRICS].registry)
-    host, _, port = settings.http_addr.rpartition(":")
-    web.run_app(app, host=host.strip("[]") or None, port=int(port), shutdown_timeout=settings.drain_seconds,
-                print=lambda *_: logging.getLogger("gateway").info("HTTP listening on %s", settings.http_addr))
+    asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -73,8 +73,10 @@ def message(exc: grpc.aio.AioRpcError) -> str:
 
 
 class BadRequest(Exception):
-    """A request the gateway cannot translate (Ollama's JSON binding errors): HTTP 400."""
+    """A request the gateway cannot translate (a body that does not parse or bind): HTTP 400 in the route's
+    dialect, naming the parameter where the dialect reports one (OpenAI's `param`)."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, param: str | None = None):
         super().__init__(message)
         self.message = message
+        self.param = param

@@ -19,7 +19,6 @@ list, `response_format` as Ollama's `format`, `reasoning_effort` as `think`.
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -28,76 +27,46 @@ import struct
 import uuid
 from typing import Any
 
-import grpc
 from aiohttp import web
 from google.protobuf import json_format, struct_pb2
 
-from gateway import app as gw
-from gateway import security, transcode
-from gateway.errors import http_status, message
+from common import enums, names
+from gateway import relay, transcode
+from gateway.errors import BadRequest
+from gateway.relay import Dialect, route
+from gateway.state import SERVICE
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import model_pb2 as mpb
-from service import names
 
 log = logging.getLogger(__name__)
 
 FINGERPRINT = "fp_gengate"
 EVENT_STREAM = "text/event-stream"
 _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
-_DONE_REASONS = {pb.DONE_REASON_STOP: "stop", pb.DONE_REASON_LENGTH: "length",
-                 pb.DONE_REASON_LOAD: "load", pb.DONE_REASON_UNLOAD: "unload"}
 _INT32 = (-(2**31), 2**31 - 1)
 _INT64 = (-(2**63), 2**63 - 1)
 _IMAGE_PREFIXES = ("data:;base64,",) + tuple(f"data:image/{t};base64," for t in ("jpeg", "jpg", "png", "webp"))
 _EFFORTS = ("high", "medium", "low", "none")
-_LEVELS = {"low": pb.THINK_LEVEL_LOW, "medium": pb.THINK_LEVEL_MEDIUM, "high": pb.THINK_LEVEL_HIGH}
 
 
 # -- errors ----------------------------------------------------------------------------------
-class Invalid(Exception):
-    """A body that cannot be translated: 400 invalid_request_error, naming the parameter."""
+class OpenAI(Dialect):
+    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
 
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.message, self.param = message, param
+    name = "openai"
 
-
-def error_object(status: int, text: str, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": text, "type": _ERROR_TYPES.get(status, "api_error"), "param": param, "code": None}}
+    def error_body(self, status: int, message: str, param: str | None = None) -> dict[str, Any]:
+        return {"error": {"message": message, "type": _ERROR_TYPES.get(status, "api_error"), "param": param,
+                          "code": None}}
 
 
-def error_response(status: int, text: str, param: str | None = None) -> web.Response:
-    return web.Response(status=status, body=transcode.dumps(error_object(status, text, param)),
-                        headers=gw.error_headers(status))
-
-
-def _rpc_error(exc: grpc.aio.AioRpcError) -> web.Response:
-    status = http_status(exc)
-    if status >= 500:
-        log.warning("openai: %s %s", exc.code().name, exc.details())
-    return error_response(status, message(exc))
-
-
-def _json(obj: dict[str, Any]) -> web.Response:
-    return web.Response(body=transcode.dumps(obj), headers={"Content-Type": gw.JSON})
+OPENAI = OpenAI()
 
 
 # -- request fields --------------------------------------------------------------------------
-def _object(raw: bytes) -> dict[str, Any]:
-    text = raw.decode("utf-8", errors="replace")
-    if not text.strip():
-        raise Invalid("missing request body")
-    try:
-        value = json.loads(text, parse_constant=lambda name: _reject(name))
-    except (json.JSONDecodeError, ValueError) as exc:
-        raise Invalid(f"could not parse the JSON body of the request: {exc}") from None
-    if not isinstance(value, dict):
-        raise Invalid("the request body must be a JSON object")
-    return value
-
-
-def _reject(name: str):
-    raise ValueError(f"{name} is not JSON")
+def body_object(raw: bytes) -> dict[str, Any]:
+    """A JSON object body (nesting and number sizes bounded as for Ollama's routes)."""
+    return transcode.json_object(raw)
 
 
 def _get(body: dict[str, Any], key: str, kinds: tuple[type, ...], what: str, param: str | None = None) -> Any:
@@ -106,7 +75,7 @@ def _get(body: dict[str, Any], key: str, kinds: tuple[type, ...], what: str, par
     if value is None:
         return None
     if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        raise Invalid(f"'{param or key}' must be {what}", param or key)
+        raise BadRequest(f"'{param or key}' must be {what}", param or key)
     return value
 
 
@@ -128,7 +97,7 @@ def _int(body, key, bounds=_INT32, param=None) -> int | None:
     if value is None:
         return None
     if value != int(value):
-        raise Invalid(f"'{param or key}' must be an integer", param or key)
+        raise BadRequest(f"'{param or key}' must be an integer", param or key)
     return max(bounds[0], min(bounds[1], int(value)))
 
 
@@ -146,14 +115,14 @@ def _stops(body: dict[str, Any]) -> list[str]:
         return []
     stops = [value] if isinstance(value, str) else value
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-        raise Invalid("'stop' must be a string or an array of strings", "stop")
+        raise BadRequest("'stop' must be a string or an array of strings", "stop")
     return stops
 
 
 def _only_one(body: dict[str, Any], key: str) -> None:
     n = _int(body, key)
     if n is not None and n != 1:
-        raise Invalid(f"'{key}' other than 1 is not supported", key)
+        raise BadRequest(f"'{key}' other than 1 is not supported", key)
 
 
 def _options(body: dict[str, Any], max_tokens_keys: tuple[str, ...]) -> pb.Options:
@@ -194,7 +163,7 @@ def _format(body: dict[str, Any]) -> pb.Format | None:
             return pb.Format(json=True)
         # Passed on verbatim; the service accepts only a JSON Schema object.
         return pb.Format(json_schema=json.dumps(schema, separators=(",", ":"), ensure_ascii=False))
-    raise Invalid(f"invalid response_format type: '{kind}' (must be \"text\", \"json_object\" or \"json_schema\")",
+    raise BadRequest(f"invalid response_format type: '{kind}' (must be \"text\", \"json_object\" or \"json_schema\")",
                   "response_format.type")
 
 
@@ -204,9 +173,9 @@ def _think(body: dict[str, Any]) -> pb.Think | None:
     if not effort:
         return None
     if effort not in _EFFORTS:
-        raise Invalid(f"invalid reasoning value: '{effort}' (must be \"high\", \"medium\", \"low\", or \"none\")",
+        raise BadRequest(f"invalid reasoning value: '{effort}' (must be \"high\", \"medium\", \"low\", or \"none\")",
                       "reasoning_effort")
-    return pb.Think(enabled=False) if effort == "none" else pb.Think(level=_LEVELS[effort])
+    return pb.Think(enabled=False) if effort == "none" else pb.Think(level=enums.THINK_LEVELS[effort])
 
 
 # -- chat ------------------------------------------------------------------------------------
@@ -218,7 +187,7 @@ def _arguments(text: Any, param: str) -> struct_pb2.Struct:
     if value is None and text in ("", None):
         value = {}
     if not isinstance(value, dict):
-        raise Invalid("invalid tool call arguments", param)
+        raise BadRequest("invalid tool call arguments", param)
     out = struct_pb2.Struct()
     out.update(value)
     return out
@@ -226,12 +195,12 @@ def _arguments(text: Any, param: str) -> struct_pb2.Struct:
 
 def _tool_calls(value: Any, param: str) -> list[pb.ToolCall]:
     if not isinstance(value, list):
-        raise Invalid(f"'{param}' must be an array", param)
+        raise BadRequest(f"'{param}' must be an array", param)
     calls = []
     for i, call in enumerate(value):
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict):
-            raise Invalid(f"'{param}[{i}].function' must be an object", f"{param}[{i}].function")
+            raise BadRequest(f"'{param}[{i}].function' must be an object", f"{param}[{i}].function")
         calls.append(pb.ToolCall(function=pb.ToolCallFunction(
             index=i, name=_str(function, "name", f"{param}[{i}].function.name") or "",
             arguments=_arguments(function.get("arguments"), f"{param}[{i}].function.arguments"))))
@@ -242,20 +211,20 @@ def _image(part: dict[str, Any], param: str) -> bytes:
     image = part.get("image_url")
     url = image.get("url") if isinstance(image, dict) else image
     if not isinstance(url, str):
-        raise Invalid("invalid message format", param)
+        raise BadRequest("invalid message format", param)
     prefix = next((p for p in _IMAGE_PREFIXES if url.startswith(p)), None)
     if prefix is None:
-        raise Invalid("invalid image input", param)
+        raise BadRequest("invalid image input", param)
     try:
         return base64.b64decode(url[len(prefix):], validate=True)
     except (binascii.Error, ValueError):
-        raise Invalid("invalid message format", param) from None
+        raise BadRequest("invalid message format", param) from None
 
 
 def _message(item: Any, i: int, call_names: dict[str, str]) -> pb.Message:
     param = f"messages[{i}]"
     if not isinstance(item, dict):
-        raise Invalid(f"'{param}' must be an object", param)
+        raise BadRequest(f"'{param}' must be an object", param)
     msg = pb.Message(role=_str(item, "role", f"{param}.role") or "")
     content = item.get("content")
     if isinstance(content, str):
@@ -269,15 +238,15 @@ def _message(item: Any, i: int, call_names: dict[str, str]) -> pb.Message:
             elif kind == "image_url":
                 msg.images.append(_image(part, f"{param}.content[{j}]"))
             else:
-                raise Invalid("invalid message format", f"{param}.content[{j}]")
+                raise BadRequest("invalid message format", f"{param}.content[{j}]")
         msg.content = "\n".join(texts)
     elif content is not None:
-        raise Invalid(f"'{param}.content' must be a string or an array of content parts", f"{param}.content")
+        raise BadRequest(f"'{param}.content' must be a string or an array of content parts", f"{param}.content")
     elif item.get("tool_calls") is None:
-        raise Invalid(f"'{param}.content' is required unless the message has tool_calls", f"{param}.content")
+        raise BadRequest(f"'{param}.content' is required unless the message has tool_calls", f"{param}.content")
     if (thinking := item.get("reasoning") or item.get("reasoning_content")) is not None:
         if not isinstance(thinking, str):
-            raise Invalid(f"'{param}.reasoning' must be a string", f"{param}.reasoning")
+            raise BadRequest(f"'{param}.reasoning' must be a string", f"{param}.reasoning")
         msg.thinking = thinking
     if item.get("tool_calls") is not None:
         msg.tool_calls.extend(_tool_calls(item["tool_calls"], f"{param}.tool_calls"))
@@ -295,7 +264,7 @@ def _tools(body: dict[str, Any]) -> list[pb.Tool]:
     for i, item in enumerate(_list(body, "tools") or []):
         function = item.get("function") if isinstance(item, dict) else None
         if not isinstance(function, dict):
-            raise Invalid(f"'tools[{i}].function' must be an object", f"tools[{i}].function")
+            raise BadRequest(f"'tools[{i}].function' must be an object", f"tools[{i}].function")
         parameters = _dict(function, "parameters", f"tools[{i}].function.parameters") or {}
         out = struct_pb2.Struct()
         out.update(parameters)
@@ -355,7 +324,7 @@ def _struct_dict(value: struct_pb2.Struct) -> dict[str, Any]:
 def _finish(msg, tool_calls: bool) -> str | None:
     if not msg.done:
         return None
-    return "tool_calls" if tool_calls else _DONE_REASONS.get(msg.done_reason, "stop")
+    return "tool_calls" if tool_calls else enums.DONE_REASON_NAMES.get(msg.done_reason, "stop")
 
 
 class _Chat:
@@ -417,14 +386,14 @@ def _with_usage(chunk: dict[str, Any], msg, include_usage: bool) -> list[dict[st
 def completion_request(body: dict[str, Any]) -> tuple[pb.GenerateRequest, bool]:
     """An OpenAI completions body as a GenerateRequest, and whether usage is streamed."""
     if _bool(body, "echo"):
-        raise Invalid("'echo' is not supported", "echo")
+        raise BadRequest("'echo' is not supported", "echo")
     _only_one(body, "n")
     _only_one(body, "best_of")
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]
     if prompt is not None and not isinstance(prompt, str):
-        raise Invalid("'prompt' must be a string (lists of several prompts and token arrays are not supported)",
+        raise BadRequest("'prompt' must be a string (lists of several prompts and token arrays are not supported)",
                       "prompt")
     stream, include_usage = _stream_options(body)
     req = pb.GenerateRequest(model=_str(body, "model") or "", prompt=prompt or "", suffix=_str(body, "suffix") or "",
@@ -472,88 +441,51 @@ class _Completion:
 
 # -- streaming -------------------------------------------------------------------------------
 def _sse(obj: Any) -> bytes:
-    return b"data: " + (obj if isinstance(obj, bytes) else transcode.dumps(obj)) + b"\n\n"
+    return b"data: " + (obj if isinstance(obj, bytes) else relay.dumps(obj)) + b"\n\n"
 
 
-async def _generate(request: web.Request, method, req, stream: bool, shape) -> web.StreamResponse:
-    """Calls a streaming RPC; one JSON object back, or its replies as SSE chunks."""
-    call = method(req, metadata=gw._metadata(request), timeout=request.app[gw.SETTINGS].request_timeout or None)
-    with gw.tracked(request, call):
-        try:
-            first = await call.read()
-        except grpc.aio.AioRpcError as exc:
-            return _rpc_error(exc)
-        except asyncio.CancelledError:
-            if not gw.ended_by_drain(request):
-                raise
-            return error_response(503, "server is shutting down")
-        if first is grpc.aio.EOF:
-            return error_response(500, "generation ended without a result")
-        if not stream:
-            return _json(shape.whole(first))
-        response = web.StreamResponse(headers={"Content-Type": EVENT_STREAM, "Cache-Control": "no-cache",
-                                               "X-Request-Id": request[gw.REQUEST_ID]})
-        security.add_cors(request, response)
-        await response.prepare(request)
-        msg = first
-        try:
-            while msg is not grpc.aio.EOF:
-                for chunk in shape.chunks(msg):
-                    await response.write(_sse(chunk))
-                msg = await call.read()
-        except grpc.aio.AioRpcError as exc:
-            log.info("error after the first byte: %s %s", exc.code().name, exc.details(),
-                     extra={"request_id": request[gw.REQUEST_ID]})
-            await response.write(_sse(error_object(http_status(exc), message(exc))))
-        except asyncio.CancelledError:
-            if not gw.ended_by_drain(request):
-                raise
-            await response.write(_sse(error_object(503, "server is shutting down")))
-        else:
-            await response.write(_sse(b"[DONE]"))
-        await response.write_eof()
-        return response
+class SseFramer:
+    """OpenAI's Server-Sent Events: `data: {chunk}` per chunk, then `data: [DONE]`; an error after the first
+    byte is a last `data: {"error": ...}` event, without [DONE]."""
+
+    content_type = EVENT_STREAM
+
+    def __init__(self, shape: "_Chat | _Completion"):
+        self.shape = shape
+
+    def single(self, msg: Any) -> bool:
+        return False
+
+    def whole(self, msg: Any) -> dict[str, Any]:
+        return self.shape.whole(msg)
+
+    def frames(self, msg: Any) -> list[bytes]:
+        return [_sse(chunk) for chunk in self.shape.chunks(msg)]
+
+    def end(self) -> bytes:
+        return _sse(b"[DONE]")
+
+    def error(self, status: int, message: str) -> bytes:
+        return _sse(OPENAI.error_body(status, message))
 
 
-async def _unary(request: web.Request, method, req, to_json) -> web.Response:
-    try:
-        reply = await method(req, metadata=gw._metadata(request),
-                             timeout=request.app[gw.SETTINGS].request_timeout or None)
-    except grpc.aio.AioRpcError as exc:
-        return _rpc_error(exc)
-    return _json(to_json(reply))
+def _parsed(parse):
+    """A body parser for route(): the JSON object, then the dialect's own translation."""
+    return lambda raw: parse(body_object(raw))
 
 
-def _handler(parse):
-    """A POST route: draining and body errors answered OpenAI-style, then the parsed body."""
-    def wrap(handler):
-        async def handle(request: web.Request) -> web.StreamResponse:
-            if request.app[gw.DRAINING]["since"] is not None:
-                return error_response(503, "server is shutting down")
-            try:
-                raw = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                limit = request.app[gw.SETTINGS].max_body_bytes
-                return error_response(413, f"request body too large (limit {limit} bytes)")
-            try:
-                parsed = parse(_object(raw))
-            except Invalid as exc:
-                return error_response(400, exc.message, exc.param)
-            return await handler(request, parsed)
-        return handle
-    return wrap
-
-
-@_handler(chat_request)
+@route(OPENAI, _parsed(chat_request))
 async def chat_completions(request: web.Request, parsed) -> web.StreamResponse:
     req, include_usage = parsed
-    return await _generate(request, request.app[gw.STUB].Chat, req, req.stream, _Chat(include_usage))
+    return await relay.stream(request, request.config_dict[SERVICE].generate.Chat, req,
+                              SseFramer(_Chat(include_usage)), OPENAI, streaming=req.stream)
 
 
-@_handler(completion_request)
+@route(OPENAI, _parsed(completion_request))
 async def completions(request: web.Request, parsed) -> web.StreamResponse:
     req, include_usage = parsed
-    return await _generate(request, request.app[gw.STUB].Generate, req, req.stream, _Completion(include_usage))
+    return await relay.stream(request, request.config_dict[SERVICE].generate.Generate, req,
+                              SseFramer(_Completion(include_usage)), OPENAI, streaming=req.stream)
 
 
 # -- embeddings ------------------------------------------------------------------------------
@@ -561,10 +493,10 @@ def embedding_request(body: dict[str, Any]) -> tuple[pb.EmbedRequest, str]:
     inputs = body.get("input")
     inputs = [inputs] if isinstance(inputs, str) else inputs
     if not isinstance(inputs, list) or not all(isinstance(s, str) for s in inputs):
-        raise Invalid("'input' must be a string or an array of strings (token arrays are not supported)", "input")
+        raise BadRequest("'input' must be a string or an array of strings (token arrays are not supported)", "input")
     encoding = _str(body, "encoding_format") or "float"
     if encoding not in ("float", "base64"):
-        raise Invalid(f"invalid encoding_format: '{encoding}' (must be \"float\" or \"base64\")", "encoding_format")
+        raise BadRequest(f"invalid encoding_format: '{encoding}' (must be \"float\" or \"base64\")", "encoding_format")
     req = pb.EmbedRequest(model=_str(body, "model") or "", input=inputs)
     if (dimensions := _int(body, "dimensions")) is not None:
         req.dimensions = dimensions
@@ -577,15 +509,15 @@ def _embedding(values, encoding: str) -> list[float] | str:
     return list(values)
 
 
-@_handler(embedding_request)
+@route(OPENAI, _parsed(embedding_request))
 async def embeddings(request: web.Request, parsed) -> web.Response:
     req, encoding = parsed
-    return await _unary(request, request.app[gw.STUB].Embed, req, lambda reply: {
+    return await relay.unary(request, request.config_dict[SERVICE].generate.Embed, req, lambda reply: {
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": _embedding(e.values, encoding)}
                  for i, e in enumerate(reply.embeddings)],
         "model": reply.model,
-        "usage": {"prompt_tokens": reply.prompt_eval_count, "total_tokens": reply.prompt_eval_count}})
+        "usage": {"prompt_tokens": reply.prompt_eval_count, "total_tokens": reply.prompt_eval_count}}, OPENAI)
 
 
 # -- models ----------------------------------------------------------------------------------
@@ -601,15 +533,18 @@ def _model(name: str, modified_at) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": modified_at.seconds, "owned_by": _owner(name)}
 
 
+@route(OPENAI)
 async def list_models(request: web.Request) -> web.Response:
-    return await _unary(request, request.app[gw.MODELS].ListModels, mpb.ListModelsRequest(),
-                        lambda reply: {"object": "list", "data": [_model(m.name, m.modified_at) for m in reply.models]})
+    return await relay.unary(request, request.config_dict[SERVICE].models.ListModels, mpb.ListModelsRequest(),
+                             lambda reply: {"object": "list",
+                                            "data": [_model(m.name, m.modified_at) for m in reply.models]}, OPENAI)
 
 
+@route(OPENAI)
 async def retrieve_model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
-    return await _unary(request, request.app[gw.MODELS].ShowModel, mpb.ShowModelRequest(model=name),
-                        lambda reply: _model(name, reply.modified_at))
+    return await relay.unary(request, request.config_dict[SERVICE].models.ShowModel, mpb.ShowModelRequest(model=name),
+                             lambda reply: _model(name, reply.modified_at), OPENAI)
 
 
 def add_routes(app: web.Application) -> None:

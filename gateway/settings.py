@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from service.settings import setting
+from common.settings import setting
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,17 +20,14 @@ from google.protobuf import json_format, struct_pb2
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import model_pb2 as mpb
 from gateway.errors import BadRequest
-from service.golang import parse_duration
+from common import enums
+from common.golang import parse_duration
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
 MAX_DURATION_NS = 315_576_000_000 * 1_000_000_000
 _B64 = re.compile(r"[A-Za-z0-9+/]")
-_THINK_LEVELS = {"low": pb.THINK_LEVEL_LOW, "medium": pb.THINK_LEVEL_MEDIUM,
-                 "high": pb.THINK_LEVEL_HIGH, "max": pb.THINK_LEVEL_MAX}
 _THINK_VALUES = '"high", "medium", "low", "max", true, or false'
-_DONE_REASONS = {pb.DONE_REASON_STOP: "stop", pb.DONE_REASON_LENGTH: "length",
-                 pb.DONE_REASON_LOAD: "load", pb.DONE_REASON_UNLOAD: "unload"}
 
 
 # -- Go's JSON decoding -------------------------------------------------------------
@@ -102,6 +99,14 @@ def _float(text: str) -> float:
     return value
 
 
+def _integer(text: str) -> int | float:
+    """An integer literal. Python refuses to convert one of over 4300 digits; Go reads such a number as a
+    float64, which overflows."""
+    if len(text) > 4300:
+        return _float(text)
+    return int(text)
+
+
 def _clean(value: Any) -> Any:
     """Lone UTF-16 surrogates (a JS string cut mid-emoji) become U+FFFD, as Go's decoder makes them."""
     if isinstance(value, str):
@@ -123,21 +128,31 @@ def decode_object(body: bytes, struct: str) -> list[tuple[str, Any]]:
     start = len(text) - len(text.lstrip(" \t\r\n"))
     if start == len(text):
         raise BadRequest("missing request body")
-    decoder = json.JSONDecoder(object_pairs_hook=_Pairs, parse_constant=_reject_constant, parse_float=_float)
+    decoder = json.JSONDecoder(object_pairs_hook=_Pairs, parse_constant=_reject_constant, parse_float=_float,
+                               parse_int=_integer)
     try:
         value, _ = decoder.raw_decode(text, start)
+        if value is None:
+            return []
+        value = _clean(value)
     except RecursionError:
+        # Nesting deeper than Python's stack allows (Go's decoder stops at 10000 levels, with these words).
         raise BadRequest("exceeded max depth") from None
     except json.JSONDecodeError as exc:
         if exc.doc != text:  # NaN / Infinity: not JSON
             exc = json.JSONDecodeError("Expecting value", text, text.find(exc.doc, start))
         raise _syntax_error(exc) from None
-    if value is None:
-        return []
-    value = _clean(value)
     if not isinstance(value, _Pairs):
         raise BadRequest(f"json: cannot unmarshal {_kind(_plain(value))} into Go value of type api.{struct}")
     return value
+
+
+def json_object(body: bytes, struct: str = "object") -> dict[str, Any]:
+    """A body that must be one JSON object, as a dict (Go's decoding rules, as decode_object)."""
+    try:
+        return _plain(_Pairs(decode_object(body, struct)))
+    except RecursionError:
+        raise BadRequest("exceeded max depth") from None
 
 
 def _plain(value: Any) -> Any:
@@ -156,7 +171,10 @@ def _fields(pairs: list[tuple[str, Any]], known: set[str]) -> dict[str, Any]:
     for key, value in pairs:
         name = key if key in known else lower.get(key.lower())
         if name is not None:
-            out[name] = _plain(value)
+            try:
+                out[name] = _plain(value)
+            except RecursionError:
+                raise BadRequest("exceeded max depth") from None
     return out
 
 
@@ -224,8 +242,8 @@ def _think(value: Any, field: str) -> pb.Think:
     if isinstance(value, bool):
         return pb.Think(enabled=value)
     if isinstance(value, str):
-        if value in _THINK_LEVELS:
-            return pb.Think(level=_THINK_LEVELS[value])
+        if value in enums.THINK_LEVELS:
+            return pb.Think(level=enums.THINK_LEVELS[value])
         raise BadRequest(f'invalid think value: "{value}" (must be {_THINK_VALUES})')
     raise BadRequest(f"think must be a boolean or string ({_THINK_VALUES})")
 
@@ -297,7 +315,10 @@ _GENERATE_FIELDS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
 
 def _bind(body: bytes, message, struct: str, fields: dict[str, tuple[str, Callable[[Any, str], Any]]]):
     """Fills `message` from a JSON body, Go-style (see decode_object and _fields)."""
-    return _bind_values(_fields(decode_object(body, struct), set(fields)), message, fields)
+    try:
+        return _bind_values(_fields(decode_object(body, struct), set(fields)), message, fields)
+    except RecursionError:
+        raise BadRequest("exceeded max depth") from None
 
 
 def _bind_values(values: dict[str, Any], message, fields: dict[str, tuple[str, Callable[[Any, str], Any]]]):
@@ -485,7 +506,7 @@ def _logprobs(entries) -> list[dict[str, Any]]:
 def _final(msg, out: dict[str, Any], context: list[int] | None = None) -> None:
     """done_reason, context and the metrics, each omitted when empty (Go's omitempty)."""
     if msg.done_reason:
-        out["done_reason"] = _DONE_REASONS[msg.done_reason]
+        out["done_reason"] = enums.DONE_REASON_NAMES[msg.done_reason]
     if context:
         out["context"] = context
     for key in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
@@ -560,11 +581,3 @@ def ps_response(msg: mpb.ListRunningModelsResponse) -> dict[str, Any]:
     return {"models": [{"name": m.name, "model": m.model, "size": m.size, "digest": m.digest,
                         "details": _details(m.details), "expires_at": timestamp(m.expires_at),
                         "size_vram": m.size_vram, "context_length": m.context_length} for m in msg.models]}
-
-
-def dumps(obj: Any) -> bytes:
-    """JSON as Go's json.Marshal writes it (<, >, & and U+2028/9 escaped)."""
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
-        text = text.replace(ch, esc)
-    return text.encode("utf-8", errors="replace")

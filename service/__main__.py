@@ -1,9 +1,10 @@
 """python -m service: runs the gRPC service."""
 import asyncio
 
-from service import logs
+from common import logs
 from service.server import serve
-from service.settings import ServiceSettings, load
+from common.settings import load
+from service.settings import ServiceSettings
 
 
 def main() -> None:

@@ -65,6 +65,7 @@ class Piece:
 
     text: str
     logprobs: list[TokenLogprob] = dataclasses.field(default_factory=list)
+    tokens: int = 1                      # tokens decoded since the previous piece (this piece's share)
 
 
 @dataclasses.dataclass

@@ -23,12 +23,12 @@ from service import prompt as prompts
 from service import tools
 from service.admission import Admission
 from service import request as checks
-from service.engine import Finish, Piece, TokenLogprob
+from service.engine import Finish, TokenLogprob
 from service.errors import GenerateError, Kind, invalid
 from service.metrics import Metrics
 from service.pool import Lease, ModelPool
 from service.settings import ServiceSettings
-from service.store import ModelEntry, ModelStore
+from service.store import ModelStore
 from service.model import Model
 from service.thinking import ThinkingParser
 
@@ -362,12 +362,17 @@ class Generation:
         logprobs: list[TokenLogprob] = []
         finish: Finish | None = None
         last: int | None = None
+        counted = 0                          # tokens counted in the metrics so far (a cancelled stream keeps them)
         items = lease.runner.generate(tokens, sampling)
         async with contextlib.aclosing(items):
             async for item in items:
                 if isinstance(item, Finish):
                     finish = item
+                    self._metrics.generated.inc(max(0, item.eval_count - counted))
+                    self._metrics.prompt.inc(item.prompt_eval_count)
                     break
+                counted += item.tokens
+                self._metrics.generated.inc(item.tokens)
                 now = time.perf_counter_ns()
                 histogram = self._metrics.ttft if last is None else self._metrics.inter_token
                 histogram.observe((now - (start if last is None else last)) / 1e9)

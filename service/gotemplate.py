@@ -62,6 +62,8 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Callable
 
+from common.golang import quote
+
 __all__ = ["TemplateError", "Template", "parse"]
 
 
@@ -105,8 +107,8 @@ class _Item:
         if self.typ > _KEYWORD:
             return f"<{self.val}>"
         if len(self.val) > 10:
-            return _go_quote(self.val[:10]) + "..."
-        return _go_quote(self.val)
+            return quote(self.val[:10]) + "..."
+        return quote(self.val)
 
 
 def _is_space(ch: str) -> bool:
@@ -384,10 +386,10 @@ class _Lexer:
 
     def lex_number(self):
         if not self._scan_number():
-            return self.errorf(f"bad number syntax: {_go_quote(self.input[self.start:self.pos])}")
+            return self.errorf(f"bad number syntax: {quote(self.input[self.start:self.pos])}")
         if self.peek() in ("+", "-"):
             if not self._scan_number() or self.input[self.pos - 1] != "i":
-                return self.errorf(f"bad number syntax: {_go_quote(self.input[self.start:self.pos])}")
+                return self.errorf(f"bad number syntax: {quote(self.input[self.start:self.pos])}")
             self.emit(_COMPLEX)
         else:
             self.emit(_NUMBER)
@@ -506,29 +508,6 @@ def _go_unquote(token: str) -> str:
         else:
             out += chr(value).encode("utf-8", "surrogatepass")
     return out.decode("utf-8", "replace")
-
-
-def _go_quote(s: str, ascii_only: bool = False) -> str:
-    """Go's strconv.Quote (or QuoteToASCII)."""
-    out = ['"']
-    for ch in s:
-        code = ord(ch)
-        if ch == '"' or ch == "\\":
-            out.append("\\" + ch)
-        elif ch.isprintable() and (code < 0x80 or not ascii_only):
-            out.append(ch)
-        elif ch in "\a\b\f\n\r\t\v":
-            out.append("\\" + "abfnrtv"["\a\b\f\n\r\t\v".index(ch)])
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\x{code:02x}")
-        elif 0xD800 <= code <= 0xDFFF:
-            out.append("\\ufffd")
-        elif code < 0x10000:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    out.append('"')
-    return "".join(out)
 
 
 def _parse_go_int(text: str) -> int | None:
@@ -1026,7 +1005,7 @@ class _Parser:
             if isinstance(node, _VariableNode):
                 return _VariableNode(chain.pos, str(chain))
             if isinstance(node, (_BoolNode, _StringNode, _NumberNode, _NilNode, _DotNode)):
-                self.errorf(f"unexpected . after term {_go_quote(str(node))}")
+                self.errorf(f"unexpected . after term {quote(str(node))}")
             return chain
         return node
 
@@ -1035,7 +1014,7 @@ class _Parser:
         typ = tok.typ
         if typ == _IDENTIFIER:
             if tok.val not in self.funcs:
-                self.errorf(f"function {_go_quote(tok.val)} not defined")
+                self.errorf(f"function {quote(tok.val)} not defined")
             return _IdentifierNode(tok.pos, tok.val)
         if typ == _DOT:
             return _DotNode(tok.pos)
@@ -1044,7 +1023,7 @@ class _Parser:
         if typ == _VARIABLE:
             name = tok.val.split(".")[0]
             if name not in self.vars:
-                self.errorf(f"undefined variable {_go_quote(name)}")
+                self.errorf(f"undefined variable {quote(name)}")
             return _VariableNode(tok.pos, tok.val)
         if typ == _FIELD:
             return _FieldNode(tok.pos, tok.val)
@@ -1090,9 +1069,9 @@ class _Parser:
             else:
                 value = float(text)  # Python's underscore rules are Go's
         except ValueError:
-            self.errorf(f"illegal number syntax: {_go_quote(text)}")
+            self.errorf(f"illegal number syntax: {quote(text)}")
         if not any(c in text for c in ".eEpP"):
-            self.errorf(f"integer overflow: {_go_quote(text)}")
+            self.errorf(f"integer overflow: {quote(text)}")
         return _NumberNode(tok.pos, text, value)
 
 
@@ -1240,7 +1219,7 @@ def _fmt_int(v: int, verb: str, fl: _Flags) -> str:
         return _pad(chr(v) if 0 <= v <= 0x10FFFF else "\ufffd", fl.width, fl.minus, False)
     if verb == "q":
         ch = chr(v) if 0 <= v <= 0x10FFFF else "\ufffd"
-        q = _go_quote(ch, fl.plus)[1:-1].replace("\\\"", '"')
+        q = quote(ch, fl.plus)[1:-1].replace("\\\"", '"')
         return _pad("'" + (q if ch != "'" else "\\'") + "'", fl.width, fl.minus, False)
     if verb == "U":
         s = f"U+{v:04X}"
@@ -1333,7 +1312,7 @@ def _fmt_str(s: str, verb: str, fl: _Flags) -> str:
             s = s[:fl.prec]
         if fl.sharp and "`" not in s and all(c == "\t" or (c.isprintable() and c != "\ufeff") for c in s):
             return _pad("`" + s + "`", fl.width, fl.minus, fl.zero)
-        return _pad(_go_quote(s, fl.plus), fl.width, fl.minus, fl.zero)
+        return _pad(quote(s, fl.plus), fl.width, fl.minus, fl.zero)
     if verb in "xX":
         data = s.encode("utf-8", "replace")
         if fl.prec is not None:
@@ -1366,7 +1345,7 @@ def _fmt_arg(arg: Any, verb: str, fl: _Flags, top: bool = True) -> str:
         return _fmt_float(arg, verb, fl)
     if isinstance(arg, str):
         if verb == "v" and fl.sharp:
-            return _pad(_go_quote(arg), fl.width, fl.minus, False)
+            return _pad(quote(arg), fl.width, fl.minus, False)
         return _fmt_str(arg, verb, fl)
     if isinstance(arg, (list, tuple)):
         return "[" + " ".join(_fmt_arg(x, verb, fl, False) for x in arg) + "]"
@@ -2121,7 +2100,7 @@ class _State:
             return self.ideal_constant(first)
         if isinstance(first, _StringNode):
             return first.text
-        self.errorf(f"can't evaluate command {_go_quote(str(first))}")
+        self.errorf(f"can't evaluate command {quote(str(first))}")
 
     def ideal_constant(self, node: _NumberNode) -> Any:
         self.at(node)
@@ -2186,7 +2165,7 @@ class _State:
         self.at(node)
         spec = _FUNCS.get(node.ident)
         if spec is None:
-            self.errorf(f"{_go_quote(node.ident)} is not a defined function")
+            self.errorf(f"{quote(node.ident)} is not a defined function")
         return self.eval_call(dot, spec.fn, spec, cmd, node.ident, args, final)
 
     def eval_call(self, dot: Any, fn: Callable, spec: _Func | None, node: _Node, name: str,

@@ -10,7 +10,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = prom.CollectorRegistry()
         r = self.registry
-        self.requests = prom.Counter("gengate_requests", "Generate, Chat and Embed requests by RPC and final gRPC status code",
+        self.requests = prom.Counter("gengate_requests", "RPCs by method and final gRPC status code",
                                      ["method", "code"], registry=r)
         self.ttft = prom.Histogram("gengate_time_to_first_token_seconds", "Request start to first text",
                                    buckets=_LATENCY, registry=r)
@@ -18,7 +18,8 @@ class Metrics:
                                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1), registry=r)
         self.queue_wait = prom.Histogram("gengate_queue_wait_seconds", "Time waiting for a generation slot",
                                          buckets=_LATENCY, registry=r)
-        self.e2e = prom.Histogram("gengate_request_duration_seconds", "Whole request", buckets=_LATENCY, registry=r)
+        self.e2e = prom.Histogram("gengate_request_duration_seconds", "Whole RPC, by method", ["method"],
+                                  buckets=_LATENCY, registry=r)
         self.generated = prom.Counter("gengate_generated_tokens", "Tokens generated", registry=r)
         self.prompt = prom.Counter("gengate_prompt_tokens", "Prompt tokens evaluated", registry=r)
         self.running = prom.Gauge("gengate_requests_running", "Requests holding a generation slot", registry=r)

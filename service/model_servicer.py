@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import importlib.metadata
 import json
 import logging
@@ -13,12 +12,11 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import model_pb2 as mpb
 from gengate.v1 import model_pb2_grpc as mpb_grpc
-from service import names
+from common import names
 from service.errors import GenerateError, Kind, invalid
 from service.model import Model
 from service.pool import ModelPool
-from service.servicer import rich_status
-from service.store import ModelStore, ReadOnlyStore
+from service.store import ModelStore
 
 log = logging.getLogger(__name__)
 FOREVER_SECONDS = 292 * 365 * 86400          # Ollama shows "forever" as ~292 years ahead
@@ -32,23 +30,6 @@ def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
 
 def _modified(iso: str) -> timestamp_pb2.Timestamp:
     return _timestamp(dt.datetime.fromisoformat(iso).timestamp())
-
-
-def _guarded(method):
-    """GenerateErrors become rich statuses; anything else INTERNAL with a generic text (no paths)."""
-    @functools.wraps(method)
-    async def call(self, request, context):
-        try:
-            return await method(self, request, context)
-        except GenerateError as exc:
-            status = rich_status(exc)
-        except ReadOnlyStore:
-            status = rich_status(GenerateError(Kind.STORE_READ_ONLY, "the model store is read-only"))
-        except Exception:
-            log.exception("%s failed", method.__name__)
-            status = rich_status(GenerateError(Kind.INTERNAL, "internal error"))
-        await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)
-    return call
 
 
 class ModelServicer(mpb_grpc.ModelServiceServicer):
@@ -69,7 +50,6 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
             raise GenerateError(Kind.MODEL_NOT_FOUND, missing or f"model '{text}' not found", "model")
         return Model(entry, self._store.metadata(entry))
 
-    @_guarded
     async def ListModels(self, request, context):
         models = []
         for entry in sorted(self._store.list(), key=lambda e: e.modified_at, reverse=True):
@@ -83,7 +63,6 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
                 capabilities=model.capabilities()))
         return mpb.ListModelsResponse(models=models)
 
-    @_guarded
     async def ShowModel(self, request, context):
         model = self._model(request.model)
         entry = model.entry
@@ -107,7 +86,6 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
             capabilities=model.capabilities(), modified_at=_modified(entry.modified_at),
             license=str(model.metadata.get("general.license", "")))
 
-    @_guarded
     async def ListRunningModels(self, request, context):
         running = []
         for loaded in self._pool.loaded():
@@ -125,7 +103,6 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
         running.sort(key=lambda pair: pair[0], reverse=True)
         return mpb.ListRunningModelsResponse(models=[m for _, m in running])
 
-    @_guarded
     async def CopyModel(self, request, context):
         for field, value in (("source", request.source), ("destination", request.destination)):
             try:
@@ -137,7 +114,6 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
         self._store.copy(source.entry.name, names.parse(request.destination))
         return mpb.CopyModelResponse()
 
-    @_guarded
     async def DeleteModel(self, request, context):
         model = self._model(request.model, required=f'name "{request.model}" is invalid',
                             invalid_text=f'name "{request.model}" is invalid')
@@ -145,6 +121,5 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
         self._store.delete(model.entry.name)
         return mpb.DeleteModelResponse()
 
-    @_guarded
     async def GetVersion(self, request, context):
         return mpb.GetVersionResponse(version=importlib.metadata.version("gengate"))

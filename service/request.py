@@ -11,7 +11,7 @@ import random
 from typing import Any
 
 from gengate.v1 import generate_pb2 as pb
-from service import golang, names
+from common import golang, names
 from service.engine import LoadOptions, Sampling
 from service.errors import GenerateError, Kind, invalid
 

@@ -15,7 +15,7 @@ from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import generate_pb2_grpc as pb_grpc
 from gengate.v1 import model_pb2 as mpb
 from gengate.v1 import model_pb2_grpc as mpb_grpc
-from service import golang
+from common import golang
 from service.admission import Admission
 from service import request as checks
 from service.engine import Engine
@@ -23,6 +23,7 @@ from service.errors import GenerateError
 from service.generation import Generation
 from service.metrics import Metrics
 from service.model_servicer import ModelServicer
+from service.observe import Observe
 from service.pool import ModelPool
 from service.servicer import GenerateServicer
 from service.settings import ServiceSettings
@@ -38,21 +39,30 @@ class BearerToken(grpc.aio.ServerInterceptor):
     reflection stay open for probes). Compared in constant time."""
 
     OPEN = ("/grpc.health.", "/grpc.reflection.")
-    STREAMING = {f"/{SERVICE_NAME}/Generate", f"/{SERVICE_NAME}/Chat"}
 
     def __init__(self, key: str):
         self._expected = f"Bearer {key}".encode()
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
         given = dict(details.invocation_metadata or ()).get("authorization", "")
-        if details.method.startswith(self.OPEN) or hmac.compare_digest(given.encode(), self._expected):
-            return await continuation(details)
+        if handler is None or details.method.startswith(self.OPEN) \
+                or hmac.compare_digest(given.encode(), self._expected):
+            return handler
 
         async def deny(request, context):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unauthorized")
-        if details.method in self.STREAMING:
-            return grpc.unary_stream_rpc_method_handler(deny)
-        return grpc.unary_unary_rpc_method_handler(deny)
+
+        async def deny_stream(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unauthorized")
+            yield
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(deny_stream, handler.request_deserializer,
+                                                        handler.response_serializer)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(deny, handler.request_deserializer,
+                                                        handler.response_serializer)
+        return grpc.unary_unary_rpc_method_handler(deny, handler.request_deserializer, handler.response_serializer)
 
 
 def keep_alive_ns(text: str) -> int:
@@ -110,9 +120,11 @@ def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
               ("grpc.max_connection_age_ms", 300_000), ("grpc.max_connection_age_grace_ms", 1_800_000),
               # A busy port is an error, not a second server sharing it.
               ("grpc.so_reuseport", 0)]
-    interceptors = [BearerToken(settings.api_key)] if settings.api_key else []
+    observe = Observe({SERVICE_NAME: "an error was encountered while running the model",
+                       MODEL_SERVICE_NAME: "internal error"}, metrics)
+    interceptors = [observe] + ([BearerToken(settings.api_key)] if settings.api_key else [])
     server = grpc.aio.server(options=limits, interceptors=interceptors)
-    pb_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(generation, metrics), server)
+    pb_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(generation), server)
     mpb_grpc.add_ModelServiceServicer_to_server(ModelServicer(store, pool), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

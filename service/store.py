@@ -29,7 +29,8 @@ import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from service import names
+from common import names
+from service.errors import GenerateError, Kind
 from service.gguf import read_metadata
 
 
@@ -113,8 +114,11 @@ DEFAULT_MODEL = "smollm2:135m"
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")      # Ollama's Modelfile MESSAGE roles
 
 
-class ReadOnlyStore(Exception):
+class ReadOnlyStore(GenerateError):
     """The store cannot be changed (a read-only image or volume)."""
+
+    def __init__(self) -> None:
+        super().__init__(Kind.STORE_READ_ONLY, "the model store is read-only")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,7 +330,8 @@ def message_arg(text: str) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from service.settings import ServiceSettings, load
+    from common.settings import load
+    from service.settings import ServiceSettings
 
     parser = argparse.ArgumentParser(prog="python -m service.store", description="gengate's model store")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service import names
+from common import names
 from service.settings import ServiceSettings
 from service.store import DEFAULT_MODEL, ModelStore
 from tests.fake_engine import FakeEngine

@@ -1,4 +1,4 @@
-"""The `gengate` command line (service/cli.py), run as a real process against the real stack."""
+"""The `gengate` command line (cli/), run as a real process against the real stack."""
 from __future__ import annotations
 
 import hashlib
@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from gengate.v1 import generate_pb2 as pb
-from service import cli, names
+import cli
+from common import names
 from service.store import ModelStore
 from tests.conftest import REAL
 from tests.tiny_gguf import write_tiny_llama
@@ -23,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def gengate(*args: str, env: dict | None = None, stdin: str | None = None, timeout: float = 120):
-    """Runs `python -m service.cli ARGS` and returns the finished process (text output)."""
-    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    """Runs `python -m cli ARGS` and returns the finished process (text output)."""
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, capture_output=True, text=True,
                           input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
                           env={**os.environ, **(env or {})}, timeout=timeout)
 
@@ -130,7 +131,7 @@ def test_serve_runs_service_and_gateway_and_exits_0_on_sigterm(models):
            "GENGATE_HTTP_ADDR": http, "GENGATE_GRPC_ADDR": grpc_addr, "GENGATE_SERVICE_ADDR": grpc_addr,
            "GENGATE_METRICS_ADDR": f"127.0.0.1:{free_port()}",
            "GENGATE_GATEWAY_METRICS_ADDR": f"127.0.0.1:{free_port()}"}
-    serve = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], cwd=ROOT, env=env)
+    serve = subprocess.Popen([sys.executable, "-m", "cli", "serve"], cwd=ROOT, env=env)
     try:
         deadline, body = time.monotonic() + 90, ""
         while time.monotonic() < deadline and serve.poll() is None:

@@ -12,7 +12,8 @@ import ollama
 import pytest
 
 from gengate.v1 import generate_pb2 as pb
-from service import names, store as store_module
+from common import names
+from service import store as store_module
 from service.gguf import read_metadata
 from service.settings import ServiceSettings
 from service.store import CATALOG, ModelStore, Packaged

@@ -90,7 +90,7 @@ def test_model_service_over_grpc(real):
 
 
 def test_show_prefers_model_over_an_empty_name_and_never_leaks_paths(real, models, tmp_path):
-    from service import names
+    from common import names
     from service.store import ModelStore
     from tests.tiny_gguf import write_tiny_llama
     assert httpx.post(real.url + "/api/show", json={"model": "tiny", "name": ""}).status_code == 200

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client import generate_latest
 
-from gateway.app import METRICS
+from gateway.state import METRICS
 from gengate.v1 import generate_pb2 as pb
 
 
@@ -60,7 +60,7 @@ def test_request_id_travels_from_http_to_grpc_and_back(fake, engine, caplog):
         resp = httpx.post(fake.url + "/api/generate", json={"model": "tiny", "prompt": "hi"},
                           headers={"X-Request-Id": "req-42"})
     assert resp.headers["x-request-id"] == "req-42"
-    service_lines = [r for r in caplog.records if r.name == "service.servicer"]
+    service_lines = [r for r in caplog.records if r.name == "service.access"]
     assert any(getattr(r, "request_id", None) == "req-42" for r in service_lines)
     made = httpx.post(fake.url + "/api/generate", json={"model": "tiny", "prompt": "hi", "stream": False})
     assert len(made.headers["x-request-id"]) == 32                      # made when the client sends none

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from service import names
+from common import names
 from service.detokenizer import Detokenizer
 from service.gguf import GGUFError, read_metadata
-from service.golang import parse_duration, quote
+from common.golang import parse_duration, quote
 from service.thinking import ThinkingParser, thinking_tags
 from tests.tiny_gguf import write_tiny_llama
 

@@ -1,16 +1,29 @@
-"""Logging for both processes: text or JSON lines, with the request id when there is one."""
+"""Logging for both processes: text or JSON lines, each with the request id of the request it belongs to.
+
+The id lives in a context variable, set once per request (the gateway's observe middleware, the service's
+interceptor); the record factory adds it to every record, so no log call has to pass it.
+"""
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import time
 
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
-class _Defaults(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "request_id"):
-            record.request_id = "-"
-        return True
+
+_factory = logging.getLogRecordFactory()
+
+
+def _record(*args, **kwargs) -> logging.LogRecord:
+    record = _factory(*args, **kwargs)
+    record.request_id = request_id.get()
+    return record
+
+
+# Every record carries the request id of the context it was made in (whatever handler formats it).
+logging.setLogRecordFactory(_record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -26,7 +39,6 @@ class JsonFormatter(logging.Formatter):
 def configure(level: str, fmt: str) -> None:
     """fmt: "text" or "json"."""
     handler = logging.StreamHandler()
-    handler.addFilter(_Defaults())
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

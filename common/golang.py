@@ -12,25 +12,25 @@ _UNITS_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000,
 _PART = re.compile(r"([0-9]*(?:\.[0-9]*)?)([^0-9.]*)")
 
 
-def quote(text: str) -> str:
-    """Go's strconv.Quote: a double-quoted string literal with Go escapes."""
+def quote(text: str, ascii_only: bool = False) -> str:
+    """Go's strconv.Quote (or, with ascii_only, QuoteToASCII): a double-quoted literal with Go's escapes."""
     out = ['"']
     for ch in text:
         code = ord(ch)
-        if ch in '"\\':
+        if ch == '"' or ch == "\\":
             out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
+        elif ch.isprintable() and (code < 0x80 or not ascii_only):
+            out.append(ch)
+        elif ch in "\a\b\f\n\r\t\v":
+            out.append("\\" + "abfnrtv"["\a\b\f\n\r\t\v".index(ch)])
         elif code < 0x20 or code == 0x7F:
             out.append(f"\\x{code:02x}")
-        elif not ch.isprintable() and code > 0x7F:
-            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append("\\ufffd")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
         else:
-            out.append(ch)
+            out.append(f"\\U{code:08x}")
     out.append('"')
     return "".join(out)
 

@@ -32,7 +32,8 @@ from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import generate_pb2_grpc as pb_grpc
 from gengate.v1 import model_pb2 as mpb
 from gengate.v1 import model_pb2_grpc as mpb_grpc
-from service import golang
+from common import channel as common_channel
+from common import golang
 
 DEFAULT_HOST = "127.0.0.1:50051"
 THINK_LEVELS = {"low": pb.THINK_LEVEL_LOW, "medium": pb.THINK_LEVEL_MEDIUM, "high": pb.THINK_LEVEL_HIGH,
@@ -140,15 +141,9 @@ def target(args: argparse.Namespace) -> str:
 
 
 def channel(args: argparse.Namespace) -> grpc.Channel:
-    """A channel to the service: TLS (and mTLS) with the gateway's variables, GENGATE_SERVICE_TLS_CA
-    (and GENGATE_SERVICE_TLS_CERT, GENGATE_SERVICE_TLS_KEY), else plaintext."""
-    ca = os.environ.get("GENGATE_SERVICE_TLS_CA")
-    if not ca:
-        return grpc.insecure_channel(target(args))
-    read = lambda name: Path(os.environ[name]).read_bytes() if os.environ.get(name) else None
-    credentials = grpc.ssl_channel_credentials(Path(ca).read_bytes(), read("GENGATE_SERVICE_TLS_KEY"),
-                                               read("GENGATE_SERVICE_TLS_CERT"))
-    return grpc.secure_channel(target(args), credentials)
+    """A channel to the service, set up as the gateway's (common.channel): TLS (and mTLS) with
+    GENGATE_SERVICE_TLS_CA (and GENGATE_SERVICE_TLS_CERT, GENGATE_SERVICE_TLS_KEY), else plaintext."""
+    return common_channel.blocking_channel(target(args), common_channel.Tls.from_env(), common_channel.options())
 
 
 def metadata() -> list[tuple[str, str]]:
@@ -159,7 +154,7 @@ def metadata() -> list[tuple[str, str]]:
 def rpc_error(exc: grpc.RpcError, where: str) -> CLIError:
     """The service's message (Ollama's text), or a hint when nothing answered."""
     details = exc.details() or exc.code().name
-    if exc.code() == grpc.StatusCode.UNAVAILABLE and details.lower().startswith("failed to connect"):
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and ("failed to connect" in details.lower() or "backends failing" in details.lower()):
         return CLIError(f"could not connect to the gengate service at {where}, is it running?")
     return CLIError(details)
 

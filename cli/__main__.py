@@ -1,0 +1,4 @@
+"""python -m cli: the gengate command line."""
+from cli import main
+
+main()

@@ -1,0 +1,20 @@
+"""The contract's enums by the names the JSON APIs use, built from the proto descriptors (never copied by hand).
+
+THINK_LEVELS["low"] is ThinkLevel.THINK_LEVEL_LOW, THINK_LEVEL_NAMES[THINK_LEVEL_LOW] is "low"; the same for
+DoneReason. The UNSPECIFIED zero values have no name.
+"""
+from __future__ import annotations
+
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+
+from gengate.v1 import generate_pb2 as pb
+
+
+def _names(enum: EnumTypeWrapper, prefix: str) -> dict[int, str]:
+    return {v.number: v.name.removeprefix(prefix).lower() for v in enum.DESCRIPTOR.values if v.number}
+
+
+THINK_LEVEL_NAMES: dict[int, str] = _names(pb.ThinkLevel, "THINK_LEVEL_")
+THINK_LEVELS: dict[str, int] = {name: number for number, name in THINK_LEVEL_NAMES.items()}
+DONE_REASON_NAMES: dict[int, str] = _names(pb.DoneReason, "DONE_REASON_")
+DONE_REASONS: dict[str, int] = {name: number for number, name in DONE_REASON_NAMES.items()}

@@ -1,0 +1,121 @@
+"""Ollama's API (/api/...): JSON bodies translated by gateway.transcode, streams as NDJSON.
+
+Streams follow Ollama: one JSON object per line (`application/x-ndjson`), or one object with
+`"stream": false`; load, unload and debug-render replies are always one object; an error after the
+first byte is a last line {"error": ...}.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from aiohttp import web
+
+from gateway import relay, transcode
+from gateway.relay import OLLAMA, route
+from gateway.state import SERVICE
+from gengate.v1 import generate_pb2 as pb
+from gengate.v1 import model_pb2 as mpb
+
+NDJSON = "application/x-ndjson"
+
+
+class NdjsonFramer:
+    """Each reply one JSON line; replies Ollama always sends whole (load, unload, debug render) as one object."""
+
+    content_type = NDJSON
+
+    def __init__(self, to_json: Callable[[Any], dict[str, Any]]):
+        self.to_json = to_json
+
+    def single(self, msg: Any) -> bool:
+        debug = isinstance(msg, pb.GenerateResponse) and msg.HasField("debug_info")
+        return debug or getattr(msg, "done_reason", 0) in (pb.DONE_REASON_LOAD, pb.DONE_REASON_UNLOAD)
+
+    def whole(self, msg: Any) -> dict[str, Any]:
+        return self.to_json(msg)
+
+    def frames(self, msg: Any) -> list[bytes]:
+        return [relay.dumps(self.to_json(msg)) + b"\n"]
+
+    def end(self) -> bytes:
+        return b""
+
+    def error(self, status: int, message: str) -> bytes:
+        return relay.dumps({"error": message}) + b"\n"
+
+
+def _streaming(req: Any) -> bool:
+    return req.stream if req.HasField("stream") else True
+
+
+@route(OLLAMA, transcode.generate_request)
+async def generate(request: web.Request, req: pb.GenerateRequest) -> web.StreamResponse:
+    return await relay.stream(request, request.config_dict[SERVICE].generate.Generate, req,
+                              NdjsonFramer(transcode.generate_response), OLLAMA, streaming=_streaming(req))
+
+
+@route(OLLAMA, transcode.chat_request)
+async def chat(request: web.Request, req: pb.ChatRequest) -> web.StreamResponse:
+    return await relay.stream(request, request.config_dict[SERVICE].generate.Chat, req,
+                              NdjsonFramer(transcode.chat_response), OLLAMA, streaming=_streaming(req))
+
+
+@route(OLLAMA, transcode.embed_request)
+async def embed(request: web.Request, req: pb.EmbedRequest) -> web.Response:
+    return await relay.unary(request, request.config_dict[SERVICE].generate.Embed, req, transcode.embed_response,
+                             OLLAMA)
+
+
+@route(OLLAMA, transcode.embeddings_request)
+async def embeddings(request: web.Request, req: pb.EmbedRequest) -> web.Response:
+    return await relay.unary(request, request.config_dict[SERVICE].generate.Embed, req,
+                             lambda reply: {"embedding": list(reply.embeddings[0].values) if reply.embeddings else []},
+                             OLLAMA)
+
+
+@route(OLLAMA)
+async def tags(request: web.Request) -> web.Response:
+    return await relay.unary(request, request.config_dict[SERVICE].models.ListModels, mpb.ListModelsRequest(),
+                             transcode.tags_response, OLLAMA)
+
+
+@route(OLLAMA)
+async def ps(request: web.Request) -> web.Response:
+    return await relay.unary(request, request.config_dict[SERVICE].models.ListRunningModels,
+                             mpb.ListRunningModelsRequest(), transcode.ps_response, OLLAMA)
+
+
+@route(OLLAMA)
+async def version(request: web.Request) -> web.Response:
+    return await relay.unary(request, request.config_dict[SERVICE].models.GetVersion, mpb.GetVersionRequest(),
+                             lambda reply: {"version": reply.version}, OLLAMA)
+
+
+@route(OLLAMA, transcode.show_request)
+async def show(request: web.Request, req: mpb.ShowModelRequest) -> web.Response:
+    return await relay.unary(request, request.config_dict[SERVICE].models.ShowModel, req, transcode.show_response,
+                             OLLAMA)
+
+
+@route(OLLAMA, transcode.copy_request)
+async def copy(request: web.Request, req: mpb.CopyModelRequest) -> web.Response:
+    return await relay.unary(request, request.config_dict[SERVICE].models.CopyModel, req, None, OLLAMA)
+
+
+@route(OLLAMA, transcode.delete_request)
+async def delete(request: web.Request, req: mpb.DeleteModelRequest) -> web.Response:
+    return await relay.unary(request, request.config_dict[SERVICE].models.DeleteModel, req, None, OLLAMA)
+
+
+def add_routes(app: web.Application) -> None:
+    """Registers Ollama's /api routes."""
+    app.router.add_post("/api/generate", generate)
+    app.router.add_post("/api/chat", chat)
+    app.router.add_post("/api/embed", embed)
+    app.router.add_post("/api/embeddings", embeddings)
+    app.router.add_get("/api/tags", tags)
+    app.router.add_get("/api/ps", ps)
+    app.router.add_get("/api/version", version)
+    app.router.add_post("/api/show", show)
+    app.router.add_post("/api/copy", copy)
+    app.router.add_delete("/api/delete", delete)

@@ -1,0 +1,215 @@
+"""The one relay between an HTTP request and an RPC, shared by every API dialect.
+
+A dialect (Ollama's NDJSON API, OpenAI's, Anthropic's) differs only in how it parses a body, shapes an
+error and frames a stream; the state machine is this module's, once:
+
+1. the body is read and parsed (a parse error is the dialect's 400);
+2. the RPC is called and its first message (or error) awaited before any header is sent, so an error
+   before generation gets its real HTTP status (gateway.errors maps the gRPC code);
+3. `stream: false`, or a reply the dialect always sends whole, becomes one JSON object;
+4. otherwise the stream is prepared and each reply framed (NDJSON lines, SSE events);
+5. an error after the first byte becomes the dialect's in-band error frame, the status stays 200;
+6. when the HTTP client goes away aiohttp cancels the handler, which cancels the RPC: the service stops
+   decoding. The drain (SIGTERM) ends the calls still running just before the grace period ends, and
+   their streams get an in-band "server is shutting down" error instead of stopping silently.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Protocol
+
+import grpc
+from aiohttp import web
+
+from gateway import errors, security
+from gateway.errors import BadRequest
+from gateway.state import DRAIN, REQUEST_ID, SETTINGS
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json; charset=utf-8"
+SHUTTING_DOWN = "server is shutting down"
+
+
+def dumps(obj: Any) -> bytes:
+    """JSON as Go's json.Marshal writes it (<, >, & and U+2028/9 escaped), as Ollama sends it."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
+                    ("\u2029", "\\u2029")):
+        if ch in text:
+            text = text.replace(ch, esc)
+    return text.encode("utf-8", errors="replace")
+
+
+def error_headers(status: int, content_type: str = JSON) -> dict[str, str]:
+    """An error reply's headers: a 503 (full queue, draining, no service) asks the client to retry."""
+    headers = {"Content-Type": content_type}
+    if status == 503:
+        headers["Retry-After"] = errors.RETRY_AFTER
+    return headers
+
+
+def json_response(obj: Any) -> web.Response:
+    return web.Response(body=dumps(obj), headers={"Content-Type": JSON})
+
+
+class Dialect:
+    """How an API shapes its errors. Ollama's: {"error": message}."""
+
+    name = "ollama"
+
+    def error_body(self, status: int, message: str, param: str | None = None) -> Any:
+        return {"error": message}
+
+    def error_response(self, status: int, message: str, param: str | None = None) -> web.Response:
+        return web.Response(status=status, body=dumps(self.error_body(status, message, param)),
+                            headers=error_headers(status))
+
+    def rpc_error(self, exc: grpc.aio.AioRpcError) -> web.Response:
+        """A failed RPC (before any byte was sent) as this dialect's error reply."""
+        status = errors.http_status(exc)
+        if status >= 500:
+            log.warning("%s: %s %s", self.name, exc.code().name, exc.details())
+        return self.error_response(status, errors.message(exc))
+
+
+OLLAMA = Dialect()
+
+
+class Framer(Protocol):
+    """One streamed reply's framing, in one dialect (it may keep state across messages)."""
+
+    content_type: str
+
+    def single(self, msg: Any) -> bool:
+        """Whether this first reply is sent as one JSON object even when streaming."""
+
+    def whole(self, msg: Any) -> Any:
+        """The JSON object of a reply sent whole (`stream: false`, or `single`)."""
+
+    def frames(self, msg: Any) -> Iterable[bytes]:
+        """The bytes a streamed reply becomes."""
+
+    def end(self) -> bytes:
+        """What follows the last reply."""
+
+    def error(self, status: int, message: str) -> bytes:
+        """An error after the first byte: the stream's last frame."""
+
+
+def metadata(request: web.Request) -> list[tuple[str, str]]:
+    """gRPC metadata for a call made on behalf of this HTTP request: its id and bearer token."""
+    md = [("x-request-id", request[REQUEST_ID])]
+    if "Authorization" in request.headers:
+        # gRPC metadata is ASCII: anything else cannot be a valid token, and the service refuses it.
+        token = request.headers["Authorization"]
+        md.append(("authorization", token if token.isascii() else "invalid"))
+    return md
+
+
+def timeout(request: web.Request) -> float | None:
+    return request.config_dict[SETTINGS].request_timeout or None
+
+
+@contextlib.contextmanager
+def tracked(request: web.Request, call: grpc.aio.Call) -> Iterator[grpc.aio.Call]:
+    """A streaming RPC made for `request`: the drain can end it, and it ends with the handler."""
+    calls = request.config_dict[DRAIN].calls
+    calls.add(call)
+    try:
+        yield call
+    finally:
+        calls.discard(call)
+        if not call.done():
+            call.cancel()            # client gone (handler cancelled) or early return: stop the RPC
+
+
+def ended_by_drain(request: web.Request) -> bool:
+    """Whether a CancelledError in a handler came from the drain ending its RPC (not the client leaving,
+    which cancels the handler's task itself)."""
+    task = asyncio.current_task()
+    return request.config_dict[DRAIN].draining and not (task is not None and task.cancelling())
+
+
+async def stream(request: web.Request, method: Callable[..., Any], req: Any, framer: Framer, dialect: Dialect,
+                 *, streaming: bool) -> web.StreamResponse:
+    """Calls a server-streaming RPC and relays its replies (see the module docstring)."""
+    call = method(req, metadata=metadata(request), timeout=timeout(request))
+    with tracked(request, call):
+        try:
+            first = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            return dialect.rpc_error(exc)
+        except asyncio.CancelledError:
+            if not ended_by_drain(request):
+                raise
+            return dialect.error_response(503, SHUTTING_DOWN)
+        if first is grpc.aio.EOF:
+            return dialect.error_response(500, "generation ended without a result")
+        if not streaming or framer.single(first):
+            # Read to the end, so the call finishes with OK (it is not cancelled as a departed client).
+            while await call.read() is not grpc.aio.EOF:
+                pass
+            return json_response(framer.whole(first))
+        response = web.StreamResponse(headers={"Content-Type": framer.content_type, "Cache-Control": "no-cache",
+                                               "X-Request-Id": request[REQUEST_ID]})
+        security.add_cors(request, response)
+        await response.prepare(request)
+        msg = first
+        try:
+            while msg is not grpc.aio.EOF:
+                for frame in framer.frames(msg):
+                    await response.write(frame)
+                msg = await call.read()
+            tail = framer.end()
+        except grpc.aio.AioRpcError as exc:
+            log.warning("%s: error after the first byte: %s %s", dialect.name, exc.code().name, exc.details())
+            tail = framer.error(errors.http_status(exc), errors.message(exc))
+        except asyncio.CancelledError:
+            if not ended_by_drain(request):
+                raise
+            tail = framer.error(503, SHUTTING_DOWN)
+        if tail:
+            await response.write(tail)
+        await response.write_eof()
+        return response
+
+
+async def unary(request: web.Request, method: Callable[..., Awaitable[Any]], req: Any,
+                to_json: Callable[[Any], Any] | None, dialect: Dialect) -> web.Response:
+    """Calls a unary RPC: its reply as JSON (to_json None: an empty 200), or its error in the dialect's shape."""
+    try:
+        reply = await method(req, metadata=metadata(request), timeout=timeout(request))
+    except grpc.aio.AioRpcError as exc:
+        return dialect.rpc_error(exc)
+    return json_response(to_json(reply)) if to_json is not None else web.Response(status=200)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def route(dialect: Dialect, parse: Callable[[bytes], Any] | None = None) -> Callable[..., Handler]:
+    """Marks a handler with its dialect (the app's middleware shapes drain, size and internal errors with it);
+    with `parse`, the handler gets the parsed body as its second argument, and a BadRequest is the dialect's
+    400."""
+    def wrap(handler: Callable[..., Awaitable[web.StreamResponse]]) -> Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            if parse is None:
+                return await handler(request)
+            try:
+                parsed = parse(await request.read())
+            except BadRequest as exc:
+                return dialect.error_response(400, exc.message, exc.param)
+            return await handler(request, parsed)
+        handle.dialect = dialect           # type: ignore[attr-defined]
+        handle.__name__ = handler.__name__
+        return handle
+    return wrap
+
+
+def dialect_of(request: web.Request) -> Dialect | None:
+    """The dialect of the route that matched (None for probes and unmatched paths)."""
+    return getattr(request.match_info.handler, "dialect", None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, AsyncIterator, Literal, Sequence
+from typing import Any, AsyncGenerator, Literal, Sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Sampling:
     frequency_penalty: float = 0.0
     num_predict: int = -1
     stop: tuple[str, ...] = ()
-    json_format: str | None = None       # "json" (any JSON object) or a JSON Schema as JSON text
+    grammar: str | None = None           # a GBNF grammar the output must match (service.grammar builds it)
     logprobs: bool = False
     top_logprobs: int = 0
     num_keep: int = 4                    # tokens kept at the start when the context shifts
@@ -77,7 +77,6 @@ class Finish:
     prompt_eval_ns: int
     eval_count: int
     eval_ns: int
-    tokens: list[int]                    # generated token ids (for Ollama's `context`)
     logprobs: list[TokenLogprob] = dataclasses.field(default_factory=list)
 
 
@@ -102,12 +101,13 @@ class Runner(abc.ABC):
         """Text of one token, special tokens included (e.g. BOS as "<s>")."""
 
     @abc.abstractmethod
-    def generate(self, prompt: list[int], sampling: Sampling) -> AsyncIterator[Piece | Finish]:
-        """Streams the completion of `prompt`. Closing the iterator cancels decoding."""
+    def generate(self, prompt: list[int], sampling: Sampling) -> AsyncGenerator[Piece | Finish, None]:
+        """Streams the completion of `prompt`: Pieces, then one Finish. Closing it cancels decoding."""
 
     @abc.abstractmethod
     async def embed(self, tokens: list[int]) -> list[float]:
-        """The embedding of `tokens`: the model's output vector at the last token (not normalised)."""
+        """The embedding of `tokens` (not normalised): an embedding model's pooled output, else the model's
+        output vector at the last token."""
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -25,6 +25,7 @@ from service.admission import Admission
 from service import request as checks
 from service.engine import Finish, TokenLogprob
 from service.errors import GenerateError, Kind, invalid
+from service.grammar import Grammars
 from service.metrics import Metrics
 from service.pool import Lease, ModelPool
 from service.settings import ServiceSettings
@@ -138,8 +139,9 @@ class Generation:
     """Runs Generate and Chat requests against the model store and the loaded-model pool."""
 
     def __init__(self, settings: ServiceSettings, store: ModelStore, pool: ModelPool, admission: Admission,
-                 metrics: Metrics):
+                 metrics: Metrics, grammars: Grammars):
         self._settings = settings
+        self.grammars = grammars
         self._store = store
         self._pool = pool
         self._admission = admission
@@ -161,6 +163,11 @@ class Generation:
         if tags is not None and think is None and not raw:
             think, level = True, "medium"
         return think, level, tags
+
+    async def _sampling(self, req, model: Model):
+        """The request's decoding settings, with its `format` built into a grammar (service.grammar)."""
+        spec = checks.json_format(req)
+        return checks.sampling(req, model.entry.parameters, await self.grammars.compile(spec) if spec else None)
 
     def _load_options(self, req, model: Model):
         return checks.load_options(req, model.entry.parameters, default_ctx=self._settings.context_length,
@@ -207,7 +214,7 @@ class Generation:
             if req.debug_render_only:
                 yield reply(debug_info=pb.DebugInfo(rendered_template=text, image_count=len(req.images)))
                 return
-            sampling = checks.sampling(req, model.entry.parameters)     # format is checked after the load
+            sampling = await self._sampling(req, model)     # format is checked after the load
             events = self._decode(req, lease, text, sampling, tags if think and not req.raw else None, start, loaded)
             async with contextlib.aclosing(events):
                 async for event in events:
@@ -264,7 +271,7 @@ class Generation:
             if not req.messages:
                 yield reply(done=True, done_reason=pb.DONE_REASON_LOAD)
                 return
-            sampling = checks.sampling(req, model.entry.parameters)
+            sampling = await self._sampling(req, model)
             messages = [dict(m) for m in model.entry.messages] + [_message(m) for m in req.messages]
             if model.entry.system and not any(m["role"] == "system" for m in messages):
                 messages.insert(0, {"role": "system", "content": model.entry.system})

@@ -5,18 +5,17 @@ failure is a GenerateError with Ollama's message (and the offending field).
 """
 from __future__ import annotations
 
-import json
+import math
 import os
 import random
 from typing import Any
 
 from gengate.v1 import generate_pb2 as pb
-from common import golang, names
+from common import enums, golang, names
+from service import grammar
 from service.engine import LoadOptions, Sampling
 from service.errors import GenerateError, Kind, invalid
 
-THINK_LEVELS = {pb.THINK_LEVEL_LOW: "low", pb.THINK_LEVEL_MEDIUM: "medium",
-                pb.THINK_LEVEL_HIGH: "high", pb.THINK_LEVEL_MAX: "max"}
 _LOAD_FIELDS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
 _SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_last_n", "repeat_penalty",
                     "presence_penalty", "frequency_penalty", "num_predict")
@@ -42,6 +41,9 @@ def check_fields(req: pb.GenerateRequest | pb.ChatRequest | pb.EmbedRequest, max
         size = len(text.encode("utf-8"))
         if size > max_text_bytes:
             raise invalid(f"{field} is too long: {size} bytes (the limit is {max_text_bytes})", field)
+    for field, value in req.options.ListFields():
+        if field.type in (field.TYPE_FLOAT, field.TYPE_DOUBLE) and not math.isfinite(value):
+            raise invalid(f'option "{field.name}" must be a finite number', f"options.{field.name}")
     for field, (low, high) in _RANGES.items():
         if req.options.HasField(field):
             value = getattr(req.options, field)
@@ -59,7 +61,7 @@ def check_fields(req: pb.GenerateRequest | pb.ChatRequest | pb.EmbedRequest, max
         if req.HasField("steps") and req.steps < 1:
             raise invalid("steps must be at least 1", "steps")
     if "think" in fields and req.HasField("think") and req.think.WhichOneof("value") == "level" \
-            and req.think.level not in THINK_LEVELS:
+            and req.think.level not in enums.THINK_LEVEL_NAMES:
         level = req.think.level
         shown = pb.ThinkLevel.Name(level) if level in pb.ThinkLevel.values() else level
         raise invalid(f'invalid think value: "{shown}" (must be "high", "medium", "low", "max", true, or false)', "think")
@@ -96,7 +98,7 @@ def think(req: pb.GenerateRequest) -> tuple[bool | None, str]:
     if not req.HasField("think"):
         return None, ""
     if req.think.WhichOneof("value") == "level":
-        return True, THINK_LEVELS[req.think.level]
+        return True, enums.THINK_LEVEL_NAMES[req.think.level]
     return req.think.enabled, ("medium" if req.think.enabled else "")
 
 
@@ -116,7 +118,7 @@ def load_options(req: pb.GenerateRequest, parameters: dict[str, Any], *, default
         num_ctx = min(num_ctx, n_ctx_train)
     return LoadOptions(
         num_ctx=num_ctx,
-        num_batch=max(1, int(values.get("num_batch", 512))),
+        num_batch=max(1, min(int(values.get("num_batch", 512)), num_ctx)),
         num_gpu=int(values.get("num_gpu", -1)),
         main_gpu=int(values.get("main_gpu", 0)),
         use_mmap=bool(values.get("use_mmap", True)),
@@ -132,19 +134,12 @@ def json_format(req: pb.GenerateRequest) -> str | None:
     if kind == "json":
         return "json" if req.format.json else None
     if kind == "json_schema":
-        text = req.format.json_schema
-        try:
-            schema = json.loads(text)
-        except ValueError:
-            schema = None
-        if not isinstance(schema, dict):
-            raise invalid(f'invalid format: {golang.quote(text)}; expected "json" or a valid JSON Schema object',
-                          "format")
-        return text
+        grammar.check_schema(req.format.json_schema)      # a JSON object within the limits, or a 400
+        return req.format.json_schema
     return None
 
 
-def sampling(req: pb.GenerateRequest, parameters: dict[str, Any]) -> Sampling:
+def sampling(req: pb.GenerateRequest, parameters: dict[str, Any], grammar_text: str | None = None) -> Sampling:
     values = _merged(req, parameters)
     seed = int(values.get("seed", -1))
     if seed < 0:
@@ -153,6 +148,6 @@ def sampling(req: pb.GenerateRequest, parameters: dict[str, Any]) -> Sampling:
     if isinstance(stop, str):
         stop = [stop]
     kwargs = {k: values[k] for k in _SAMPLING_FIELDS if k in values}
-    return Sampling(seed=seed, stop=tuple(stop), json_format=json_format(req), logprobs=req.logprobs,
+    return Sampling(seed=seed, stop=tuple(stop), grammar=grammar_text, logprobs=req.logprobs,
                     top_logprobs=req.top_logprobs if req.logprobs else 0, num_keep=int(values.get("num_keep", 4)),
                     shift=req.shift if req.HasField("shift") else True, **kwargs)

@@ -19,8 +19,10 @@ from common import golang
 from service.admission import Admission
 from service import request as checks
 from service.engine import Engine
+from service.engines import make_engine
 from service.errors import GenerateError
 from service.generation import Generation
+from service.grammar import Grammars
 from service.metrics import Metrics
 from service.model_servicer import ModelServicer
 from service.observe import Observe
@@ -85,32 +87,26 @@ class Service:
     health: health.aio.HealthServicer
     metrics: Metrics
 
+    async def close(self) -> None:
+        """Unloads the models and stops the grammar worker (after the server stopped)."""
+        await self.pool.close()
+        await self.generation.grammars.close()
+
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
 
 
-def make_engine(settings: ServiceSettings) -> Engine:
-    """The engine GENGATE_ENGINE names."""
-    if settings.engine == "batch":
-        from service.batch_engine import BatchEngine
-        return BatchEngine(settings.num_parallel)
-    if settings.engine == "simple":
-        from service.llama_engine import LlamaEngine
-        return LlamaEngine()
-    raise ValueError(f"GENGATE_ENGINE: unknown engine {settings.engine!r} (batch or simple)")
-
-
 def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
     if engine is None:
-        engine = make_engine(settings)
+        engine = make_engine(settings.engine, settings.num_parallel)
     store = ModelStore(settings.models)
     pool = ModelPool(engine, keep_alive_ns(settings.keep_alive), settings.max_loaded_models, settings.load_timeout)
     metrics = Metrics()
     metrics.loaded.set_function(lambda: len(pool.loaded()))
     generation = Generation(settings, store, pool, Admission(settings.num_parallel, settings.max_queue, metrics),
-                            metrics)
+                            metrics, Grammars())
     limits = [("grpc.max_receive_message_length", settings.max_message_bytes),
               ("grpc.max_send_message_length", settings.max_message_bytes),
               # Accept the gateway's keepalive pings (every 60 s) without a too_many_pings GOAWAY.
@@ -185,5 +181,5 @@ async def serve(settings: ServiceSettings) -> None:
     await service.health.enter_graceful_shutdown()
     warm.cancel()
     await service.server.stop(grace=settings.drain_seconds)
-    await service.pool.close()
+    await service.close()
     log.info("stopped")

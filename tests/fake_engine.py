@@ -55,7 +55,7 @@ class FakeRunner(Runner):
                 engine.tokens_emitted += 1
                 yield Piece(text)
             reason = "length" if len(pieces) == sampling.num_predict else "stop"
-            yield Finish(reason, len(prompt), 1, len(pieces), 1, [ord("x")] * len(pieces))
+            yield Finish(reason, len(prompt), 1, len(pieces), 1)
         finally:
             engine.active -= 1
             engine.closed += 1

@@ -56,7 +56,7 @@ class Stack:
         async def _stop() -> None:
             await self._runner.cleanup()
             await self.service.server.stop(None)
-            await self.service.pool.close()
+            await self.service.close()
         self.run(_stop())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)

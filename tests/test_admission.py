@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
-import json
 import time
 
 import grpc

@@ -40,7 +40,7 @@ async def test_health_is_not_serving_until_the_default_model_loads_and_after_shu
         await service.health.enter_graceful_shutdown()
         assert (await check()).status == NOT_SERVING
     await service.server.stop(None)
-    await service.pool.close()
+    await service.close()
 
 
 def test_reflection_lists_and_describes_the_service(real):
@@ -66,7 +66,7 @@ async def test_reflection_can_be_turned_off(models):
             assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         await service.server.stop(None)
-        await service.pool.close()
+        await service.close()
 
 
 def test_gateway_readiness_follows_service_health(real):

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import logging
 
-import grpc
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client import generate_latest
 

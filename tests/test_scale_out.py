@@ -33,7 +33,7 @@ async def replicas(models, engines):
         await runner.cleanup()
         for s in services:
             await s.server.stop(None)
-            await s.pool.close()
+            await s.close()
 
 
 async def test_gateway_balances_over_replicas_and_survives_one_leaving(models):

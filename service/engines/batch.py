@@ -50,18 +50,16 @@ import ctypes
 import logging
 import os
 import threading
-import time
-from pathlib import Path
 from typing import AsyncIterator, Sequence
 
 import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
 
-from service.detokenizer import Detokenizer
-from service.engine import Engine, Finish, LoadOptions, Piece, Runner, Sampling, TokenLogprob
+from service.engine import Engine, Finish, LoadOptions, Piece, Runner, Sampling
+from service.engines import llama
+from service.engines.embedding import EmbeddingRunner
 from service.gguf import read_metadata
-from service.llama_engine import LlamaEngine, LlamaRunner
 
 log = logging.getLogger(__name__)
 
@@ -69,55 +67,6 @@ PREFILL_CHUNK = 128          # prompt tokens per llama_decode call (running stre
 MIN_REUSE = 16               # shortest cached prefix worth taking another sequence than the lowest free one
 _DONE = object()             # end of a stream
 _RELEASED = object()         # the request's sequence is free again
-
-_backend = threading.Lock()
-_backend_ready = False
-
-
-def _init_backend() -> None:
-    global _backend_ready
-    with _backend:
-        if not _backend_ready:
-            llama_cpp.llama_backend_init()
-            # llama.cpp's log goes through llama-cpp-python's logger: errors only (as Llama(verbose=False)).
-            llama_log = logging.getLogger("llama-cpp-python")
-            if llama_log.level == logging.NOTSET:
-                llama_log.setLevel(logging.ERROR)
-            _backend_ready = True
-
-
-def _holding_gil(function):
-    """`function` (a llama_cpp binding) called without releasing the GIL.
-
-    ctypes releases the GIL around every foreign call, and each release lets the event loop's
-    thread take it, so the decode thread then waits to get it back (up to the 5 ms switch
-    interval). For calls of microseconds that wait costs more than the call: they keep the GIL.
-    """
-    try:
-        lib = ctypes.PyDLL(llama_cpp.llama_cpp._lib._name)     # the same loaded library
-        held = getattr(lib, function.__name__)
-        held.argtypes, held.restype = function.argtypes, function.restype
-        return held
-    except (AttributeError, OSError):                          # another llama-cpp-python layout
-        return function
-
-
-_sample_holding_gil = _holding_gil(llama_cpp.llama_sampler_sample)
-
-
-def _has_amx() -> bool:
-    """Whether ggml was built with Intel AMX kernels (a native build on an AMX CPU)."""
-    try:
-        lib = ctypes.CDLL(str(Path(llama_cpp.llama_cpp._lib._name).with_name("libggml-cpu.so")))
-        return bool(lib.ggml_cpu_has_amx_int8())
-    except (AttributeError, OSError):
-        return False
-
-
-# ggml's AMX buffer type repacks Q4_0/Q4_1/K-quant weights for AMX kernels that crash (SIGSEGV in llama_decode
-# with several sequences in a batch) and give wrong results (llama.cpp PR 16315, issue 20824). Where the build
-# has them, weights stay in plain CPU buffers ("extra" buffer types off, as llama-server's --no-repack).
-EXTRA_BUFFERS = not _has_amx()
 
 
 def chunk_end(start: int, end: int, size: int) -> int:
@@ -143,10 +92,9 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 class _Request:
     """One generation: set up on the event loop, run by the decode thread."""
 
-    def __init__(self, prompt: list[int], sampling: Sampling, grammar, loop: asyncio.AbstractEventLoop):
+    def __init__(self, prompt: list[int], sampling: Sampling, loop: asyncio.AbstractEventLoop):
         self.prompt = prompt
         self.s = sampling
-        self.grammar = grammar
         self.loop = loop
         self.queue: asyncio.Queue = asyncio.Queue()
         self.released = loop.create_future()
@@ -156,13 +104,7 @@ class _Request:
         self.n_past = 0                   # tokens in its KV cells
         self.reused = 0                   # prompt tokens taken from the cache
         self.shifted = False              # the context shifted: the prompt KV is no longer a clean cache
-        self.sampler = None
-        self.detok: Detokenizer | None = None
-        self.tokens: list[int] = []
-        self.pending: list[TokenLogprob] = []
-        self.limit = 0
-        self.start = 0
-        self.first = 0
+        self.decoding: llama.Decoding | None = None
         self.next_token = -1              # sampled, to be decoded in the next step
 
 
@@ -178,27 +120,16 @@ class _Embed:
 class BatchRunner(Runner):
     """A loaded model whose requests share one context, decoded together."""
 
-    # Token text, log-probabilities and the format grammar check are the simple engine's.
-    _piece = LlamaRunner._piece
-    _entry = LlamaRunner._entry
-    _logprob = LlamaRunner._logprob
-    _grammar = LlamaRunner._grammar
-    detokenize = LlamaRunner.detokenize
-    token_text = LlamaRunner.token_text
-
     def __init__(self, model: internals.LlamaModel, ctx: internals.LlamaContext, *, n_seq: int, n_ctx: int,
                  chunk: int, metadata: dict, reuse: bool):
         self._model = model
         self._ctx = ctx
-        self._vocab = model.vocab
+        self.vocab = llama.Vocab(model)
         self._mem = llama_cpp.llama_get_memory(ctx.ctx)
-        self._pieces: dict[tuple[int, bool], bytes] = {}
-        self._eog: dict[int, bool] = {}
-        self._checked_grammars: set[str] = set()
         self.n_seq = n_seq
         self.n_ctx = n_ctx
         self.n_ctx_train = model.n_ctx_train()
-        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self.n_vocab = self.vocab.n_vocab
         self.metadata = metadata
         self._chunk = chunk
         self._reuse = reuse                # prompt KV may be kept and reused (not for sliding-window or recurrent memory)
@@ -245,12 +176,17 @@ class BatchRunner(Runner):
 
     # -- tokens ------------------------------------------------------------------
     def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
-        return self._model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+        return self.vocab.tokenize(text, add_bos=add_bos)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.vocab.detokenize(tokens)
+
+    def token_text(self, token: int) -> str:
+        return self.vocab.token_text(token)
 
     # -- the event-loop side -------------------------------------------------------
     async def generate(self, prompt: list[int], sampling: Sampling) -> AsyncIterator[Piece | Finish]:
-        grammar = self._grammar(sampling.json_format)
-        req = _Request(list(prompt), sampling, grammar, asyncio.get_running_loop())
+        req = _Request(list(prompt), sampling, asyncio.get_running_loop())
         with self._cond:
             if self._closing:
                 raise RuntimeError("the model is being unloaded")
@@ -400,11 +336,13 @@ class BatchRunner(Runner):
         """Gives waiting requests a sequence, in arrival order."""
         while self._waiting and self._free:
             req = self._waiting.popleft()
-            s = req.s
-            req.start = time.perf_counter_ns()
-            req.limit = s.num_predict if s.num_predict >= 0 else 10 * self.n_ctx
-            if req.limit == 0 or not req.prompt:
-                self._finish(req, "length", first=req.start)
+            try:
+                req.decoding = llama.Decoding(req.s, self.vocab, self.n_ctx, len(req.prompt))
+            except Exception as exc:              # a grammar llama.cpp refuses
+                self._fail(req, exc)
+                continue
+            if req.decoding.limit == 0 or not req.prompt:
+                self._finish(req, "length")
                 continue
             seq, reuse = self._pick(req.prompt)
             self._free.discard(seq)
@@ -415,8 +353,6 @@ class BatchRunner(Runner):
             self._cached[seq] = []
             req.n_past = req.reused = reuse
             self.reused_tokens += reuse
-            req.sampler = self._sampler(s, req.grammar)
-            req.detok = Detokenizer(s.stop)
             self._prefilling.append(req)
 
     def _pick(self, prompt: list[int]) -> tuple[int, int]:
@@ -433,32 +369,6 @@ class BatchRunner(Runner):
         if reuse < MIN_REUSE:
             return min(self._free), 0
         return best, reuse
-
-    def _sampler(self, s: Sampling, grammar):
-        """The request's sampler chain, in llama-cpp-python's order (as the simple engine builds it)."""
-        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-
-        def add(sampler) -> None:
-            llama_cpp.llama_sampler_chain_add(chain, sampler)
-
-        last_n = self.n_ctx if s.repeat_last_n < 0 else s.repeat_last_n
-        add(llama_cpp.llama_sampler_init_penalties(self.n_vocab, last_n, s.repeat_penalty, s.frequency_penalty,
-                                                   s.presence_penalty))
-        if grammar is not None:
-            add(llama_cpp.llama_sampler_init_grammar(self._vocab, grammar._grammar.encode("utf-8"),
-                                                     grammar._root.encode("utf-8")))
-        if s.temperature < 0:
-            add(llama_cpp.llama_sampler_init_dist(s.seed))
-        elif s.temperature == 0:
-            add(llama_cpp.llama_sampler_init_greedy())
-        else:
-            add(llama_cpp.llama_sampler_init_top_k(s.top_k))
-            add(llama_cpp.llama_sampler_init_typical(s.typical_p, 1))
-            add(llama_cpp.llama_sampler_init_top_p(s.top_p, 1))
-            add(llama_cpp.llama_sampler_init_min_p(s.min_p, 1))
-            add(llama_cpp.llama_sampler_init_temp(s.temperature))
-            add(llama_cpp.llama_sampler_init_dist(s.seed))
-        return chain
 
     def _decode(self, n: int) -> None:
         self._batch.n_tokens = n
@@ -502,37 +412,26 @@ class BatchRunner(Runner):
         req.n_past = b
         if b == end:
             self._prefilling.popleft()
-            req.first = time.perf_counter_ns()
+            req.decoding.prompt_done()
             self._running[req.seq] = req
             self._sample(req, n - 1)
 
     def _sample(self, req: _Request, index: int) -> None:
-        """Samples the request's next token from batch row `index` and streams it (as LlamaRunner._run)."""
-        s = req.s
+        """Samples the request's next token from batch row `index` and streams what it completes."""
+        decoding = req.decoding
         # A grammar can take milliseconds to apply: that sampler lets the event loop run meanwhile.
-        sample = llama_cpp.llama_sampler_sample if req.grammar is not None else _sample_holding_gil
-        token = sample(req.sampler, self._ctx.ctx, index)
+        sample = llama_cpp.llama_sampler_sample if req.s.grammar is not None else llama.sample_holding_gil
+        token = sample(decoding.sampler, self._ctx.ctx, index)
         self.decoded += 1
-        eog = self._eog.get(token)
-        if eog is None:
-            eog = self._eog[token] = bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
-        if eog:
-            self._finish(req, "stop")
-            return
-        req.tokens.append(token)
-        if s.logprobs:
-            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, index), shape=(self.n_vocab,))
-            req.pending.append(self._logprob(logits, token, s.top_logprobs))
-        text = req.detok.feed(self._piece(token, False))
-        if text:
-            self._out.append((req, Piece(text, req.pending)))
-            req.pending = []
-        if req.detok.stopped:
-            self._finish(req, "stop")
-        elif len(req.tokens) >= req.limit:
-            self._finish(req, "length")
-        elif req.n_past >= self.n_ctx and not (s.shift and self._shift(req)):
-            self._finish(req, "length")
+        logits = lambda: np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, index),  # noqa: E731
+                                               shape=(self.n_vocab,))
+        piece, reason = decoding.on_token(token, logits)
+        if piece is not None:
+            self._out.append((req, piece))
+        if reason is None and req.n_past >= self.n_ctx and not (req.s.shift and self._shift(req)):
+            reason = "length"
+        if reason is not None:
+            self._finish(req, reason)
         else:
             req.next_token = token
 
@@ -540,25 +439,15 @@ class BatchRunner(Runner):
         """Frees half the sequence's context after its first num_keep tokens (Ollama's context shift)."""
         if not self._can_shift:
             return False
-        n = req.n_past
-        keep = min(max(req.s.num_keep, 0), n // 2)
-        discard = (n - keep) // 2
-        llama_cpp.llama_memory_seq_rm(self._mem, req.seq, keep, keep + discard)
-        llama_cpp.llama_memory_seq_add(self._mem, req.seq, keep + discard, n, -discard)
-        req.n_past = n - discard
+        req.n_past = llama.shift(self._mem, req.seq, req.n_past, req.s.num_keep)
         req.shifted = True
         return True
 
-    def _finish(self, req: _Request, reason: str, first: int | None = None) -> None:
-        end = time.perf_counter_ns()
-        first = req.first if first is None else first
-        self._release(req)
-        rest = req.detok.flush() if req.detok is not None else ""
-        if rest:
-            self._out.append((req, Piece(rest, req.pending)))
-            req.pending = []
-        self._out.append((req, Finish(reason, len(req.prompt), first - req.start, len(req.tokens), end - first,
-                                      req.tokens, req.pending)))
+    def _finish(self, req: _Request, reason: str) -> None:
+        self._release(req, close=False)
+        for item in req.decoding.finish(reason):
+            self._out.append((req, item))
+        req.decoding.close()
         self._out.append((req, _DONE))
 
     def _fail(self, req: _Request, exc: BaseException) -> None:
@@ -571,7 +460,7 @@ class BatchRunner(Runner):
         self._waiting.clear()
         self._prefilling.clear()
 
-    def _release(self, req: _Request) -> None:
+    def _release(self, req: _Request, close: bool = True) -> None:
         """Takes the request out of the batch: its generated tokens' KV is removed, its prompt's stays cached."""
         seq = req.seq
         if seq >= 0:
@@ -584,9 +473,8 @@ class BatchRunner(Runner):
             self._cached[seq] = req.prompt[:keep]
             self._free.add(seq)
             req.seq = -1
-        if req.sampler is not None:
-            llama_cpp.llama_sampler_free(req.sampler)
-            req.sampler = None
+        if close and req.decoding is not None:
+            req.decoding.close()
         self._held -= 1
         self._out.append((req, _RELEASED))
 
@@ -615,7 +503,8 @@ def _deliver(items: list[tuple[_Request, object]]) -> None:
 
 
 class BatchEngine(Engine):
-    """Loads models into BatchRunners with `num_parallel` sequences of `num_ctx` tokens each."""
+    """Loads models into BatchRunners with `num_parallel` sequences of `num_ctx` tokens each (embedding
+    models, which keep no KV memory to batch over, into EmbeddingRunners)."""
 
     def __init__(self, num_parallel: int = 4, chunk: int = PREFILL_CHUNK):
         self.num_parallel = max(1, num_parallel)
@@ -626,14 +515,8 @@ class BatchEngine(Engine):
         n_seq = self.num_parallel
         chunk = max(3, min(self.chunk, options.num_batch))
 
-        def build() -> BatchRunner:
-            _init_backend()
-            mp = llama_cpp.llama_model_default_params()
-            mp.n_gpu_layers = options.num_gpu
-            mp.main_gpu = options.main_gpu
-            mp.use_mmap = options.use_mmap
-            mp.use_extra_bufts = EXTRA_BUFFERS
-            model = internals.LlamaModel(path_model=path, params=mp, verbose=False)
+        def build() -> Runner:
+            model = llama.load_model(path, options)
             try:
                 cp = llama_cpp.llama_context_default_params()
                 cp.n_ctx = options.num_ctx * n_seq
@@ -645,13 +528,12 @@ class BatchEngine(Engine):
                 cp.embeddings = False
                 cp.no_perf = True
                 ctx = internals.LlamaContext(model=model, params=cp, verbose=False)
+                if not llama_cpp.llama_get_memory(ctx.ctx):         # an encoder (BERT): nothing to batch over
+                    ctx.close()
+                    return EmbeddingRunner(model, options, threads, read_metadata(path))
             except BaseException:
                 model.close()
                 raise
-            if not llama_cpp.llama_get_memory(ctx.ctx) or llama_cpp.llama_model_has_encoder(model.model):
-                ctx.close()
-                model.close()
-                return None
             n_ctx = min(options.num_ctx, llama_cpp.llama_n_ctx_seq(ctx.ctx))
             m = model.model
             reuse = not (llama_cpp.llama_model_n_swa(m) or llama_cpp.llama_model_is_recurrent(m)
@@ -659,7 +541,4 @@ class BatchEngine(Engine):
             return BatchRunner(model, ctx, n_seq=n_seq, n_ctx=n_ctx, chunk=chunk, metadata=read_metadata(path),
                                reuse=reuse)
 
-        runner = await asyncio.to_thread(build)
-        if runner is None:                 # no KV memory to batch over (an encoder): one request at a time
-            return await LlamaEngine().load(path, options)
-        return runner
+        return await asyncio.to_thread(build)

@@ -1,0 +1,232 @@
+"""llama.cpp through llama-cpp-python: what every scheduler over it shares.
+
+Loading a model, its vocabulary (tokens, token text, end-of-generation tokens), a request's sampler chain
+(its seed, penalties and grammar), log-probabilities, Ollama's context shift, and `Decoding`, the state of
+one request's generation: what it has produced, what text may be sent, and when it ends. The batch engine
+(service/engines/batch.py) only decides what to decode when.
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import llama_cpp
+import numpy as np
+from llama_cpp import _internals as internals
+
+from service.detokenizer import Detokenizer
+from service.engine import Finish, LoadOptions, Piece, Sampling, TokenLogprob
+from service.errors import invalid
+
+_backend = threading.Lock()
+_backend_ready = False
+
+
+def init_backend() -> None:
+    global _backend_ready
+    with _backend:
+        if not _backend_ready:
+            llama_cpp.llama_backend_init()
+            # llama.cpp's log goes through llama-cpp-python's logger: errors only (as Llama(verbose=False)).
+            llama_log = logging.getLogger("llama-cpp-python")
+            if llama_log.level == logging.NOTSET:
+                llama_log.setLevel(logging.ERROR)
+            _backend_ready = True
+
+
+def _has_amx() -> bool:
+    """Whether ggml was built with Intel AMX kernels (a native build on an AMX CPU)."""
+    try:
+        lib = ctypes.CDLL(str(Path(llama_cpp.llama_cpp._lib._name).with_name("libggml-cpu.so")))
+        return bool(lib.ggml_cpu_has_amx_int8())
+    except (AttributeError, OSError):
+        return False
+
+
+# ggml's AMX buffer type repacks Q4_0/Q4_1/K-quant weights for AMX kernels that crash (SIGSEGV in llama_decode
+# with several sequences in a batch) and give wrong results (llama.cpp PR 16315, issue 20824). Where the build
+# has them, weights stay in plain CPU buffers ("extra" buffer types off, as llama-server's --no-repack).
+EXTRA_BUFFERS = not _has_amx()
+
+
+def holding_gil(function):
+    """`function` (a llama_cpp binding) called without releasing the GIL.
+
+    ctypes releases the GIL around every foreign call, and each release lets the event loop's
+    thread take it, so the decode thread then waits to get it back (up to the 5 ms switch
+    interval). For calls of microseconds that wait costs more than the call: they keep the GIL.
+    """
+    try:
+        lib = ctypes.PyDLL(llama_cpp.llama_cpp._lib._name)     # the same loaded library
+        held = getattr(lib, function.__name__)
+        held.argtypes, held.restype = function.argtypes, function.restype
+        return held
+    except (AttributeError, OSError):                          # another llama-cpp-python layout
+        return function
+
+
+sample_holding_gil = holding_gil(llama_cpp.llama_sampler_sample)
+
+
+def load_model(path: str, options: LoadOptions) -> internals.LlamaModel:
+    init_backend()
+    params = llama_cpp.llama_model_default_params()
+    params.n_gpu_layers = options.num_gpu
+    params.main_gpu = options.main_gpu
+    params.use_mmap = options.use_mmap
+    params.use_extra_bufts = EXTRA_BUFFERS
+    return internals.LlamaModel(path_model=path, params=params, verbose=False)
+
+
+class Vocab:
+    """A model's tokens: text to tokens and back, each token's bytes, and which tokens end a generation."""
+
+    def __init__(self, model: internals.LlamaModel):
+        self._model = model
+        self._vocab = model.vocab
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self._pieces: dict[tuple[int, bool], bytes] = {}
+        self._eog: dict[int, bool] = {}
+
+    def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        return self._model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def piece(self, token: int, special: bool) -> bytes:
+        """The token's bytes (special tokens written out when `special`)."""
+        key = (token, special)
+        piece = self._pieces.get(key)
+        if piece is None:
+            buf = ctypes.create_string_buffer(256)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+            piece = self._pieces[key] = buf.raw[:max(n, 0)]
+        return piece
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.piece(t, True) for t in tokens).decode("utf-8", errors="replace")
+
+    def token_text(self, token: int) -> str:
+        return self.piece(token, True).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+        return eog
+
+    def entry(self, token: int, logprob: float) -> TokenLogprob:
+        data = self.piece(token, False)
+        return TokenLogprob(data.decode("utf-8", errors="replace"), logprob, data)
+
+    def logprob(self, logits: np.ndarray, token: int, top: int) -> TokenLogprob:
+        """The token's log-probability under `logits`, with the `top` most likely alternatives."""
+        shifted = logits - logits.max()
+        logprobs = shifted - np.log(np.exp(shifted).sum())
+        alternatives: tuple[TokenLogprob, ...] = ()
+        if top:
+            best = np.argpartition(-logprobs, top)[:top]
+            best = best[np.argsort(-logprobs[best])]
+            alternatives = tuple(self.entry(int(t), float(logprobs[t])) for t in best)
+        return dataclasses.replace(self.entry(token, float(logprobs[token])), top=alternatives)
+
+    def sampler(self, s: Sampling, n_ctx: int):
+        """The request's sampler chain, in llama-cpp-python's order: penalties, grammar, then greedy, or
+        top-k, typical, top-p, min-p, temperature and a seeded draw."""
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+
+        def add(sampler) -> None:
+            llama_cpp.llama_sampler_chain_add(chain, sampler)
+
+        # The penalties keep a ring of the last n tokens: more than the context holds means nothing more.
+        last_n = n_ctx if s.repeat_last_n < 0 else min(s.repeat_last_n, n_ctx)
+        add(llama_cpp.llama_sampler_init_penalties(self.n_vocab, last_n, s.repeat_penalty, s.frequency_penalty,
+                                                   s.presence_penalty))
+        if s.grammar is not None:
+            grammar = llama_cpp.llama_sampler_init_grammar(self._vocab, s.grammar.encode("utf-8"), b"root")
+            if not grammar:             # service.grammar checked it; llama.cpp still has the last word
+                llama_cpp.llama_sampler_free(chain)
+                raise invalid("invalid JSON schema in format", "format")
+            add(grammar)
+        if s.temperature < 0:
+            add(llama_cpp.llama_sampler_init_dist(s.seed))
+        elif s.temperature == 0:
+            add(llama_cpp.llama_sampler_init_greedy())
+        else:
+            add(llama_cpp.llama_sampler_init_top_k(s.top_k))
+            add(llama_cpp.llama_sampler_init_typical(s.typical_p, 1))
+            add(llama_cpp.llama_sampler_init_top_p(s.top_p, 1))
+            add(llama_cpp.llama_sampler_init_min_p(s.min_p, 1))
+            add(llama_cpp.llama_sampler_init_temp(s.temperature))
+            add(llama_cpp.llama_sampler_init_dist(s.seed))
+        return chain
+
+
+def shift(memory, seq: int, n_past: int, num_keep: int) -> int:
+    """Ollama's context shift: frees half of the sequence's context after its first num_keep tokens;
+    returns the tokens left."""
+    keep = min(max(num_keep, 0), n_past // 2)
+    discard = (n_past - keep) // 2
+    llama_cpp.llama_memory_seq_rm(memory, seq, keep, keep + discard)
+    llama_cpp.llama_memory_seq_add(memory, seq, keep + discard, n_past, -discard)
+    return n_past - discard
+
+
+class Decoding:
+    """One request's generation, token by token: its sampler, the tokens it has produced, the text it may
+    send (never a broken UTF-8 character, never a stop sequence), its log-probabilities, and its end."""
+
+    def __init__(self, s: Sampling, vocab: Vocab, n_ctx: int, prompt_len: int):
+        self.s = s
+        self.vocab = vocab
+        self.prompt_len = prompt_len
+        self.limit = s.num_predict if s.num_predict >= 0 else 10 * n_ctx
+        self.sampler = vocab.sampler(s, n_ctx)
+        self.detok = Detokenizer(s.stop)
+        self.tokens: list[int] = []
+        self.pending: list[TokenLogprob] = []
+        self.sent = 0                     # tokens accounted for in pieces sent
+        self.start = time.perf_counter_ns()
+        self.first = 0                    # when the prompt was evaluated
+
+    def prompt_done(self) -> None:
+        self.first = time.perf_counter_ns()
+
+    def on_token(self, token: int, logits: Callable[[], np.ndarray]) -> tuple[Piece | None, str | None]:
+        """Takes a sampled token: the piece of text it completes (if any), and why generation ends (if it
+        does): "stop" (end of generation, a stop sequence) or "length" (num_predict)."""
+        if self.vocab.is_eog(token):
+            return None, "stop"
+        self.tokens.append(token)
+        if self.s.logprobs:
+            self.pending.append(self.vocab.logprob(logits(), token, self.s.top_logprobs))
+        text = self.detok.feed(self.vocab.piece(token, False))
+        piece = self._piece(text) if text else None
+        if self.detok.stopped:
+            return piece, "stop"
+        if len(self.tokens) >= self.limit:
+            return piece, "length"
+        return piece, None
+
+    def _piece(self, text: str) -> Piece:
+        piece = Piece(text, self.pending, len(self.tokens) - self.sent)
+        self.pending, self.sent = [], len(self.tokens)
+        return piece
+
+    def finish(self, reason: str) -> list[Piece | Finish]:
+        """The last piece (text held back until now) and the Finish."""
+        end = time.perf_counter_ns()
+        first = self.first or self.start          # no prompt evaluated (nothing to generate)
+        rest = self.detok.flush()
+        out: list[Piece | Finish] = [self._piece(rest)] if rest else []
+        out.append(Finish(reason, self.prompt_len, first - self.start, len(self.tokens), end - first, self.pending))
+        self.pending = []
+        return out
+
+    def close(self) -> None:
+        if self.sampler is not None:
+            llama_cpp.llama_sampler_free(self.sampler)
+            self.sampler = None

@@ -66,11 +66,12 @@ def options(max_message_bytes: int | None = None) -> list[tuple[str, Any]]:
     return opts
 
 
-def aio_channel(target: str, tls: Tls, opts: Sequence[tuple[str, Any]]) -> grpc.aio.Channel:
+def aio_channel(target: str, tls: Tls, opts: Sequence[tuple[str, Any]],
+                interceptors: Sequence[Any] = ()) -> grpc.aio.Channel:
     credentials = tls.credentials()
     if credentials is None:
-        return grpc.aio.insecure_channel(target, options=list(opts))
-    return grpc.aio.secure_channel(target, credentials, options=list(opts))
+        return grpc.aio.insecure_channel(target, options=list(opts), interceptors=list(interceptors) or None)
+    return grpc.aio.secure_channel(target, credentials, options=list(opts), interceptors=list(interceptors) or None)
 
 
 def blocking_channel(target: str, tls: Tls, opts: Sequence[tuple[str, Any]]) -> grpc.Channel:

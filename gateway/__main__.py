@@ -14,7 +14,7 @@ import signal
 import prometheus_client
 from aiohttp import web
 
-from common import logs
+from common import logs, tracing
 from common.settings import load
 from gateway.app import create_app, start_drain
 from gateway.settings import GatewaySettings
@@ -24,11 +24,12 @@ log = logging.getLogger("gateway")
 
 
 async def serve(settings: GatewaySettings) -> None:
+    tracing.setup("gengate-gateway", settings.otlp_endpoint)
     app = create_app(settings)
     if settings.metrics_addr:
         host, _, port = settings.metrics_addr.rpartition(":")
         prometheus_client.start_http_server(int(port), addr=host.strip("[]"), registry=app[METRICS].registry)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0, access_log=None)  # ours: gateway.access
     await runner.setup()
     host, _, port = settings.http_addr.rpartition(":")
     await web.TCPSite(runner, host.strip("[]") or None, int(port)).start()
@@ -45,7 +46,7 @@ async def serve(settings: GatewaySettings) -> None:
         await asyncio.sleep(0.05)
     log.info("drained; stopping")
     await runner.cleanup()
-    app[DRAIN].since = None
+    tracing.shutdown()
 
 
 def main() -> None:

@@ -15,19 +15,38 @@ from typing import AsyncIterator
 
 import grpc
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from common import channel
+from common import channel, tracing
 from common.logs import request_id as request_id_var
 from gateway import ollama, openai, openapi, security
 from gateway.relay import OLLAMA, dialect_of, json_response
 from gateway.settings import GatewaySettings
-from gateway.state import DRAIN, METRICS, REQUEST_ID, SERVICE, SETTINGS, Drain, GatewayMetrics, Service
+from gateway.state import (BODIES, DRAIN, METRICS, REQUEST_ID, SERVICE, SETTINGS, BodySlots, Drain, GatewayMetrics,
+                           Service)
 from gengate.v1 import generate_pb2_grpc as pb_grpc
 from gengate.v1 import model_pb2_grpc as mpb_grpc
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("gateway.access")
+
+
+class ClientErrors(logging.Filter):
+    """aiohttp logs a request it cannot parse (a duplicate or missing Host, a bad Content-Length) as an ERROR
+    with a traceback, though the mistake is the client's and the client got its 400: one WARNING line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and (exc.code or 400) < 500:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args, record.exc_info, record.exc_text = (
+                "bad request from a client: %s %s", (exc.code, (exc.message or "").strip().splitlines()[0]
+                                                     if exc.message else ""), None, None)
+        return True
+
+
+_CLIENT_ERRORS = ClientErrors()
 
 
 async def root(request: web.Request) -> web.Response:
@@ -75,7 +94,12 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:
     drain = request.app[DRAIN]
     drain.active += 1
     try:
-        response = await handler(request)
+        if tracing.enabled():
+            with tracing.http_span(request.method, route, request.headers, request[REQUEST_ID]) as span:
+                response = await handler(request)
+                span.set_attribute("http.response.status_code", response.status)
+        else:
+            response = await handler(request)
         status = response.status
         if not response.prepared:
             response.headers["X-Request-Id"] = request[REQUEST_ID]
@@ -139,7 +163,8 @@ async def start_drain(app: web.Application) -> None:
 async def _channel(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     tls = channel.Tls(settings.service_tls_ca, settings.service_tls_cert, settings.service_tls_key)
-    chan = channel.aio_channel(settings.service_addr, tls, channel.options(settings.max_body_bytes))
+    chan = channel.aio_channel(settings.service_addr, tls, channel.options(settings.max_body_bytes),
+                               tracing.client_interceptors())
     app[SERVICE] = Service(chan, pb_grpc.GenerateServiceStub(chan), mpb_grpc.ModelServiceStub(chan),
                            health_pb2_grpc.HealthStub(chan))
     yield
@@ -147,11 +172,15 @@ async def _channel(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
+    server_log = logging.getLogger("aiohttp.server")
+    if _CLIENT_ERRORS not in server_log.filters:
+        server_log.addFilter(_CLIENT_ERRORS)
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[observe, errors],
                           handler_args={"handler_cancellation": True})
     app[SETTINGS] = settings
     app[METRICS] = GatewayMetrics()
     app[DRAIN] = Drain()
+    app[BODIES] = BodySlots(settings.max_large_bodies)
     app.on_shutdown.append(start_drain)
     app.cleanup_ctx.append(_channel)
     app.router.add_get("/", root)

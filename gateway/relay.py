@@ -26,7 +26,7 @@ from aiohttp import web
 
 from gateway import errors, security
 from gateway.errors import BadRequest
-from gateway.state import DRAIN, REQUEST_ID, SETTINGS
+from gateway.state import BODIES, DRAIN, REQUEST_ID, SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +189,34 @@ async def unary(request: web.Request, method: Callable[..., Awaitable[Any]], req
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+LARGE_BODY = 1 << 20
+
+
+class BodyRefused(Exception):
+    """A body the gateway will not wait for: too slow (408), or too many large ones arriving at once (503)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request body, read within GENGATE_BODY_TIMEOUT; a large one (over 1 MiB, or of unknown length) only
+    while fewer than GENGATE_MAX_LARGE_BODIES are being received."""
+    if not request.body_exists:
+        return b""
+    settings = request.config_dict[SETTINGS]
+    slots = request.config_dict[BODIES]
+    large = request.content_length is None or request.content_length > LARGE_BODY
+    if large and slots.taken >= slots.limit:
+        raise BodyRefused(503, "too many large request bodies being received; try again")
+    slots.taken += large
+    try:
+        return await asyncio.wait_for(request.read(), settings.body_timeout)
+    except TimeoutError:
+        raise BodyRefused(408, f"request body not received within {settings.body_timeout:g} s") from None
+    finally:
+        slots.taken -= large
 
 
 def route(dialect: Dialect, parse: Callable[[bytes], Any] | None = None) -> Callable[..., Handler]:
@@ -200,9 +228,13 @@ def route(dialect: Dialect, parse: Callable[[bytes], Any] | None = None) -> Call
             if parse is None:
                 return await handler(request)
             try:
-                parsed = parse(await request.read())
+                parsed = parse(await read_body(request))
             except BadRequest as exc:
                 return dialect.error_response(400, exc.message, exc.param)
+            except BodyRefused as exc:
+                response = dialect.error_response(exc.status, exc.message)
+                response.force_close()
+                return response
             return await handler(request, parsed)
         handle.dialect = dialect           # type: ignore[attr-defined]
         handle.__name__ = handler.__name__

@@ -51,7 +51,16 @@ class Drain:
         return self.since is not None
 
 
+class BodySlots:
+    """Large request bodies being received: at most `limit` at once, so stalled uploads cannot fill memory."""
+
+    def __init__(self, limit: int):
+        self.limit = max(1, limit)
+        self.taken = 0
+
+
 SETTINGS = web.AppKey("settings", GatewaySettings)
+BODIES = web.AppKey("bodies", BodySlots)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 SERVICE = web.AppKey("service", Service)
 DRAIN = web.AppKey("drain", Drain)

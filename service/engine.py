@@ -113,6 +113,10 @@ class Runner(abc.ABC):
     async def close(self) -> None:
         """Frees the model once no generation uses it."""
 
+    def kv_cells(self) -> tuple[int, int]:
+        """(KV cells held by requests in flight, KV cells in all): the cache's load, for metrics."""
+        return 0, 0
+
 
 class Engine(abc.ABC):
     """Loads models."""

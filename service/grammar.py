@@ -18,7 +18,6 @@ The limits are the README's ("Limits"). `compile("json")` is llama.cpp's JSON gr
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import logging
 import multiprocessing
@@ -26,6 +25,7 @@ import re
 import resource
 from typing import Any
 
+from service.cache import BoundedCache
 from service.errors import invalid
 
 log = logging.getLogger(__name__)
@@ -108,9 +108,7 @@ class Grammars:
     """Builds grammars for `format` values (see the module docstring); one per service."""
 
     def __init__(self, cache_bytes: int = CACHE_BYTES, timeout: float = CONVERT_SECONDS):
-        self._cache: collections.OrderedDict[str, str] = collections.OrderedDict()
-        self._cache_bytes = cache_bytes
-        self._used = 0
+        self._cache: BoundedCache[str] = BoundedCache(cache_bytes, lambda spec, grammar: len(spec) + len(grammar))
         self._timeout = timeout
         self._pool: Any = None
         self._turn = asyncio.Lock()          # one conversion at a time: its time limit is its own
@@ -123,13 +121,12 @@ class Grammars:
             return JSON_GBNF
         cached = self._cache.get(spec)
         if cached is not None:
-            self._cache.move_to_end(spec)
             return cached
         check_schema(spec)
         # The conversion is a task of its own that holds the worker until it ends or times out: a request that
         # goes away does not leave the next one waiting on (and timed out by) its conversion.
         grammar = await asyncio.shield(asyncio.ensure_future(self._convert(spec)))
-        self._remember(spec, grammar)
+        self._cache.put(spec, grammar)
         return grammar
 
     async def _convert(self, spec: str) -> str:
@@ -169,19 +166,9 @@ class Grammars:
         if pool is not None:
             await asyncio.to_thread(pool.terminate)
 
-    def _remember(self, spec: str, grammar: str) -> None:
-        size = len(spec) + len(grammar)
-        if size > self._cache_bytes:
-            return
-        self._cache[spec] = grammar
-        self._used += size
-        while self._used > self._cache_bytes:
-            old_spec, old_grammar = self._cache.popitem(last=False)
-            self._used -= len(old_spec) + len(old_grammar)
-
     @property
     def cached_bytes(self) -> int:
-        return self._used
+        return self._cache.bytes
 
     async def close(self) -> None:
         await self._restart()

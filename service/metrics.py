@@ -25,6 +25,9 @@ class Metrics:
         self.running = prom.Gauge("gengate_requests_running", "Requests holding a generation slot", registry=r)
         self.waiting = prom.Gauge("gengate_requests_waiting", "Requests waiting for a slot", registry=r)
         self.loaded = prom.Gauge("gengate_loaded_models", "Models loaded in memory", registry=r)
+        self.kv_usage = prom.Gauge("gengate_kv_cache_usage_ratio",
+                                   "Fraction of the loaded models' KV cache held by requests in flight (0-1)",
+                                   registry=r)
 
     def serve(self, addr: str):
         """Starts the /metrics HTTP server on addr (host:port); returns it (its port: .server_port)."""

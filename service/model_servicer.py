@@ -15,11 +15,10 @@ from gengate.v1 import model_pb2_grpc as mpb_grpc
 from common import names
 from service.errors import GenerateError, Kind, invalid
 from service.model import Model
-from service.pool import ModelPool
+from service.pool import FOREVER_NS, ModelPool
 from service.store import ModelStore
 
 log = logging.getLogger(__name__)
-FOREVER_SECONDS = 292 * 365 * 86400          # Ollama shows "forever" as ~292 years ahead
 
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -94,7 +93,7 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
                 expires = loaded.expires_at
             else:
                 keep = loaded.keep_alive_ns
-                expires = time.time() + (FOREVER_SECONDS if keep < 0 else keep / 1e9)
+                expires = time.time() + ((FOREVER_NS if keep < 0 else keep) / 1e9)
             running.append((expires, mpb.RunningModel(
                 name=loaded.entry.name.short, model=loaded.entry.name.short,
                 size=loaded.entry.size + model.kv_bytes(loaded.runner.n_ctx), size_vram=0,

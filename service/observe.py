@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from common import tracing
 from common.logs import request_id
 from service.errors import GenerateError, Kind
 from service.metrics import Metrics
@@ -75,6 +76,7 @@ class _Call:
         given = dict(self.context.invocation_metadata() or ()).get("x-request-id", "")
         rid = given if 0 < len(given) <= 128 and given.isascii() and given.isprintable() else uuid.uuid4().hex
         request_id.set(rid)
+        tracing.tag_request(rid)
         await self.context.send_initial_metadata((("x-request-id", rid),))
         if request is _UNPARSED:
             raise GenerateError(Kind.INVALID_ARGUMENT, "invalid request: the message could not be parsed")

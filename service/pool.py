@@ -20,6 +20,14 @@ from service.store import ModelEntry
 
 log = logging.getLogger(__name__)
 
+# A keep-alive this long or longer is "forever" (Ollama shows forever as ~292 years ahead, Go's longest duration);
+# anything longer would put expiry times outside what a timestamp can hold.
+FOREVER_NS = 292 * 365 * 86400 * 1_000_000_000
+
+
+def _clamped(keep_alive_ns: int) -> int:
+    return -1 if keep_alive_ns >= FOREVER_NS else keep_alive_ns
+
 
 def _out_of_memory(exc: BaseException) -> bool:
     """A load that failed for memory: MemoryError, or llama.cpp's words for it (as Ollama matches them)."""
@@ -52,7 +60,7 @@ class ModelPool:
     def __init__(self, engine: Engine, default_keep_alive_ns: int, max_loaded: int = 3, load_timeout_s: float = 300):
         self._engine = engine
         self._load_timeout_s = load_timeout_s if load_timeout_s > 0 else None     # <= 0: wait as long as it takes
-        self._default_keep_alive_ns = default_keep_alive_ns
+        self._default_keep_alive_ns = _clamped(default_keep_alive_ns)
         self._max_loaded = max(1, max_loaded)
         self._loaded: dict[str, Loaded] = {}
         self._pending: dict[str, asyncio.Future] = {}       # loads in progress
@@ -67,7 +75,7 @@ class ModelPool:
         """Holds `entry` loaded with `options` for the duration of the block."""
         model = await self._acquire(entry, options)
         if keep_alive_ns is not None:
-            model.keep_alive_ns = keep_alive_ns
+            model.keep_alive_ns = _clamped(keep_alive_ns)
         try:
             yield Lease(model.runner)
         finally:

@@ -16,6 +16,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from service import gotemplate
+from service.cache import BoundedCache
 from service.tools import go_values
 from service.errors import GenerateError, Kind, invalid
 
@@ -44,9 +45,19 @@ def _jinja(source: str) -> jinja2.Template:
     return env.from_string(source)
 
 
-@functools.lru_cache(maxsize=64)
+# Parsed Go templates: a request may send its own (up to GENGATE_MAX_PROMPT_BYTES), so bounded in bytes of source.
+_GO_CACHE: BoundedCache[gotemplate.Template] = BoundedCache(8 << 20, lambda source, _: 4 * len(source) + 1024)
+
+
 def _go(source: str) -> gotemplate.Template:
-    return gotemplate.parse(source)
+    template = _GO_CACHE.get(source)
+    if template is None:
+        try:
+            template = gotemplate.parse(source)
+        except RecursionError:
+            raise gotemplate.TemplateError("template: nesting too deep") from None
+        _GO_CACHE.put(source, template)
+    return template
 
 
 def parse_go_template(source: str) -> gotemplate.Template:
@@ -104,6 +115,8 @@ def _execute(template: gotemplate.Template, data: dict[str, Any]) -> str:
         return template.render(data)
     except gotemplate.TemplateError as exc:
         raise invalid(str(exc), "template") from exc
+    except RecursionError:
+        raise invalid("template: nesting too deep", "template") from None
 
 
 def render_chat(messages: list[dict[str, Any]], *, tools: list[dict[str, Any]], go_template: str | None,

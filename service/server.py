@@ -9,13 +9,13 @@ import signal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import generate_pb2_grpc as pb_grpc
 from gengate.v1 import model_pb2 as mpb
 from gengate.v1 import model_pb2_grpc as mpb_grpc
-from common import golang
+from common import golang, tracing
 from service.admission import Admission
 from service import request as checks
 from service.engine import Engine
@@ -67,6 +67,21 @@ class BearerToken(grpc.aio.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(deny, handler.request_deserializer, handler.response_serializer)
 
 
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def enable_reflection(names: tuple[str, ...], server: grpc.aio.Server) -> None:
+    """Server reflection as grpc.reflection.v1 and v1alpha (grpcio-reflection ships v1alpha only; the two protos
+    are the same messages, so v1 is the same servicer under the newer name). Tools try v1 first."""
+    names = names + (reflection.SERVICE_NAME, REFLECTION_V1)
+    reflection.enable_server_reflection(names, server)
+    servicer = reflection.aio.ReflectionServicer(names)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo, request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)}),))
+
+
 def keep_alive_ns(text: str) -> int:
     """GENGATE_KEEP_ALIVE: a Go duration or an integer number of seconds."""
     try:
@@ -105,6 +120,12 @@ def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
     pool = ModelPool(engine, keep_alive_ns(settings.keep_alive), settings.max_loaded_models, settings.load_timeout)
     metrics = Metrics()
     metrics.loaded.set_function(lambda: len(pool.loaded()))
+
+    def kv_usage() -> float:
+        cells = [m.runner.kv_cells() for m in pool.loaded()]
+        total = sum(c for _, c in cells)
+        return sum(u for u, _ in cells) / total if total else 0.0
+    metrics.kv_usage.set_function(kv_usage)
     generation = Generation(settings, store, pool, Admission(settings.num_parallel, settings.max_queue, metrics),
                             metrics, Grammars())
     limits = [("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -118,16 +139,15 @@ def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
               ("grpc.so_reuseport", 0)]
     observe = Observe({SERVICE_NAME: "an error was encountered while running the model",
                        MODEL_SERVICE_NAME: "internal error"}, metrics)
-    interceptors = [observe] + ([BearerToken(settings.api_key)] if settings.api_key else [])
+    interceptors = tracing.server_interceptors() + [observe] + ([BearerToken(settings.api_key)] if settings.api_key else [])
     server = grpc.aio.server(options=limits, interceptors=interceptors)
     pb_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(generation), server)
     mpb_grpc.add_ModelServiceServicer_to_server(ModelServicer(store, pool), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, MODEL_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME), server)
+        enable_reflection((SERVICE_NAME, MODEL_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
+                          server)
     if settings.tls_cert:
         read = lambda path: open(path, "rb").read()
         credentials = grpc.ssl_server_credentials(
@@ -162,6 +182,7 @@ async def warm_up(service: Service, settings: ServiceSettings) -> None:
 
 
 async def serve(settings: ServiceSettings) -> None:
+    tracing.setup("gengate-service", settings.otlp_endpoint)
     service = build(settings)
     await service.set_serving(False)
     await service.server.start()
@@ -182,4 +203,5 @@ async def serve(settings: ServiceSettings) -> None:
     warm.cancel()
     await service.server.stop(grace=settings.drain_seconds)
     await service.close()
+    tracing.shutdown()
     log.info("stopped")

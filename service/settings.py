@@ -39,5 +39,7 @@ class ServiceSettings:
     drain_seconds: float = setting(30.0, "GENGATE_DRAIN_SECONDS",
                                    "on SIGTERM, how long in-flight requests may finish before they are ended")
     metrics_addr: str = setting("127.0.0.1:9464", "GENGATE_METRICS_ADDR", "where Prometheus /metrics is served ('' for off)")
+    otlp_endpoint: str = setting("", "GENGATE_OTLP_ENDPOINT",
+                                 "OpenTelemetry collector (OTLP/gRPC, e.g. http://otel-collector:4317): traces on ('' off)")
     log_level: str = setting("INFO", "GENGATE_LOG_LEVEL", "logging level")
     log_format: str = setting("text", "GENGATE_LOG_FORMAT", "log lines as 'text' or 'json'")

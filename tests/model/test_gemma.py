@@ -32,9 +32,9 @@ def gemma_installed():
 
 
 @pytest.fixture(scope="module")
-def gemma(models, gemma_installed) -> str:
+def gemma(real_models, gemma_installed) -> str:
     """Gemma added to the test store that the `real` stack reads (it re-reads its manifest)."""
-    ModelStore(models).import_file(GEMMA, gemma_installed.path, template=gemma_installed.template,
+    ModelStore(real_models).import_file(GEMMA, gemma_installed.path, template=gemma_installed.template,
                                    system=gemma_installed.system, parameters=gemma_installed.parameters)
     return GEMMA
 

@@ -46,9 +46,9 @@ MIX = [
 
 
 @pytest.fixture(scope="module")
-def batch(models):
+def batch(real_models):
     # Fewer sequences than requests: some wait, then join running batches between steps.
-    stack = Stack(models, BatchEngine(num_parallel=4), num_parallel=8, max_queue=16).start()
+    stack = Stack(real_models, BatchEngine(num_parallel=4), num_parallel=8, max_queue=16).start()
     yield stack
     stack.stop()
 
@@ -174,8 +174,8 @@ def test_cancelling_during_prefill_stops_between_chunks(batch):
     assert done < len(prompt) // runner._chunk                         # it stopped before the prompt's end
 
 
-def test_queue_limit_rejects_then_recovers(models):
-    stack = Stack(models, BatchEngine(num_parallel=2), num_parallel=2, max_queue=1).start()
+def test_queue_limit_rejects_then_recovers(real_models):
+    stack = Stack(real_models, BatchEngine(num_parallel=2), num_parallel=2, max_queue=1).start()
     try:
         admission = stack.service.generation._admission
         stub = stack.stub()

@@ -28,7 +28,7 @@ except ImportError:          # the schema tests skip; the other checks still run
 needs_schemas = pytest.mark.skipif(kubernetes_validate is None,
                                    reason="kubernetes-validate (the test extra) is not installed")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 DOCKERFILES = [DEPLOY / "Dockerfile", DEPLOY / "Dockerfile.cuda"]

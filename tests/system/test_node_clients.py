@@ -22,7 +22,7 @@ from grpc_status import rpc_status
 from gengate.v1 import generate_pb2 as pb
 from tests.conftest import REAL
 
-NODE_DIR = Path(__file__).parent / "node"
+NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 NODE, NPM = shutil.which("node"), shutil.which("npm")
 
 pytestmark = pytest.mark.skipif(not (NODE and NPM), reason="Node clients need `node` and `npm` on PATH")

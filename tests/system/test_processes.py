@@ -65,8 +65,8 @@ class Processes:
 
 
 @pytest.fixture
-def procs(models, request):
-    p = Processes(models, **getattr(request, "param", {}))
+def procs(real_models, request):
+    p = Processes(real_models, **getattr(request, "param", {}))
     yield p
     p.stop()
 

@@ -115,7 +115,7 @@ def test_legacy_embeddings_and_embed_errors(real):
 
 
 def test_chat_thinking_with_the_official_client_streamed_and_merged(fake, engine):
-    from tests.test_prompts import THOUGHT
+    from tests.stack.test_prompts import THOUGHT
     engine.script.pieces = THOUGHT
     client = ollama.Client(host=fake.url)
     ask = [{"role": "user", "content": "2+2?"}]

@@ -108,7 +108,7 @@ def test_mtls_between_gateway_and_service(models, certs):
     try:
         assert ollama.Client(host=stack.url).generate(model="tiny", prompt="hi").done      # gateway → mTLS → service
         # The CLI is a client of the service too, with the gateway's variables.
-        from tests.test_cli import gengate
+        from tests.system.test_cli import gengate
         listed = gengate("list", "--host", stack.grpc_target, env={
             "GENGATE_SERVICE_TLS_CA": c("ca.pem"), "GENGATE_SERVICE_TLS_CERT": c("client.pem"),
             "GENGATE_SERVICE_TLS_KEY": c("client.key")})

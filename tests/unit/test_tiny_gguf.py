@@ -7,10 +7,7 @@ import pytest
 pytest.importorskip("numpy")
 pytest.importorskip("gguf")
 
-try:  # tests/ may or may not be a package
-    from . import tiny_gguf
-except ImportError:  # pragma: no cover - depends on pytest import mode
-    import tiny_gguf
+from tests import tiny_gguf
 
 
 PROMPTS = ["hello", "Why is the sky blue?", "héllo 世界 🙂"]

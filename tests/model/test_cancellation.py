@@ -10,7 +10,7 @@ import grpc
 from gengate.v1 import generate_pb2 as pb
 
 from tests.conftest import REAL
-from tests.test_observability import value
+from tests.stack.test_observability import value
 
 # Greedy SmolLM2 keeps counting for thousands of tokens (about 100 a second here).
 COUNT = {"model": REAL, "prompt": "1, 2, 3, 4, 5, 6,", "raw": True}

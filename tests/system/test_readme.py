@@ -7,7 +7,7 @@ from pathlib import Path
 from gateway.settings import GatewaySettings
 from service.settings import ServiceSettings
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 DEPLOY = (ROOT / "docs" / "deploy.md").read_text()
 

@@ -20,7 +20,7 @@ from service.store import ModelStore
 from tests.conftest import REAL
 from tests.tiny_gguf import write_tiny_llama
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def gengate(*args: str, env: dict | None = None, stdin: str | None = None, timeout: float = 120):

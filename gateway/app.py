@@ -23,7 +23,7 @@ from common.logs import request_id as request_id_var
 from gateway import ollama, openai, openapi, security
 from gateway.relay import OLLAMA, dialect_of, json_response
 from gateway.settings import GatewaySettings
-from gateway.state import (BODIES, DRAIN, METRICS, REQUEST_ID, SERVICE, SETTINGS, BodySlots, Drain, GatewayMetrics,
+from gateway.state import (BODIES, CLIENT_GONE, DRAIN, METRICS, REQUEST_ID, SERVICE, SETTINGS, BodySlots, Drain, GatewayMetrics,
                            Service)
 from gengate.v1 import generate_pb2_grpc as pb_grpc
 from gengate.v1 import model_pb2_grpc as mpb_grpc
@@ -100,7 +100,7 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:
                 span.set_attribute("http.response.status_code", response.status)
         else:
             response = await handler(request)
-        status = response.status
+        status = 499 if request.get(CLIENT_GONE) else response.status
         if not response.prepared:
             response.headers["X-Request-Id"] = request[REQUEST_ID]
         return response

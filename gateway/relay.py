@@ -26,7 +26,7 @@ from aiohttp import web
 
 from gateway import errors, security
 from gateway.errors import BadRequest
-from gateway.state import BODIES, DRAIN, REQUEST_ID, SETTINGS
+from gateway.state import BODIES, CLIENT_GONE, DRAIN, REQUEST_ID, SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -172,9 +172,15 @@ async def stream(request: web.Request, method: Callable[..., Any], req: Any, fra
             if not ended_by_drain(request):
                 raise
             tail = framer.error(503, SHUTTING_DOWN)
-        if tail:
-            await response.write(tail)
-        await response.write_eof()
+        except ConnectionResetError:                 # the client left while a frame was being written
+            request[CLIENT_GONE] = True
+            return response                          # (leaving `tracked` cancels the RPC)
+        try:
+            if tail:
+                await response.write(tail)
+            await response.write_eof()
+        except ConnectionResetError:
+            request[CLIENT_GONE] = True
         return response
 
 

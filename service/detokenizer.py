@@ -55,6 +55,8 @@ class Detokenizer:
 
         When a stop sequence completes, returns the text before it and sets `stopped`.
         """
+        if self.stopped:
+            return ""
         text = self._utf8.decode(data)
         if not self._matchers:
             return text

@@ -144,7 +144,10 @@ class Grammars:
                             done.set_exception(value)
                         else:
                             done.set_result(value)
-                loop.call_soon_threadsafe(set_it)
+                try:
+                    loop.call_soon_threadsafe(set_it)
+                except RuntimeError:            # the loop is gone: nobody waits for this conversion
+                    pass
             self._pool.apply_async(_convert, (spec,), callback=settle, error_callback=settle)
             self.conversions += 1
             try:

@@ -14,6 +14,7 @@ alone):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -91,7 +92,7 @@ class _Call:
         if isinstance(exc, GenerateError):
             self.code = exc.kind.code
             await abort(self.context, exc)
-        if isinstance(exc, asyncio.CancelledError):
+        if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):      # the client left, or its deadline
             # The client's deadline, not the client leaving: its cancel may arrive just before the server's own
             # timer fires, so "all but passed" counts too.
             remaining = self.context.time_remaining()
@@ -150,9 +151,12 @@ class Observe(grpc.aio.ServerInterceptor):
                 call = _Call(method, internal, metrics, context)
                 try:
                     await call.begin(request)
-                    async for reply in stream(request, context):
-                        call.saw(reply)
-                        yield reply
+                    # aclosing: a cancelled RPC (client gone, deadline) closes the pipeline at once, which stops
+                    # decoding before this handler returns.
+                    async with contextlib.aclosing(stream(request, context)) as replies:
+                        async for reply in replies:
+                            call.saw(reply)
+                            yield reply
                     call.code = grpc.StatusCode.OK
                 except BaseException as exc:
                     await call.failed(exc)

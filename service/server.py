@@ -181,9 +181,9 @@ async def warm_up(service: Service, settings: ServiceSettings) -> None:
     log.info("default model %s loaded: SERVING", settings.default_model)
 
 
-async def serve(settings: ServiceSettings) -> None:
+async def serve(settings: ServiceSettings, engine: Engine | None = None) -> None:
     tracing.setup("gengate-service", settings.otlp_endpoint)
-    service = build(settings)
+    service = build(settings, engine)
     await service.set_serving(False)
     await service.server.start()
     log.info("gRPC listening on %s", settings.grpc_addr)

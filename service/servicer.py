@@ -4,6 +4,8 @@ Request ids, errors, metrics and the access log are service.observe's, for every
 """
 from __future__ import annotations
 
+import contextlib
+
 import grpc
 
 from gengate.v1 import generate_pb2 as pb
@@ -16,12 +18,14 @@ class GenerateServicer(pb_grpc.GenerateServiceServicer):
         self._generation = generation
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
-        async for reply in self._generation.run(request):
-            yield reply
+        async with contextlib.aclosing(self._generation.run(request)) as replies:
+            async for reply in replies:
+                yield reply
 
     async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext):
-        async for reply in self._generation.chat(request):
-            yield reply
+        async with contextlib.aclosing(self._generation.chat(request)) as replies:
+            async for reply in replies:
+                yield reply
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         return await self._generation.embed(request)

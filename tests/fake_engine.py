@@ -17,6 +17,7 @@ class Script:
     pieces: Sequence[str] | None = None      # default: "t0 ", "t1 ", …
     count: int = 20
     delay: float = 0.0
+    delays: Sequence[float] | None = None    # per piece, instead of `delay`
     fail_after: int | None = None            # raise after this many pieces
     error: Exception = dataclasses.field(default_factory=lambda: RuntimeError("engine exploded"))
 
@@ -50,8 +51,9 @@ class FakeRunner(Runner):
             for i, text in enumerate(pieces):
                 if script.fail_after is not None and i == script.fail_after:
                     raise script.error
-                if script.delay:
-                    await asyncio.sleep(script.delay)
+                pause = script.delays[i] if script.delays is not None else script.delay
+                if pause:
+                    await asyncio.sleep(pause)
                 engine.tokens_emitted += 1
                 yield Piece(text)
             reason = "length" if len(pieces) == sampling.num_predict else "stop"

@@ -91,3 +91,18 @@ async def test_a_missing_default_model_keeps_health_not_serving(models, caplog):
         assert reply.status == NOT_SERVING
     assert any("model 'missing:1b' not found; health stays NOT_SERVING" in r.getMessage() for r in caplog.records)
     await service.server.stop(None)
+
+
+def test_reflection_also_answers_as_v1(fake):
+    """Tools try grpc.reflection.v1 first (v1alpha is deprecated); both answer."""
+    from grpc_reflection.v1alpha import reflection_pb2 as messages
+
+    channel = grpc.insecure_channel(fake.grpc_target)
+    for version in ("v1", "v1alpha"):
+        call = channel.stream_stream(f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+                                     request_serializer=messages.ServerReflectionRequest.SerializeToString,
+                                     response_deserializer=messages.ServerReflectionResponse.FromString)
+        (reply,) = list(call(iter([messages.ServerReflectionRequest(list_services="")]), timeout=10))
+        listed = {s.name for s in reply.list_services_response.service}
+        assert {"gengate.v1.GenerateService", "gengate.v1.ModelService", "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection"} <= listed, version

@@ -1,7 +1,10 @@
 """Pure pieces: model names, Go durations and quoting, detokenizer, thinking parser, GGUF metadata."""
 from __future__ import annotations
 
+import time
+
 import pytest
+from hypothesis import given, strategies as st
 
 from common import names
 from service.detokenizer import Detokenizer
@@ -92,3 +95,40 @@ def test_negative_fractional_keep_alive_is_a_valid_duration():
     req = transcode.generate_request(b'{"model": "m", "keep_alive": -1.5}')
     assert (req.keep_alive.seconds, req.keep_alive.nanos) == (-1, -500_000_000)
     assert transcode.generate_request(b'{"model": "m", "keep_alive": "-90s"}').keep_alive.ToNanoseconds() == -90 * 10**9
+
+
+def test_go_quote_escapes_every_control_character_as_go_does():
+    # strconv.Quote("\a\b\f\v\x7f\u00a0\U0001F600") in Go 1.19.
+    assert quote("\a\b\f\v\x7f\u00a0😀") == '"\\a\\b\\f\\v\\x7f\\u00a0😀"'
+    assert quote("é", ascii_only=True) == '"\\u00e9"'
+
+
+def _naive_detokenize(pieces: list[str], stops: list[str]) -> str:
+    """What a stop-sequence search over the whole text gives: the text up to the first stop to complete."""
+    text = ""
+    for piece in pieces:
+        for ch in piece:
+            text += ch
+            for stop in stops:
+                if stop and text.endswith(stop):
+                    return text[:-len(stop)]
+    return text
+
+
+@given(pieces=st.lists(st.text(alphabet="ab\n", max_size=4), max_size=30),
+       stops=st.lists(st.text(alphabet="ab\n", min_size=1, max_size=5), max_size=4))
+def test_detokenizer_matches_a_whole_text_search(pieces, stops):
+    d = Detokenizer(stops)
+    out = "".join(d.feed(p.encode()) for p in pieces) + d.flush()
+    assert out == _naive_detokenize(pieces, stops)
+
+
+def test_long_stop_sequences_cost_each_token_its_own_characters():
+    # 32 stop sequences of 1024 characters that the output keeps almost matching: a quadratic search per token
+    # took milliseconds a token (stalling the decode steps it shares); the automata take microseconds.
+    stops = ["a" * 1023 + chr(ord("b") + i) for i in range(32)]
+    d = Detokenizer(stops)
+    start = time.perf_counter()
+    emitted = "".join(d.feed(b"a") for _ in range(5000))
+    assert time.perf_counter() - start < 5                     # a generous bound: catches a quadratic blow-up
+    assert len(emitted) == 5000 - 1023 and not d.stopped

@@ -17,7 +17,7 @@ setup: $(VENV)/.installed $(STUBS) model
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
-	CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=compat
+	CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/pip install -q -e '.[service,gateway,tracing,build,lint,test]' --config-settings editable_mode=compat
 	touch $@
 
 # Stubs are generated here, at build time, into the ignored folder gengate/ (never committed).
@@ -34,8 +34,16 @@ model: $(VENV)/.installed
 $(BUF):
 	npm install --silent --no-save --no-package-lock @bufbuild/buf@$(BUF_VERSION)
 
-lint: $(BUF)
+# Quality gates: the contract (buf lint, buf format, and buf breaking against the last released contract, a
+# tag contract/vX.Y.Z, once there is one), then ruff and mypy as pyproject.toml configures them.
+lint: $(BUF) $(VENV)/.installed $(STUBS)
 	$(BUF) lint
+	$(BUF) format --diff --exit-code
+	@tag=$$(git tag --list 'contract/v*' --sort=-v:refname 2>/dev/null | head -1); \
+	if [ -n "$$tag" ]; then $(BUF) breaking --against ".git#tag=$$tag"; \
+	else echo "buf breaking: no released contract yet (tag contract/vX.Y.Z) to compare with"; fi
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 run: setup
 	$(BIN)/python -m service & svc=$$!; \

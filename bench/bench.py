@@ -187,7 +187,7 @@ class Server:
             if proc.poll() is None:
                 self.rss[name] = peak_rss_mib(proc.pid)
                 proc.terminate()
-        for name, proc in self.procs:
+        for _, proc in self.procs:
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
@@ -363,7 +363,8 @@ async def main() -> None:
             urls, clients = {}, {}
             for name, kind in systems:
                 if kind == "gengate":
-                    urls[name], servers[name] = await stack.enter_async_context(gengate(name, n, args.threads, args.ctx))
+                    urls[name], servers[name] = await stack.enter_async_context(
+                        gengate(name, n, args.threads, args.ctx))
                     clients[name] = gateway_stream
                 else:
                     extra = ("-fa", "off") if name.endswith("off") else ()
@@ -391,7 +392,8 @@ async def main() -> None:
     out = [f"Machine: {results['machine']}.",
            f"Model {MODEL} ({gguf.stat().st_size / 2**20:.0f} MiB GGUF, Q4_1), greedy, {TOKENS} tokens per stream, "
            f"{args.threads} threads everywhere, {args.ctx} tokens of context per sequence, median of "
-           f"{3 * args.rounds} rounds (one stream) and {args.rounds} rounds (N streams). Load average {results['load_before'][0]:.2f} before, "
+           f"{3 * args.rounds} rounds (one stream) and {args.rounds} rounds (N streams). "
+           f"Load average {results['load_before'][0]:.2f} before, "
            f"{results['load_after'][0]:.2f} after.", ""]
     raw = single["raw"]
     out += ["1. One stream", "",

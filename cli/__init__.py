@@ -28,16 +28,14 @@ from pathlib import Path
 
 import grpc
 
+from common import channel as common_channel
+from common import enums, golang
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import generate_pb2_grpc as pb_grpc
 from gengate.v1 import model_pb2 as mpb
 from gengate.v1 import model_pb2_grpc as mpb_grpc
-from common import channel as common_channel
-from common import golang
 
 DEFAULT_HOST = "127.0.0.1:50051"
-THINK_LEVELS = {"low": pb.THINK_LEVEL_LOW, "medium": pb.THINK_LEVEL_MEDIUM, "high": pb.THINK_LEVEL_HIGH,
-                "max": pb.THINK_LEVEL_MAX}
 
 
 class CLIError(Exception):
@@ -126,7 +124,7 @@ def go_duration(ns: int) -> str:
 def print_table(header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        print("    ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("    ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def seconds(ts) -> float | None:
@@ -154,7 +152,8 @@ def metadata() -> list[tuple[str, str]]:
 def rpc_error(exc: grpc.RpcError, where: str) -> CLIError:
     """The service's message (Ollama's text), or a hint when nothing answered."""
     details = exc.details() or exc.code().name
-    if exc.code() == grpc.StatusCode.UNAVAILABLE and ("failed to connect" in details.lower() or "backends failing" in details.lower()):
+    unreachable = "failed to connect" in details.lower() or "backends failing" in details.lower()
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and unreachable:
         return CLIError(f"could not connect to the gengate service at {where}, is it running?")
     return CLIError(details)
 
@@ -215,7 +214,7 @@ def build_request(args: argparse.Namespace, prompt: str) -> pb.GenerateRequest:
                 raise CLIError(str(exc)) from None
         request.keep_alive.FromNanoseconds(ns)
     if args.think_level:
-        request.think.level = THINK_LEVELS[args.think_level]
+        request.think.level = enums.THINK_LEVELS[args.think_level]
     elif args.think is not None:
         request.think.enabled = args.think
     return request
@@ -494,9 +493,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--format", help='"json", or a JSON Schema object as text')
     run.add_argument("--think", action=argparse.BooleanOptionalAction, default=None,
                      help="make a thinking model think (or not); default: the model's choice")
-    run.add_argument("--think-level", choices=sorted(THINK_LEVELS), help="think at this level")
+    run.add_argument("--think-level", choices=sorted(enums.THINK_LEVELS), help="think at this level")
     run.add_argument("--hidethinking", action="store_true", help="do not print the thinking text")
-    run.add_argument("--keepalive", metavar="DURATION", help='how long the model stays loaded, e.g. "5m", "-1" (forever)')
+    run.add_argument("--keepalive", metavar="DURATION",
+                     help='how long the model stays loaded, e.g. "5m", "-1" (forever)')
     run.add_argument("--option", "-o", action="append", default=[], type=parse_option, metavar="KEY=VALUE",
                      help="a model option, e.g. num_predict=64, temperature=0, stop=END (repeatable)")
     run.add_argument("--verbose", action="store_true", help="print timings and token rates to stderr")

@@ -8,8 +8,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import grpc
 
@@ -41,7 +42,7 @@ class Tls:
     key: str = ""
 
     @classmethod
-    def from_env(cls) -> "Tls":
+    def from_env(cls) -> Tls:
         env = os.environ
         return cls(env.get("GENGATE_SERVICE_TLS_CA", ""), env.get("GENGATE_SERVICE_TLS_CERT", ""),
                    env.get("GENGATE_SERVICE_TLS_KEY", ""))

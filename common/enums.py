@@ -5,6 +5,8 @@ DoneReason. The UNSPECIFIED zero values have no name.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from gengate.v1 import generate_pb2 as pb
@@ -15,6 +17,6 @@ def _names(enum: EnumTypeWrapper, prefix: str) -> dict[int, str]:
 
 
 THINK_LEVEL_NAMES: dict[int, str] = _names(pb.ThinkLevel, "THINK_LEVEL_")
-THINK_LEVELS: dict[str, int] = {name: number for number, name in THINK_LEVEL_NAMES.items()}
+THINK_LEVELS: dict[str, Any] = {name: number for number, name in THINK_LEVEL_NAMES.items()}   # name → ThinkLevel
 DONE_REASON_NAMES: dict[int, str] = _names(pb.DoneReason, "DONE_REASON_")
-DONE_REASONS: dict[str, int] = {name: number for number, name in DONE_REASON_NAMES.items()}
+DONE_REASONS: dict[str, Any] = {name: number for number, name in DONE_REASON_NAMES.items()}

@@ -50,6 +50,7 @@ def parse_duration(text: str) -> int:
     total = 0.0
     while text:
         match = _PART.match(text)
+        assert match is not None          # the pattern matches any text (both groups may be empty)
         number, unit = match.group(1), match.group(2)
         if number in ("", "."):
             raise invalid

@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -36,22 +37,24 @@ def _convert(kind: type, raw: str, name: str) -> Any:
     return raw
 
 
-def load(cls: type[T], argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> T:
-    """Builds `cls` from flags (`--field-name`), then environment variables, then defaults."""
-    environ = os.environ if environ is None else environ
-    hints = {f.name: f.type for f in dataclasses.fields(cls)}
+def load(cls: type[T], argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> T:
+    """Builds `cls` (a dataclass of setting() fields) from flags (`--field-name`), then environment variables, then
+    defaults."""
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    fields = dataclasses.fields(cls)      # type: ignore[arg-type]
+    hints = {f.name: f.type for f in fields}
     types = {"bool": bool, "int": int, "float": float, "Path": Path, "str": str}
     parser = argparse.ArgumentParser(prog=cls.__module__.split(".")[0], description=cls.__doc__)
-    for f in dataclasses.fields(cls):
+    for f in fields:
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, metavar=f.metadata["env"],
                             help=f"{f.metadata['help']} (env {f.metadata['env']}, default {f.default!r})")
     args = parser.parse_args(argv)
     values = {}
-    for f in dataclasses.fields(cls):
+    for f in fields:
         kind = types[str(hints[f.name])]
         raw = getattr(args, f.name)
         if raw is None:
-            raw = environ.get(f.metadata["env"])
+            raw = env.get(f.metadata["env"])
         if raw is not None:
             try:
                 values[f.name] = _convert(kind, raw, f.name)

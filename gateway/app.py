@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import grpc
 from aiohttp import web
@@ -23,8 +23,19 @@ from common.logs import request_id as request_id_var
 from gateway import ollama, openai, openapi, security
 from gateway.relay import OLLAMA, dialect_of, json_response
 from gateway.settings import GatewaySettings
-from gateway.state import (BODIES, CLIENT_GONE, DRAIN, METRICS, REQUEST_ID, SERVICE, SETTINGS, BodySlots, Drain, GatewayMetrics,
-                           Service)
+from gateway.state import (
+    BODIES,
+    CLIENT_GONE,
+    DRAIN,
+    METRICS,
+    REQUEST_ID,
+    SERVICE,
+    SETTINGS,
+    BodySlots,
+    Drain,
+    GatewayMetrics,
+    Service,
+)
 from gengate.v1 import generate_pb2_grpc as pb_grpc
 from gengate.v1 import model_pb2_grpc as mpb_grpc
 
@@ -136,7 +147,8 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
     except web.HTTPMethodNotAllowed:
         return web.Response(status=405, text="405 method not allowed")
     except web.HTTPRequestEntityTooLarge:
-        return (dialect or OLLAMA).error_response(413, f"request body too large (limit {settings.max_body_bytes} bytes)")
+        limit = settings.max_body_bytes
+        return (dialect or OLLAMA).error_response(413, f"request body too large (limit {limit} bytes)")
     except web.HTTPException:
         raise
     except Exception:

@@ -6,7 +6,8 @@ first byte is a last line {"error": ...}.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 

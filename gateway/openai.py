@@ -450,7 +450,7 @@ class SseFramer:
 
     content_type = EVENT_STREAM
 
-    def __init__(self, shape: "_Chat | _Completion"):
+    def __init__(self, shape: _Chat | _Completion):
         self.shape = shape
 
     def single(self, msg: Any) -> bool:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-_OPTIONS = {name: {"type": "integer"} for name in (
+_OPTIONS: dict[str, Any] = {name: {"type": "integer"} for name in (
     "num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "draft_num_predict", "num_keep", "seed",
     "num_predict", "top_k", "repeat_last_n")}
 _OPTIONS.update({name: {"type": "number"} for name in (
@@ -13,7 +13,8 @@ _OPTIONS.update({"use_mmap": {"type": "boolean"},
 
 _ERROR = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
 _LOGPROB = {"type": "object", "properties": {
-    "token": {"type": "string"}, "logprob": {"type": "number"}, "bytes": {"type": "array", "items": {"type": "integer"}},
+    "token": {"type": "string"}, "logprob": {"type": "number"},
+    "bytes": {"type": "array", "items": {"type": "integer"}},
     "top_logprobs": {"type": "array", "items": {"type": "object"}}}}
 
 
@@ -28,8 +29,9 @@ _ERRORS = {"400": _error("Invalid request"), "401": _error("Missing or wrong bea
 _KEEP_ALIVE = {"oneOf": [{"type": "number"}, {"type": "string"}]}
 _THINK = {"oneOf": [{"type": "boolean"}, {"type": "string", "enum": ["low", "medium", "high", "max"]}]}
 _FORMAT = {"oneOf": [{"type": "string", "enum": ["", "json"]}, {"type": "object"}]}
-_SAMPLING = {"options": {"type": "object", "properties": _OPTIONS}, "keep_alive": _KEEP_ALIVE, "stream": {"type": "boolean"},
-             "format": _FORMAT, "think": _THINK, "truncate": {"type": "boolean"}, "shift": {"type": "boolean"},
+_SAMPLING = {"options": {"type": "object", "properties": _OPTIONS}, "keep_alive": _KEEP_ALIVE,
+             "stream": {"type": "boolean"}, "format": _FORMAT, "think": _THINK, "truncate": {"type": "boolean"},
+             "shift": {"type": "boolean"},
              "logprobs": {"type": "boolean"}, "top_logprobs": {"type": "integer", "minimum": 0, "maximum": 20}}
 _METRICS = {k: {"type": "integer"} for k in ("total_duration", "load_duration", "prompt_eval_count",
                                               "prompt_eval_duration", "eval_count", "eval_duration")}
@@ -50,13 +52,15 @@ def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
 
 def _post(summary: str, properties: dict[str, Any], required: list[str], reply: str | None,
           stream: bool = False) -> dict[str, Any]:
-    content = {} if reply is None else {"application/json": {"schema": {"$ref": f"#/components/schemas/{reply}"}}}
+    content: dict[str, Any] = {} if reply is None else {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{reply}"}}}
     if stream:
         content["application/x-ndjson"] = content["application/json"]
-    ok = {"description": "A stream of chunks, or one object" if stream else "The reply"}
+    ok: dict[str, Any] = {"description": "A stream of chunks, or one object" if stream else "The reply"}
     if content:
         ok["content"] = content
-    return {"post": {"summary": summary, "requestBody": _body(properties, required), "responses": {"200": ok, **_ERRORS}}}
+    return {"post": {"summary": summary, "requestBody": _body(properties, required),
+                     "responses": {"200": ok, **_ERRORS}}}
 
 
 def _get(summary: str, reply: str) -> dict[str, Any]:

@@ -19,7 +19,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import Any, Awaitable, Callable, Iterable, Iterator, Protocol
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any, Protocol
 
 import grpc
 from aiohttp import web

@@ -11,7 +11,9 @@ class GatewaySettings:
     """gengate HTTP gateway (Ollama's JSON API)."""
 
     http_addr: str = setting("127.0.0.1:11434", "GENGATE_HTTP_ADDR", "address the HTTP gateway listens on")
-    service_addr: str = setting("127.0.0.1:50051", "GENGATE_SERVICE_ADDR", "gRPC target of the service: host:port, ipv4:a:p,b:p or dns:///name:port (round-robin over all)")
+    service_addr: str = setting("127.0.0.1:50051", "GENGATE_SERVICE_ADDR",
+                                "gRPC target of the service: host:port, ipv4:a:p,b:p or dns:///name:port "
+                                "(round-robin over all)")
     max_body_bytes: int = setting(16 << 20, "GENGATE_MAX_BODY_BYTES", "largest accepted request body (413 above)")
     body_timeout: float = setting(30.0, "GENGATE_BODY_TIMEOUT",
                                   "seconds a client has to send a request body (408 and the connection closed after)")
@@ -25,8 +27,10 @@ class GatewaySettings:
     service_tls_key: str = setting("", "GENGATE_SERVICE_TLS_KEY", "client key (PEM) for mTLS to the service")
     drain_seconds: float = setting(30.0, "GENGATE_DRAIN_SECONDS",
                                    "on SIGTERM, how long in-flight requests may finish before they are ended")
-    metrics_addr: str = setting("127.0.0.1:9465", "GENGATE_GATEWAY_METRICS_ADDR", "where Prometheus /metrics is served ('' for off)")
+    metrics_addr: str = setting("127.0.0.1:9465", "GENGATE_GATEWAY_METRICS_ADDR",
+                                "where Prometheus /metrics is served ('' for off)")
     otlp_endpoint: str = setting("", "GENGATE_OTLP_ENDPOINT",
-                                 "OpenTelemetry collector (OTLP/gRPC, e.g. http://otel-collector:4317): traces on ('' off)")
+                                 "OpenTelemetry collector (OTLP/gRPC, e.g. http://otel-collector:4317): traces on "
+                                 "('' off)")
     log_level: str = setting("INFO", "GENGATE_LOG_LEVEL", "logging level")
     log_format: str = setting("text", "GENGATE_LOG_FORMAT", "log lines as 'text' or 'json'")

@@ -13,15 +13,16 @@ import datetime as dt
 import json
 import math
 import re
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
-from gengate.v1 import generate_pb2 as pb
-from gengate.v1 import model_pb2 as mpb
-from gateway.errors import BadRequest
 from common import enums
 from common.golang import parse_duration
+from gateway.errors import BadRequest
+from gengate.v1 import generate_pb2 as pb
+from gengate.v1 import model_pb2 as mpb
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
@@ -230,7 +231,8 @@ def _keep_alive(value: Any, field: str):
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
     else:
-        ns = value * 1_000_000_000
+        ns = int(value * 1_000_000_000) if math.isfinite(value * 1e9) else (
+            MAX_DURATION_NS if value > 0 else -MAX_DURATION_NS)
     # google.protobuf.Duration spans ±10 000 years; anything longer means "forever" anyway.
     ns = int(max(-MAX_DURATION_NS, min(MAX_DURATION_NS, ns)))
     duration = duration_pb2.Duration()
@@ -301,7 +303,7 @@ def _options(value: Any, field: str) -> pb.Options:
     return options
 
 
-_GENERATE_FIELDS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
+_GENERATE_FIELDS: Fields = {
     "model": ("model", _string), "prompt": ("prompt", _string), "suffix": ("suffix", _string),
     "system": ("system", _string), "template": ("template", _string), "context": ("context", _context),
     "stream": ("stream", _bool), "raw": ("raw", _bool), "format": ("format", _format),
@@ -313,7 +315,7 @@ _GENERATE_FIELDS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
 }
 
 
-def _bind(body: bytes, message, struct: str, fields: dict[str, tuple[str, Callable[[Any, str], Any]]]):
+def _bind(body: bytes, message, struct: str, fields: Fields):
     """Fills `message` from a JSON body, Go-style (see decode_object and _fields)."""
     try:
         return _bind_values(_fields(decode_object(body, struct), set(fields)), message, fields)
@@ -321,10 +323,13 @@ def _bind(body: bytes, message, struct: str, fields: dict[str, tuple[str, Callab
         raise BadRequest("exceeded max depth") from None
 
 
-def _bind_values(values: dict[str, Any], message, fields: dict[str, tuple[str, Callable[[Any, str], Any]]]):
+Fields = Mapping[str, tuple[str, Callable[[Any, str], Any]]]
+
+
+def _bind_values(values: dict[str, Any], message, fields: Fields):
     lower = {k.lower(): k for k in fields}
-    for key, value in values.items():
-        key = key if key in fields else lower.get(key.lower())
+    for given, value in values.items():
+        key = given if given in fields else lower.get(given.lower())
         if key is None:
             continue
         if value is None:
@@ -459,7 +464,7 @@ def delete_request(body: bytes) -> mpb.DeleteModelRequest:
 # -- responses ----------------------------------------------------------------------------
 def timestamp(ts) -> str:
     """RFC 3339 with nanoseconds, UTC, trailing zeros trimmed (Go's time.RFC3339Nano)."""
-    base = dt.datetime.fromtimestamp(ts.seconds, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    base = dt.datetime.fromtimestamp(ts.seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
     frac = f"{ts.nanos:09d}".rstrip("0")
     return f"{base}.{frac}Z" if frac else f"{base}Z"
 

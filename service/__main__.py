@@ -2,8 +2,8 @@
 import asyncio
 
 from common import logs
-from service.server import serve
 from common.settings import load
+from service.server import serve
 from service.settings import ServiceSettings
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from service.errors import GenerateError, Kind
 from service.metrics import Metrics

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Callable, Generic, Hashable, TypeVar
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
 
+K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
-class BoundedCache(Generic[V]):
-    def __init__(self, max_bytes: int, size: Callable[[Hashable, V], int]):
+class BoundedCache(Generic[K, V]):
+    def __init__(self, max_bytes: int, size: Callable[[K, V], int]):
         self.max_bytes = max_bytes
         self._size = size
-        self._items: collections.OrderedDict[Hashable, tuple[V, int]] = collections.OrderedDict()
+        self._items: collections.OrderedDict[K, tuple[V, int]] = collections.OrderedDict()
         self.bytes = 0
         self._lock = threading.Lock()          # templates are rendered in worker threads
 
-    def get(self, key: Hashable) -> V | None:
+    def get(self, key: K) -> V | None:
         with self._lock:
             item = self._items.get(key)
             if item is None:
@@ -25,7 +27,7 @@ class BoundedCache(Generic[V]):
             self._items.move_to_end(key)
             return item[0]
 
-    def put(self, key: Hashable, value: V) -> None:
+    def put(self, key: K, value: V) -> None:
         size = self._size(key, value)
         if size > self.max_bytes:
             return

@@ -12,7 +12,7 @@ sequences stall a decode step shared with other requests).
 from __future__ import annotations
 
 import codecs
-from typing import Sequence
+from collections.abc import Sequence
 
 
 class _Matcher:

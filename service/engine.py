@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, AsyncGenerator, Literal, Sequence
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, Literal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +57,7 @@ class TokenLogprob:
     token: str
     logprob: float
     bytes: bytes
-    top: tuple["TokenLogprob", ...] = ()
+    top: tuple[TokenLogprob, ...] = ()
 
 
 @dataclasses.dataclass

@@ -13,29 +13,30 @@ import contextlib
 import dataclasses
 import logging
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncGenerator
+from typing import Any
 
 import numpy as np
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
+from common import enums
 from gengate.v1 import generate_pb2 as pb
 from service import prompt as prompts
+from service import request as checks
 from service import tools
 from service.admission import Admission
-from service import request as checks
 from service.engine import Finish, TokenLogprob
 from service.errors import GenerateError, Kind, invalid
 from service.grammar import Grammars
 from service.metrics import Metrics
+from service.model import Model
 from service.pool import Lease, ModelPool
 from service.settings import ServiceSettings
 from service.store import ModelStore
-from service.model import Model
 from service.thinking import ThinkingParser
 
 log = logging.getLogger(__name__)
 
-DONE_REASONS = {"stop": pb.DONE_REASON_STOP, "length": pb.DONE_REASON_LENGTH}
 CONTEXT_EXCEEDED = "the input length exceeds the context length"
 PROMPT_TOO_LONG = ("the prompt is longer than the context length currently available to the model; shorten the "
                    "prompt, adjust the context length in settings, or use a model with a longer context length")
@@ -75,7 +76,7 @@ class Summary:
 
     def metrics(self) -> dict[str, Any]:
         f = self.finish
-        return dict(done=True, done_reason=DONE_REASONS[f.reason], total_duration=_duration(self.total_ns),
+        return dict(done=True, done_reason=enums.DONE_REASONS[f.reason], total_duration=_duration(self.total_ns),
                     load_duration=_duration(self.load_ns), prompt_eval_count=f.prompt_eval_count,
                     prompt_eval_duration=_duration(f.prompt_eval_ns), eval_count=f.eval_count,
                     eval_duration=_duration(f.eval_ns), logprobs=_logprobs(self.logprobs),
@@ -181,7 +182,7 @@ class Generation:
                 runner.token_text(int(model.metadata.get("tokenizer.ggml.eos_token_id", 2))))
 
     # -- Generate -----------------------------------------------------------------------------------
-    async def run(self, req: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
+    async def run(self, req: pb.GenerateRequest) -> AsyncGenerator[pb.GenerateResponse, None]:
         start = time.perf_counter_ns()
         checks.check_fields(req, self._settings.max_prompt_bytes,
                             {f: getattr(req, f) for f in ("prompt", "system", "suffix", "template")})
@@ -244,7 +245,7 @@ class Generation:
         return text
 
     # -- Chat ---------------------------------------------------------------------------------------
-    async def chat(self, req: pb.ChatRequest) -> AsyncIterator[pb.ChatResponse]:
+    async def chat(self, req: pb.ChatRequest) -> AsyncGenerator[pb.ChatResponse, None]:
         start = time.perf_counter_ns()
         checks.check_fields(req, self._settings.max_prompt_bytes,
                             {f"messages[{i}].content": m.content for i, m in enumerate(req.messages)})
@@ -278,8 +279,9 @@ class Generation:
             bos, eos = self._special(model, lease)
             offered = [_plain(json_format.MessageToDict(t, preserving_proto_field_name=True)) for t in req.tools]
             text = await asyncio.to_thread(
-                _model_template_errors(False)(prompts.render_chat), messages, tools=offered, go_template=model.entry.template,
-                chat_template=model.chat_template, bos=bos, eos=eos, think=think, think_level=level)
+                _model_template_errors(False)(prompts.render_chat), messages, tools=offered,
+                go_template=model.entry.template, chat_template=model.chat_template, bos=bos, eos=eos, think=think,
+                think_level=level)
             calls = tools.ToolCallParser(tools.tool_tag(model.entry.template or model.chat_template or ""),
                                          {t.function.name for t in req.tools}) if req.tools else None
             events = self._decode(req, lease, text, sampling, tags if think else None, start, loaded)
@@ -356,7 +358,7 @@ class Generation:
         return kept, len(tokens) - len(kept)
 
     async def _decode(self, req, lease: Lease, text: str, sampling, tags: tuple[str, str] | None,
-                      start: int, loaded: int) -> AsyncIterator[Delta | Summary]:
+                      start: int, loaded: int) -> AsyncGenerator[Delta | Summary, None]:
         """Streams the engine's pieces as Deltas (split into thinking and text when `tags` are
         given), then one Summary. With stream = false, only the Summary, holding everything.
         `start` is when the request came, `loaded` when its model was ready (Ollama's load_duration

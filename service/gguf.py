@@ -59,7 +59,7 @@ def _skip(f: BinaryIO, kind: int) -> None:
         _value(f, kind)
 
 
-def read_metadata(path: Path) -> dict[str, Any]:
+def read_metadata(path: str | Path) -> dict[str, Any]:
     """The GGUF key/value pairs; long arrays become {"array_length": n}."""
     with open(path, "rb") as f:
         if f.read(4) != b"GGUF":

@@ -59,8 +59,8 @@ import inspect
 import math
 import re
 import urllib.parse
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn
 
 from common.golang import quote
 
@@ -541,6 +541,7 @@ _INT64_MIN, _INT64_MAX, _UINT64_MAX = -(1 << 63), (1 << 63) - 1, (1 << 64) - 1
 
 class _Node:
     __slots__ = ("pos",)
+    pos: int
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self}>"
@@ -570,7 +571,9 @@ class _PipeNode(_Node):
     __slots__ = ("line", "is_assign", "decl", "cmds")
 
     def __init__(self, pos: int, line: int) -> None:
-        self.pos, self.line, self.is_assign, self.decl, self.cmds = pos, line, False, [], []
+        self.decl: list[Any] = []
+        self.cmds: list[Any] = []
+        self.pos, self.line, self.is_assign = pos, line, False
 
     def __str__(self) -> str:
         s = ""
@@ -593,7 +596,8 @@ class _CommandNode(_Node):
     __slots__ = ("args",)
 
     def __init__(self, pos: int) -> None:
-        self.pos, self.args = pos, []
+        self.args: list[Any] = []
+        self.pos = pos
 
     def __str__(self) -> str:
         return " ".join(f"({a})" if isinstance(a, _PipeNode) else str(a) for a in self.args)
@@ -653,7 +657,8 @@ class _ChainNode(_Node):
     __slots__ = ("node", "field")
 
     def __init__(self, pos: int, node: _Node) -> None:
-        self.pos, self.node, self.field = pos, node, []
+        self.field: list[str] = []
+        self.pos, self.node = pos, node
 
     def __str__(self) -> str:
         s = f"({self.node})" if isinstance(self.node, _PipeNode) else str(self.node)
@@ -801,7 +806,7 @@ class _Parser:
         self.backup()
         return tok
 
-    def errorf(self, msg: str) -> None:
+    def errorf(self, msg: str) -> NoReturn:
         line = self.tokens[min(self.furthest, len(self.tokens) - 1)].line
         raise _ParseError(f"template: :{line}: {msg}")
 
@@ -1065,14 +1070,14 @@ class _Parser:
             if low.startswith("0x"):
                 if "p" not in low:  # Go's hex floats need the binary exponent
                     raise ValueError(text)
-                value = float.fromhex(text.replace("_", ""))
+                number = float.fromhex(text.replace("_", ""))
             else:
-                value = float(text)  # Python's underscore rules are Go's
+                number = float(text)  # Python's underscore rules are Go's
         except ValueError:
             self.errorf(f"illegal number syntax: {quote(text)}")
         if not any(c in text for c in ".eEpP"):
             self.errorf(f"integer overflow: {quote(text)}")
-        return _NumberNode(tok.pos, text, value)
+        return _NumberNode(tok.pos, text, number)
 
 
 # --------------------------------------------------------------------------- Go formatting
@@ -1206,7 +1211,7 @@ class _Flags:
         self.prec: int | None = None
 
 
-def _bad_verb(verb: str, arg: Any, fl: "_Flags | None" = None) -> str:
+def _bad_verb(verb: str, arg: Any, fl: _Flags | None = None) -> str:
     """fmt's "%!verb(type=value)"; the value is printed with %v under the same flags."""
     if arg is None:
         return f"%!{verb}(<nil>)"
@@ -1241,7 +1246,8 @@ def _fmt_int(v: int, verb: str, fl: _Flags) -> str:
     if verb == "O":
         prefix = "0o"
     elif fl.sharp:
-        prefix = {2: "0b", 8: "0" if not digits.startswith("0") else "", 16: "0x" if verb == "x" else "0X"}.get(base, "")
+        prefix = {2: "0b", 8: "0" if not digits.startswith("0") else "",
+                  16: "0x" if verb == "x" else "0X"}.get(base, "")
     return _pad(sign + prefix + digits, fl.width, fl.minus, False)
 
 
@@ -1916,7 +1922,7 @@ class _State:
     def at(self, node: _Node) -> None:
         self.node = node
 
-    def errorf(self, msg: str) -> None:
+    def errorf(self, msg: str) -> NoReturn:
         if self.node is None:
             raise _ExecError(f"template: : {msg}")
         before = self.text[:self.node.pos]
@@ -2166,6 +2172,7 @@ class _State:
         spec = _FUNCS.get(node.ident)
         if spec is None:
             self.errorf(f"{quote(node.ident)} is not a defined function")
+        assert spec is not None
         return self.eval_call(dot, spec.fn, spec, cmd, node.ident, args, final)
 
     def eval_call(self, dot: Any, fn: Callable, spec: _Func | None, node: _Node, name: str,
@@ -2181,7 +2188,7 @@ class _State:
         kind = spec.kind if spec is not None else (lambda i: "any")
         if spec is not None and name in ("and", "or"):  # short-circuit
             value = None
-            for k, arg in enumerate(argn):
+            for arg in argn:
                 value = self.eval_arg(dot, "value", arg)
                 if _truth(value) == (name == "or"):
                     return value
@@ -2283,7 +2290,7 @@ class Template:
         _identifiers(self._root, names)
         return {n for n in names if not n.startswith("$")}
 
-    def cut_after_response(self) -> "Template":
+    def cut_after_response(self) -> Template:
         """Ollama's legacy-path tree cut (template.Execute's ``deleteNode``).
 
         For templates without ``.Messages`` Ollama renders the last turn with every

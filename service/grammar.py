@@ -108,7 +108,7 @@ class Grammars:
     """Builds grammars for `format` values (see the module docstring); one per service."""
 
     def __init__(self, cache_bytes: int = CACHE_BYTES, timeout: float = CONVERT_SECONDS):
-        self._cache: BoundedCache[str] = BoundedCache(cache_bytes, lambda spec, grammar: len(spec) + len(grammar))
+        self._cache: BoundedCache[str, str] = BoundedCache(cache_bytes, lambda spec, grammar: len(spec) + len(grammar))
         self._timeout = timeout
         self._pool: Any = None
         self._turn = asyncio.Lock()          # one conversion at a time: its time limit is its own

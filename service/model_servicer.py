@@ -9,10 +9,10 @@ import time
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
+from common import names
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import model_pb2 as mpb
 from gengate.v1 import model_pb2_grpc as mpb_grpc
-from common import names
 from service.errors import GenerateError, Kind, invalid
 from service.model import Model
 from service.pool import FOREVER_NS, ModelPool
@@ -51,7 +51,7 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
 
     async def ListModels(self, request, context):
         models = []
-        for entry in sorted(self._store.list(), key=lambda e: e.modified_at, reverse=True):
+        for entry in sorted(self._store.entries(), key=lambda e: e.modified_at, reverse=True):
             if not entry.path.exists():
                 log.warning("model %s: its file is missing from the store", entry.name.short)
                 continue

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from service.engine import Engine, LoadOptions, Runner
 from service.errors import GenerateError, Kind

@@ -17,8 +17,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from service import gotemplate
 from service.cache import BoundedCache
-from service.tools import go_values
 from service.errors import GenerateError, Kind, invalid
+from service.tools import go_values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +46,7 @@ def _jinja(source: str) -> jinja2.Template:
 
 
 # Parsed Go templates: a request may send its own (up to GENGATE_MAX_PROMPT_BYTES), so bounded in bytes of source.
-_GO_CACHE: BoundedCache[gotemplate.Template] = BoundedCache(8 << 20, lambda source, _: 4 * len(source) + 1024)
+_GO_CACHE: BoundedCache[str, gotemplate.Template] = BoundedCache(8 << 20, lambda source, _: 4 * len(source) + 1024)
 
 
 def _go(source: str) -> gotemplate.Template:

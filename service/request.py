@@ -10,8 +10,8 @@ import os
 import random
 from typing import Any
 
-from gengate.v1 import generate_pb2 as pb
 from common import enums, golang, names
+from gengate.v1 import generate_pb2 as pb
 from service import grammar
 from service.engine import LoadOptions, Sampling
 from service.errors import GenerateError, Kind, invalid
@@ -21,6 +21,10 @@ _SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repe
                     "presence_penalty", "frequency_penalty", "num_predict")
 
 
+# The requests the pipeline takes: all of them, and those that generate (sample) text.
+Request = pb.GenerateRequest | pb.ChatRequest | pb.EmbedRequest
+Sampled = pb.GenerateRequest | pb.ChatRequest
+
 MAX_STOP_SEQUENCES = 32
 MAX_STOP_LENGTH = 1024
 # Option ranges (Ollama does not check them; a clear 400 naming the option beats undefined sampling).
@@ -29,21 +33,19 @@ _RANGES = {"temperature": (0, None), "top_p": (0, 1), "min_p": (0, 1), "typical_
            "main_gpu": (0, None)}
 
 
-def check_fields(req: pb.GenerateRequest | pb.ChatRequest | pb.EmbedRequest, max_text_bytes: int,
-                 texts: dict[str, str]) -> None:
+def check_fields(req: Request, max_text_bytes: int, texts: dict[str, str]) -> None:
     """Checks that need no model (Ollama checks top_logprobs before the model name).
 
     `texts` are the request's free-text fields by name, each capped at max_text_bytes."""
-    fields = req.DESCRIPTOR.fields_by_name
-    if "top_logprobs" in fields and not 0 <= req.top_logprobs <= 20:
+    if not isinstance(req, pb.EmbedRequest) and not 0 <= req.top_logprobs <= 20:
         raise invalid("top_logprobs must be between 0 and 20", "top_logprobs")
-    for field, text in texts.items():
+    for name, text in texts.items():
         size = len(text.encode("utf-8"))
         if size > max_text_bytes:
-            raise invalid(f"{field} is too long: {size} bytes (the limit is {max_text_bytes})", field)
-    for field, value in req.options.ListFields():
-        if field.type in (field.TYPE_FLOAT, field.TYPE_DOUBLE) and not math.isfinite(value):
-            raise invalid(f'option "{field.name}" must be a finite number', f"options.{field.name}")
+            raise invalid(f"{name} is too long: {size} bytes (the limit is {max_text_bytes})", name)
+    for descriptor, value in req.options.ListFields():
+        if descriptor.type in (descriptor.TYPE_FLOAT, descriptor.TYPE_DOUBLE) and not math.isfinite(value):
+            raise invalid(f'option "{descriptor.name}" must be a finite number', f"options.{descriptor.name}")
     for field, (low, high) in _RANGES.items():
         if req.options.HasField(field):
             value = getattr(req.options, field)
@@ -60,11 +62,12 @@ def check_fields(req: pb.GenerateRequest | pb.ChatRequest | pb.EmbedRequest, max
                 raise invalid(f"{field} must be between 1 and 4096", field)
         if req.HasField("steps") and req.steps < 1:
             raise invalid("steps must be at least 1", "steps")
-    if "think" in fields and req.HasField("think") and req.think.WhichOneof("value") == "level" \
+    if not isinstance(req, pb.EmbedRequest) and req.HasField("think") and req.think.WhichOneof("value") == "level" \
             and req.think.level not in enums.THINK_LEVEL_NAMES:
         level = req.think.level
         shown = pb.ThinkLevel.Name(level) if level in pb.ThinkLevel.values() else level
-        raise invalid(f'invalid think value: "{shown}" (must be "high", "medium", "low", "max", true, or false)', "think")
+        raise invalid(f'invalid think value: "{shown}" (must be "high", "medium", "low", "max", true, or false)',
+                      "think")
 
 
 def parse_model(model: str) -> names.ModelName:
@@ -87,13 +90,13 @@ def parse_model(model: str) -> names.ModelName:
     return name
 
 
-def keep_alive_ns(req: pb.GenerateRequest) -> int | None:
+def keep_alive_ns(req: Request) -> int | None:
     if not req.HasField("keep_alive"):
         return None
     return req.keep_alive.seconds * 1_000_000_000 + req.keep_alive.nanos
 
 
-def think(req: pb.GenerateRequest) -> tuple[bool | None, str]:
+def think(req: Sampled) -> tuple[bool | None, str]:
     """(enabled, level): enabled is None when the request does not say."""
     if not req.HasField("think"):
         return None, ""
@@ -102,7 +105,7 @@ def think(req: pb.GenerateRequest) -> tuple[bool | None, str]:
     return req.think.enabled, ("medium" if req.think.enabled else "")
 
 
-def _merged(req: pb.GenerateRequest, parameters: dict[str, Any]) -> dict[str, Any]:
+def _merged(req: Request, parameters: dict[str, Any]) -> dict[str, Any]:
     """Model defaults (Modelfile PARAMETERs) overridden by the request's options."""
     values = dict(parameters)
     for field, value in req.options.ListFields():
@@ -110,7 +113,7 @@ def _merged(req: pb.GenerateRequest, parameters: dict[str, Any]) -> dict[str, An
     return values
 
 
-def load_options(req: pb.GenerateRequest, parameters: dict[str, Any], *, default_ctx: int, n_ctx_train: int,
+def load_options(req: Request, parameters: dict[str, Any], *, default_ctx: int, n_ctx_train: int,
                  default_threads: int) -> LoadOptions:
     values = _merged(req, parameters)
     num_ctx = max(4, int(values.get("num_ctx", default_ctx)))
@@ -126,7 +129,7 @@ def load_options(req: pb.GenerateRequest, parameters: dict[str, Any], *, default
     )
 
 
-def json_format(req: pb.GenerateRequest) -> str | None:
+def json_format(req: Sampled) -> str | None:
     """The output constraint: None, "json", or a JSON Schema object as text."""
     if not req.HasField("format"):
         return None
@@ -139,7 +142,7 @@ def json_format(req: pb.GenerateRequest) -> str | None:
     return None
 
 
-def sampling(req: pb.GenerateRequest, parameters: dict[str, Any], grammar_text: str | None = None) -> Sampling:
+def sampling(req: Sampled, parameters: dict[str, Any], grammar_text: str | None = None) -> Sampling:
     values = _merged(req, parameters)
     seed = int(values.get("seed", -1))
     if seed < 0:

@@ -11,13 +11,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from common import golang, tracing
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import generate_pb2_grpc as pb_grpc
 from gengate.v1 import model_pb2 as mpb
 from gengate.v1 import model_pb2_grpc as mpb_grpc
-from common import golang, tracing
-from service.admission import Admission
 from service import request as checks
+from service.admission import Admission
 from service.engine import Engine
 from service.engines import make_engine
 from service.errors import GenerateError
@@ -139,15 +139,17 @@ def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
               ("grpc.so_reuseport", 0)]
     observe = Observe({SERVICE_NAME: "an error was encountered while running the model",
                        MODEL_SERVICE_NAME: "internal error"}, metrics)
-    interceptors = tracing.server_interceptors() + [observe] + ([BearerToken(settings.api_key)] if settings.api_key else [])
+    interceptors = [*tracing.server_interceptors(), observe]
+    if settings.api_key:
+        interceptors.append(BearerToken(settings.api_key))
     server = grpc.aio.server(options=limits, interceptors=interceptors)
     pb_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(generation), server)
     mpb_grpc.add_ModelServiceServicer_to_server(ModelServicer(store, pool), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
-        enable_reflection((SERVICE_NAME, MODEL_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
-                          server)
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        enable_reflection((SERVICE_NAME, MODEL_SERVICE_NAME, health_name), server)
     if settings.tls_cert:
         read = lambda path: open(path, "rb").read()
         credentials = grpc.ssl_server_credentials(

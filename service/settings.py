@@ -16,7 +16,8 @@ class ServiceSettings:
     default_model: str = setting("smollm2:135m", "GENGATE_DEFAULT_MODEL", "model loaded at start-up ('' for none)")
     keep_alive: str = setting("5m", "GENGATE_KEEP_ALIVE",
                               "how long an idle model stays loaded (duration or seconds; negative: forever)")
-    context_length: int = setting(4096, "GENGATE_CONTEXT_LENGTH", "default num_ctx (capped at the model's training context)")
+    context_length: int = setting(4096, "GENGATE_CONTEXT_LENGTH",
+                                  "default num_ctx (capped at the model's training context)")
     num_threads: int = setting(0, "GENGATE_NUM_THREADS", "default CPU threads for decoding (0: one per core)")
     num_parallel: int = setting(4, "GENGATE_NUM_PARALLEL", "requests generating at once (further ones queue)")
     max_queue: int = setting(512, "GENGATE_MAX_QUEUE", "requests allowed to wait for a slot (503 beyond)")
@@ -38,8 +39,10 @@ class ServiceSettings:
                                "serve gRPC server reflection (grpcurl lists and calls the API without the proto)")
     drain_seconds: float = setting(30.0, "GENGATE_DRAIN_SECONDS",
                                    "on SIGTERM, how long in-flight requests may finish before they are ended")
-    metrics_addr: str = setting("127.0.0.1:9464", "GENGATE_METRICS_ADDR", "where Prometheus /metrics is served ('' for off)")
+    metrics_addr: str = setting("127.0.0.1:9464", "GENGATE_METRICS_ADDR",
+                                "where Prometheus /metrics is served ('' for off)")
     otlp_endpoint: str = setting("", "GENGATE_OTLP_ENDPOINT",
-                                 "OpenTelemetry collector (OTLP/gRPC, e.g. http://otel-collector:4317): traces on ('' off)")
+                                 "OpenTelemetry collector (OTLP/gRPC, e.g. http://otel-collector:4317): traces on "
+                                 "('' off)")
     log_level: str = setting("INFO", "GENGATE_LOG_LEVEL", "logging level")
     log_format: str = setting("text", "GENGATE_LOG_FORMAT", "log lines as 'text' or 'json'")

@@ -26,12 +26,17 @@ import sys
 import tempfile
 import threading
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import IO, Any, Protocol
 
 from common import names
 from service.errors import GenerateError, Kind
 from service.gguf import read_metadata
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +181,7 @@ class ModelStore:
         record = self._read().get(name.key)
         return None if record is None else self._entry(record)
 
-    def list(self) -> list[ModelEntry]:
+    def entries(self) -> list[ModelEntry]:
         return [self._entry(r) for r in self._read().values()]
 
     def metadata(self, entry: ModelEntry) -> dict[str, Any]:
@@ -187,7 +192,7 @@ class ModelStore:
             return self._metadata[entry.digest]
 
     # -- writing -----------------------------------------------------------------
-    def _write_blob(self, source: BinaryIO, expected_sha256: str | None = None,
+    def _write_blob(self, source: Readable, expected_sha256: str | None = None,
                     progress: Callable[[int], None] | None = None) -> tuple[str, int]:
         self._blobs.mkdir(parents=True, exist_ok=True)
         digest, size = hashlib.sha256(), 0
@@ -215,21 +220,21 @@ class ModelStore:
             models = self._read()
             models[parsed.key] = {
                 "name": parsed.short, "digest": digest, "size": size,
-                "modified_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                "modified_at": dt.datetime.now(dt.UTC).isoformat(),
                 **{k: v for k, v in layers.items() if v},
             }
             self._write(models)
-        return self.get(parsed)
+        return self._entry(models[parsed.key])
 
     def copy(self, source: names.ModelName, destination: names.ModelName) -> ModelEntry:
         """Adds `destination` as another name for the model `source` (same blob)."""
         with self._lock:
             models = self._read()
             record = dict(models[source.key], name=destination.short,
-                          modified_at=dt.datetime.now(dt.timezone.utc).isoformat())
+                          modified_at=dt.datetime.now(dt.UTC).isoformat())
             models[destination.key] = record
             self._write(models)
-        return self.get(destination)
+        return self._entry(record)
 
     def delete(self, name: names.ModelName) -> None:
         """Removes a name; the blob goes too once no name uses it."""
@@ -305,7 +310,7 @@ class _Concatenated:
 
     def __init__(self, members: list[tuple[zipfile.ZipFile, str]]):
         self._pending = list(members)
-        self._current: BinaryIO | None = None
+        self._current: IO[bytes] | None = None
 
     def read(self, size: int = -1) -> bytes:
         while True:
@@ -361,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
                                   messages=args.message)
         print(f"{entry.name.short}: imported ({entry.size} bytes, sha256 {entry.digest[:12]})")
     else:
-        for entry in store.list():
+        for entry in store.entries():
             print(f"{entry.name.short}\t{entry.size}\t{entry.digest[:12]}")
 
 

@@ -6,8 +6,6 @@ the closing tag is the response. Tags split across pieces are held back until kn
 """
 from __future__ import annotations
 
-
-
 _TAG_PAIRS = (("<think>", "</think>"), ("<thinking>", "</thinking>"), ("<|think|>", "<|/think|>"))
 
 

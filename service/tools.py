@@ -179,6 +179,7 @@ class ToolCallParser:
 
     def _scanned(self, piece: str) -> tuple[str, list[dict[str, Any]]]:
         """Scans the next piece of a call's JSON; at its end, takes the call and goes on after it."""
+        assert self._scan is not None                      # called only inside a call's JSON
         end = self._scan.feed(piece)
         if end is None:
             self._parts.append(piece)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from service.engine import Engine, Finish, LoadOptions, Piece, Runner, Sampling
 
@@ -23,7 +23,7 @@ class Script:
 
 
 class FakeRunner(Runner):
-    def __init__(self, engine: "FakeEngine"):
+    def __init__(self, engine: FakeEngine):
         self._engine = engine
         self.n_ctx = 2048
         self.n_ctx_train = 2048
@@ -39,7 +39,7 @@ class FakeRunner(Runner):
     def token_text(self, token: int) -> str:
         return chr(token)
 
-    async def generate(self, prompt: list[int], sampling: Sampling) -> AsyncIterator[Piece | Finish]:
+    async def generate(self, prompt: list[int], sampling: Sampling) -> AsyncGenerator[Piece | Finish, None]:
         engine, script = self._engine, self._engine.script
         engine.started += 1
         engine.active += 1

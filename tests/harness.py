@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, Coroutine
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -27,7 +28,7 @@ class Stack:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="stack")
 
-    def start(self) -> "Stack":
+    def start(self) -> Stack:
         self._thread.start()
         self.run(self._start())
         return self

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import pathlib
 
-import numpy as np
 import gguf
+import numpy as np
 
 __all__ = [
     "write_tiny_llama",
@@ -140,7 +140,7 @@ TINY_N_VOCAB = len(TINY_VOCAB)
 # --------------------------------------------------------------------------
 # Writer
 # --------------------------------------------------------------------------
-def _add_extra_kv(writer: "gguf.GGUFWriter", key: str, value: object) -> None:
+def _add_extra_kv(writer: gguf.GGUFWriter, key: str, value: object) -> None:
     if isinstance(value, bool):  # before int: bool is an int subclass
         writer.add_bool(key, value)
     elif isinstance(value, int):
@@ -158,7 +158,7 @@ def _add_extra_kv(writer: "gguf.GGUFWriter", key: str, value: object) -> None:
 
 
 def write_tiny_llama(
-    path: "str | pathlib.Path",
+    path: str | pathlib.Path,
     *,
     seed: int = 0,
     chat_template: str | None = None,

@@ -50,7 +50,7 @@ import ctypes
 import logging
 import os
 import threading
-from typing import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 import llama_cpp
 import numpy as np
@@ -132,7 +132,8 @@ class BatchRunner(Runner):
         self.n_vocab = self.vocab.n_vocab
         self.metadata = metadata
         self._chunk = chunk
-        self._reuse = reuse                # prompt KV may be kept and reused (not for sliding-window or recurrent memory)
+        # Prompt KV may be kept and reused (not for sliding-window or recurrent memory).
+        self._reuse = reuse
         self._can_shift = bool(self._mem) and bool(llama_cpp.llama_memory_can_shift(self._mem))
         # The batch, over numpy arrays so a step fills it without a Python loop per field.
         cap = max(chunk, n_seq)
@@ -186,7 +187,7 @@ class BatchRunner(Runner):
         return self.vocab.token_text(token)
 
     # -- the event-loop side -------------------------------------------------------
-    async def generate(self, prompt: list[int], sampling: Sampling) -> AsyncIterator[Piece | Finish]:
+    async def generate(self, prompt: list[int], sampling: Sampling) -> AsyncGenerator[Piece | Finish, None]:
         req = _Request(list(prompt), sampling, asyncio.get_running_loop())
         with self._cond:
             if self._closing:
@@ -417,6 +418,7 @@ class BatchRunner(Runner):
         req.n_past = b
         if b == end:
             self._prefilling.popleft()
+            assert req.decoding is not None
             req.decoding.prompt_done()
             self._running[req.seq] = req
             self._sample(req, n - 1)
@@ -424,11 +426,12 @@ class BatchRunner(Runner):
     def _sample(self, req: _Request, index: int) -> None:
         """Samples the request's next token from batch row `index` and streams what it completes."""
         decoding = req.decoding
+        assert decoding is not None
         # A grammar can take milliseconds to apply: that sampler lets the event loop run meanwhile.
         sample = llama_cpp.llama_sampler_sample if req.s.grammar is not None else llama.sample_holding_gil
         token = sample(decoding.sampler, self._ctx.ctx, index)
         self.decoded += 1
-        logits = lambda: np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, index),  # noqa: E731
+        logits = lambda: np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, index),
                                                shape=(self.n_vocab,))
         piece, reason = decoding.on_token(token, logits)
         if piece is not None:
@@ -448,8 +451,9 @@ class BatchRunner(Runner):
         req.shifted = True
         return True
 
-    def _finish(self, req: _Request, reason: str) -> None:
+    def _finish(self, req: _Request, reason: llama.Reason) -> None:
         self._release(req, close=False)
+        assert req.decoding is not None
         for item in req.decoding.finish(reason):
             self._out.append((req, item))
         req.decoding.close()

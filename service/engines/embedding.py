@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import ctypes
-from typing import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 import llama_cpp
 import numpy as np
@@ -48,7 +48,7 @@ class EmbeddingRunner(Runner):
     def token_text(self, token: int) -> str:
         return self.vocab.token_text(token)
 
-    async def generate(self, prompt: list[int], sampling: Sampling) -> AsyncIterator[Piece | Finish]:
+    async def generate(self, prompt: list[int], sampling: Sampling) -> AsyncGenerator[Piece | Finish, None]:
         raise RuntimeError("an embedding model does not generate")
         yield  # pragma: no cover   (an async generator)
 

@@ -12,8 +12,9 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Literal
 
 import llama_cpp
 import numpy as np
@@ -23,6 +24,7 @@ from service.detokenizer import Detokenizer
 from service.engine import Finish, LoadOptions, Piece, Sampling, TokenLogprob
 from service.errors import invalid
 
+Reason = Literal["stop", "length"]
 _backend = threading.Lock()
 _backend_ready = False
 
@@ -195,7 +197,7 @@ class Decoding:
     def prompt_done(self) -> None:
         self.first = time.perf_counter_ns()
 
-    def on_token(self, token: int, logits: Callable[[], np.ndarray]) -> tuple[Piece | None, str | None]:
+    def on_token(self, token: int, logits: Callable[[], np.ndarray]) -> tuple[Piece | None, Reason | None]:
         """Takes a sampled token: the piece of text it completes (if any), and why generation ends (if it
         does): "stop" (end of generation, a stop sequence) or "length" (num_predict)."""
         if self.vocab.is_eog(token):
@@ -216,7 +218,7 @@ class Decoding:
         self.pending, self.sent = [], len(self.tokens)
         return piece
 
-    def finish(self, reason: str) -> list[Piece | Finish]:
+    def finish(self, reason: Reason) -> list[Piece | Finish]:
         """The last piece (text held back until now) and the Finish."""
         end = time.perf_counter_ns()
         first = self.first or self.start          # no prompt evaluated (nothing to generate)

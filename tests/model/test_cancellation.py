@@ -8,7 +8,6 @@ import time
 import grpc
 
 from gengate.v1 import generate_pb2 as pb
-
 from tests.conftest import REAL
 from tests.stack.test_observability import value
 

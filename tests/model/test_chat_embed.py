@@ -96,7 +96,7 @@ def test_legacy_embeddings_and_embed_errors(real):
     norm = math.sqrt(sum(x * x for x in legacy["embedding"]))
     assert abs(norm - 1) > 0.01
     normalised = httpx.post(real.url + "/api/embed", json={"model": REAL, "input": "hello"}).json()["embeddings"][0]
-    assert max(abs(a / norm - b) for a, b in zip(legacy["embedding"], normalised)) < 1e-6
+    assert max(abs(a / norm - b) for a, b in zip(legacy["embedding"], normalised, strict=True)) < 1e-6
     assert httpx.post(real.url + "/api/embeddings", json={"model": REAL, "prompt": ""}).json() == {"embedding": []}
     cases = [("/api/embed", {"model": REAL, "input": [1]}, 400, "invalid input type"),
              ("/api/embed", {"input": "x"}, 400, "model is required"),

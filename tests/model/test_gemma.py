@@ -11,8 +11,8 @@ import httpx
 import ollama
 import pytest
 
-from gengate.v1 import generate_pb2 as pb
 from common import names
+from gengate.v1 import generate_pb2 as pb
 from service import store as store_module
 from service.gguf import read_metadata
 from service.settings import ServiceSettings

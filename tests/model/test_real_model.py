@@ -121,7 +121,7 @@ def test_logprobs_stream_and_non_stream_agree(client):
     kw = dict(model=REAL, prompt="Hello", options={"temperature": 0, "num_predict": 8}, logprobs=True, top_logprobs=3)
     streamed = [lp for c in client.generate(stream=True, **kw) for lp in (c.logprobs or [])]
     whole = client.generate(stream=False, **kw).logprobs
-    assert len(whole) == 8 and [(l.token, l.logprob) for l in streamed] == [(l.token, l.logprob) for l in whole]
+    assert len(whole) == 8 and [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in whole]
     for entry in whole:
         assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
         assert entry.top_logprobs[0].logprob >= entry.top_logprobs[-1].logprob

@@ -41,7 +41,7 @@ def test_queue_full_is_503_then_recovers(narrow):
         wait_until(lambda: admission.running == 1)
         for i in (1, 2):
             futures.append(pool.submit(post, i))
-            wait_until(lambda: admission.waiting == i)
+            wait_until(lambda i=i: admission.waiting == i)
         rejected = post(3)                                    # a loaded model, still bounded
         assert (rejected.status_code, rejected.json()) == (503, {"error": BUSY})
         assert rejected.headers["Retry-After"] == "1"
@@ -133,8 +133,8 @@ def test_every_request_waiting_on_a_stalled_load_times_out(models):
 def test_a_load_out_of_memory_unloads_idle_models_and_retries_once(models):
     """Reliability #23: memory freed by idle models is used; when that is not enough, a clear error with a
     stable reason, and the service goes on serving."""
-    from grpc_status import rpc_status
     from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
     engine = FakeEngine()
     stack = Stack(models, engine).start()
     try:

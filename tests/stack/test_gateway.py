@@ -12,11 +12,9 @@ import ollama
 import pytest
 
 from gateway import transcode
-from gengate.v1 import generate_pb2 as pb
 from gateway.errors import BadRequest, http_status
-
+from gengate.v1 import generate_pb2 as pb
 from tests.fake_engine import Script
-
 
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.state import METRICS
 from gengate.v1 import generate_pb2 as pb

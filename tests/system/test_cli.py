@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from gengate.v1 import generate_pb2 as pb
 import cli
 from common import names
+from gengate.v1 import generate_pb2 as pb
 from service.store import ModelStore
 from tests.conftest import REAL
 from tests.tiny_gguf import write_tiny_llama

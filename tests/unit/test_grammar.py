@@ -8,7 +8,8 @@ import resource
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from service import grammar
 from service.errors import GenerateError, Kind
@@ -105,7 +106,7 @@ def test_the_cache_is_bounded_in_bytes():
 _counts = st.one_of(st.integers(0, 2000), st.integers(0, 10**12))
 _leaf = st.fixed_dictionaries({"type": st.sampled_from(["string", "integer", "number", "boolean", "null"])},
                               optional={"minLength": _counts, "maxLength": _counts,
-                                        "pattern": st.sampled_from(["^a{2,3}$", "^[a-z]{1,%d}$" % 10**6, "^x+$"]),
+                                        "pattern": st.sampled_from(["^a{2,3}$", f"^[a-z]{{1,{10**6}}}$", "^x+$"]),
                                         "enum": st.lists(st.text(max_size=5), min_size=1, max_size=4)})
 
 

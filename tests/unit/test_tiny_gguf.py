@@ -9,7 +9,6 @@ pytest.importorskip("gguf")
 
 from tests import tiny_gguf
 
-
 PROMPTS = ["hello", "Why is the sky blue?", "héllo 世界 🙂"]
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 import time
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from common import names
+from common.golang import parse_duration, quote
 from service.detokenizer import Detokenizer
 from service.gguf import GGUFError, read_metadata
-from common.golang import parse_duration, quote
 from service.thinking import ThinkingParser, thinking_tags
 from tests.tiny_gguf import write_tiny_llama
 

@@ -129,22 +129,7 @@ class Observe(grpc.aio.ServerInterceptor):
         if handler is None or internal is None:
             return handler
         metrics = self._metrics
-        if handler.unary_unary is not None:
-            unary = handler.unary_unary
-
-            async def unary_unary(request, context):
-                call = _Call(method, internal, metrics, context)
-                try:
-                    await call.begin(request)
-                    reply = await unary(request, context)
-                    call.code = grpc.StatusCode.OK
-                    return reply
-                except BaseException as exc:
-                    await call.failed(exc)
-                finally:
-                    call.end()
-            return grpc.unary_unary_rpc_method_handler(unary_unary, _lenient(handler.request_deserializer),
-                                                       handler.response_serializer)
+        deserialize = _lenient(handler.request_deserializer)
         if handler.unary_stream is not None:
             stream = handler.unary_stream
 
@@ -163,25 +148,26 @@ class Observe(grpc.aio.ServerInterceptor):
                     await call.failed(exc)
                 finally:
                     call.end()
-            return grpc.unary_stream_rpc_method_handler(unary_stream, _lenient(handler.request_deserializer),
-                                                        handler.response_serializer)
-        if handler.stream_unary is not None:
-            upload = handler.stream_unary
+            return grpc.unary_stream_rpc_method_handler(unary_stream, deserialize, handler.response_serializer)
+        if handler.unary_unary is None and handler.stream_unary is None:
+            return handler
+        # One reply: to one request, or to a stream of them (an upload).
+        uploads = handler.stream_unary is not None
+        behaviour = handler.stream_unary if uploads else handler.unary_unary
 
-            async def stream_unary(requests, context):
-                call = _Call(method, internal, metrics, context)
-                try:
-                    await call.begin(None)
-                    reply = await upload(_checked(requests), context)
-                    call.code = grpc.StatusCode.OK
-                    return reply
-                except BaseException as exc:
-                    await call.failed(exc)
-                finally:
-                    call.end()
-            return grpc.stream_unary_rpc_method_handler(stream_unary, _lenient(handler.request_deserializer),
-                                                        handler.response_serializer)
-        return handler
+        async def one_reply(request, context):
+            call = _Call(method, internal, metrics, context)
+            try:
+                await call.begin(None if uploads else request)
+                reply = await behaviour(_checked(request) if uploads else request, context)
+                call.code = grpc.StatusCode.OK
+                return reply
+            except BaseException as exc:
+                await call.failed(exc)
+            finally:
+                call.end()
+        make = grpc.stream_unary_rpc_method_handler if uploads else grpc.unary_unary_rpc_method_handler
+        return make(one_reply, deserialize, handler.response_serializer)
 
 
 async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:

@@ -117,7 +117,7 @@ class _Embed:
         self.result = loop.create_future()
 
 
-class BatchRunner(Runner):
+class BatchRunner(llama.LlamaRunner):
     """A loaded model whose requests share one context, decoded together."""
 
     def __init__(self, model: internals.LlamaModel, ctx: internals.LlamaContext, *, n_seq: int, n_ctx: int,
@@ -175,16 +175,6 @@ class BatchRunner(Runner):
     def active(self) -> int:
         """Generations in progress (queued, prefilling or decoding)."""
         return self._held + len(self._inbox)
-
-    # -- tokens ------------------------------------------------------------------
-    def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
-        return self.vocab.tokenize(text, add_bos=add_bos)
-
-    def detokenize(self, tokens: Sequence[int]) -> str:
-        return self.vocab.detokenize(tokens)
-
-    def token_text(self, token: int) -> str:
-        return self.vocab.token_text(token)
 
     # -- the event-loop side -------------------------------------------------------
     async def generate(self, prompt: list[int], sampling: Sampling) -> AsyncGenerator[Piece | Finish, None]:

@@ -9,17 +9,17 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import ctypes
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 
 import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
 
-from service.engine import Finish, LoadOptions, Piece, Runner, Sampling
+from service.engine import Finish, LoadOptions, Piece, Sampling
 from service.engines import llama
 
 
-class EmbeddingRunner(Runner):
+class EmbeddingRunner(llama.LlamaRunner):
     def __init__(self, model: internals.LlamaModel, options: LoadOptions, threads: int, metadata: dict):
         self._model = model
         self.vocab = llama.Vocab(model)
@@ -38,15 +38,6 @@ class EmbeddingRunner(Runner):
         self._batch = llama_cpp.llama_batch_init(self.n_ctx, 0, 1)
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         self._turn = asyncio.Lock()
-
-    def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
-        return self.vocab.tokenize(text, add_bos=add_bos)
-
-    def detokenize(self, tokens: Sequence[int]) -> str:
-        return self.vocab.detokenize(tokens)
-
-    def token_text(self, token: int) -> str:
-        return self.vocab.token_text(token)
 
     async def generate(self, prompt: list[int], sampling: Sampling) -> AsyncGenerator[Piece | Finish, None]:
         raise RuntimeError("an embedding model does not generate")

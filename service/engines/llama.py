@@ -21,7 +21,7 @@ import numpy as np
 from llama_cpp import _internals as internals
 
 from service.detokenizer import Detokenizer
-from service.engine import Finish, LoadOptions, Piece, Sampling, TokenLogprob
+from service.engine import Finish, LoadOptions, Piece, Runner, Sampling, TokenLogprob
 from service.errors import invalid
 
 Reason = Literal["stop", "length"]
@@ -165,6 +165,21 @@ class Vocab:
             add(llama_cpp.llama_sampler_init_temp(s.temperature))
             add(llama_cpp.llama_sampler_init_dist(s.seed))
         return chain
+
+
+class LlamaRunner(Runner):
+    """A runner over a llama.cpp model: its vocabulary answers for its tokens."""
+
+    vocab: Vocab
+
+    def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        return self.vocab.tokenize(text, add_bos=add_bos)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.vocab.detokenize(tokens)
+
+    def token_text(self, token: int) -> str:
+        return self.vocab.token_text(token)
 
 
 def shift(memory, seq: int, n_past: int, num_keep: int) -> int:

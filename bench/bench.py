@@ -79,10 +79,11 @@ def peak_rss_mib(pid: int) -> float:
 
 def model_path() -> Path:
     from common import names
+    from service import catalog
     from service.settings import ServiceSettings
     from service.store import ModelStore
     store = ModelStore(ServiceSettings().models)
-    entry = store.get(names.parse(MODEL)) or store.install(MODEL)
+    entry = store.get(names.parse(MODEL)) or catalog.install(store, MODEL)
     return entry.path
 
 

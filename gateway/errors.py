@@ -16,7 +16,11 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: 503,
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
 }
+
+# RESOURCE_EXHAUSTED by the service's ErrorInfo reason: a full queue, a full disk, an upload over its limit.
+RESOURCE_STATUS = {"QUEUE_FULL": 503, "STORE_FULL": 507, "TOO_LARGE": 413}
 
 
 # Seconds a client is asked to wait (Retry-After) after a 503: a full queue or a drain.
@@ -43,7 +47,7 @@ def _oversize(exc: grpc.aio.AioRpcError) -> str | None:
     """For gRPC's own RESOURCE_EXHAUSTED (a message over a size limit, not the service's full queue): whose
     message it was. The service's handler sends its initial metadata first; if it did, the request was taken
     and the reply was too large."""
-    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or reason(exc) == "QUEUE_FULL":
+    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or reason(exc) in RESOURCE_STATUS:
         return None
     started = any(key == "x-request-id" for key, _ in exc.initial_metadata() or ())
     return "reply" if started else "request"
@@ -53,9 +57,11 @@ def http_status(exc: grpc.aio.AioRpcError) -> int:
     """HTTP status for a failed RPC; anything unlisted (INTERNAL, UNKNOWN, …) is 500.
     RESOURCE_EXHAUSTED is a full queue (503) when the service says so; from gRPC itself it is a
     request over the size limit (413), or a reply over it (500)."""
-    oversize = _oversize(exc)
-    if oversize is not None:
-        return 413 if oversize == "request" else 500
+    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        oversize = _oversize(exc)
+        if oversize is not None:
+            return 413 if oversize == "request" else 500
+        return RESOURCE_STATUS[reason(exc)]
     return HTTP_STATUS.get(exc.code(), 500)
 
 

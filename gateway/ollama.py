@@ -6,14 +6,16 @@ first byte is a last line {"error": ...}.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import grpc
 from aiohttp import web
 
 from gateway import relay, transcode
 from gateway.relay import OLLAMA, route
-from gateway.state import SERVICE
+from gateway.state import SERVICE, SETTINGS
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import model_pb2 as mpb
 
@@ -89,7 +91,8 @@ async def ps(request: web.Request) -> web.Response:
 @route(OLLAMA)
 async def version(request: web.Request) -> web.Response:
     return await relay.unary(request, request.config_dict[SERVICE].models.GetVersion, mpb.GetVersionRequest(),
-                             lambda reply: {"version": reply.version}, OLLAMA)
+                             lambda reply: {"version": reply.version, "gengate_version": reply.gengate_version},
+                             OLLAMA)
 
 
 @route(OLLAMA, transcode.show_request)
@@ -108,6 +111,67 @@ async def delete(request: web.Request, req: mpb.DeleteModelRequest) -> web.Respo
     return await relay.unary(request, request.config_dict[SERVICE].models.DeleteModel, req, None, OLLAMA)
 
 
+@route(OLLAMA, transcode.pull_request)
+async def pull(request: web.Request, req: mpb.PullModelRequest) -> web.StreamResponse:
+    return await relay.stream(request, request.config_dict[SERVICE].models.PullModel, req,
+                              NdjsonFramer(transcode.progress_response), OLLAMA, streaming=_streaming(req))
+
+
+@route(OLLAMA, transcode.push_request)
+async def push(request: web.Request, req: mpb.PushModelRequest) -> web.StreamResponse:
+    return await relay.stream(request, request.config_dict[SERVICE].models.PushModel, req,
+                              NdjsonFramer(transcode.progress_response), OLLAMA, streaming=_streaming(req))
+
+
+@route(OLLAMA, transcode.create_request)
+async def create(request: web.Request, req: mpb.CreateModelRequest) -> web.StreamResponse:
+    return await relay.stream(request, request.config_dict[SERVICE].models.CreateModel, req,
+                              NdjsonFramer(transcode.progress_response), OLLAMA, streaming=_streaming(req))
+
+
+@route(OLLAMA)
+async def check_blob(request: web.Request) -> web.Response:
+    """HEAD /api/blobs/sha256:<hex>: 200 if the store holds it, 404 if not (headers only, as for any HEAD)."""
+    return await relay.unary(request, request.config_dict[SERVICE].models.CheckBlob,
+                             mpb.CheckBlobRequest(digest=request.match_info["digest"]), None, OLLAMA)
+
+
+BLOB_CHUNK = 1 << 20
+
+
+@route(OLLAMA)
+async def create_blob(request: web.Request) -> web.Response:
+    """POST /api/blobs/sha256:<hex>: 201 when written, 200 when the store already held it (the body is not
+    read then). The body goes to the service in 1 MiB messages as it arrives, never whole in memory; a client
+    that sends nothing for GENGATE_BODY_TIMEOUT is cut off."""
+    models = request.config_dict[SERVICE].models
+    digest = request.match_info["digest"]
+    try:
+        await models.CheckBlob(mpb.CheckBlobRequest(digest=digest), metadata=relay.metadata(request),
+                               timeout=relay.timeout(request))
+        return web.Response(status=200)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.NOT_FOUND:
+            return OLLAMA.rpc_error(exc)
+    idle = request.config_dict[SETTINGS].body_timeout
+
+    async def chunks() -> AsyncIterator[mpb.CreateBlobRequest]:
+        yield mpb.CreateBlobRequest(digest=digest)
+        while True:
+            try:
+                data = await asyncio.wait_for(request.content.read(BLOB_CHUNK), idle)
+            except TimeoutError:
+                raise relay.BodyRefused(408, f"request body not received within {idle:g} s") from None
+            if not data:
+                return
+            yield mpb.CreateBlobRequest(data=data)
+    try:
+        reply = await models.CreateBlob(chunks(), metadata=relay.metadata(request))
+    except grpc.aio.AioRpcError as exc:
+        return OLLAMA.rpc_error(exc)
+    return web.Response(status=201 if reply.created else 200)
+
+
 def add_routes(app: web.Application) -> None:
     """Registers Ollama's /api routes."""
     app.router.add_post("/api/generate", generate)
@@ -120,3 +184,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/show", show)
     app.router.add_post("/api/copy", copy)
     app.router.add_delete("/api/delete", delete)
+    app.router.add_post("/api/pull", pull)
+    app.router.add_post("/api/push", push)
+    app.router.add_post("/api/create", create)
+    app.router.add_route("HEAD", "/api/blobs/{digest}", check_blob)
+    app.router.add_post("/api/blobs/{digest}", create_blob)

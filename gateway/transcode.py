@@ -340,6 +340,8 @@ def _bind_values(values: dict[str, Any], message, fields: Fields):
             continue
         if isinstance(converted, list):
             getattr(message, attr).extend(converted)
+        elif isinstance(converted, dict):
+            getattr(message, attr).update(converted)
         elif hasattr(converted, "DESCRIPTOR"):
             getattr(message, attr).CopyFrom(converted)
         else:
@@ -459,6 +461,68 @@ def delete_request(body: bytes) -> mpb.DeleteModelRequest:
     pairs = decode_object(body, "DeleteRequest")
     req = _bind_values(_fields(pairs, {"model"}), mpb.DeleteModelRequest(), {"model": ("model", _string)})
     return _model_or_name(req, _fields(pairs, {"name"}))
+
+
+def _string_map(value: Any, field: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise _type_error(value, field, "map[string]string", "CreateRequest")
+    return value
+
+
+def _licenses(value: Any, field: str) -> list[str]:
+    """Ollama's license: a string or a list of strings."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise BadRequest("license must be a string or an array of strings")
+    return items
+
+
+def _parameters(value: Any, field: str) -> struct_pb2.Struct:
+    return _struct(value, field)
+
+
+_PROGRESS_FIELDS: Fields = {"model": ("model", _string), "insecure": ("insecure", _bool), "stream": ("stream", _bool)}
+
+
+def pull_request(body: bytes) -> mpb.PullModelRequest:
+    pairs = decode_object(body, "PullRequest")
+    req = _bind_values(_fields(pairs, set(_PROGRESS_FIELDS)), mpb.PullModelRequest(), _PROGRESS_FIELDS)
+    return _model_or_name(req, _fields(pairs, {"name"}))
+
+
+def push_request(body: bytes) -> mpb.PushModelRequest:
+    pairs = decode_object(body, "PushRequest")
+    req = _bind_values(_fields(pairs, set(_PROGRESS_FIELDS)), mpb.PushModelRequest(), _PROGRESS_FIELDS)
+    return _model_or_name(req, _fields(pairs, {"name"}))
+
+
+_CREATE_FIELDS: Fields = {
+    "model": ("model", _string), "from": ("from", _string), "files": ("files", _string_map),
+    "adapters": ("adapters", _string_map), "template": ("template", _string), "system": ("system", _string),
+    "license": ("license", _licenses), "parameters": ("parameters", _parameters),
+    "messages": ("messages", _messages), "quantize": ("quantize", _string), "stream": ("stream", _bool)}
+
+
+def create_request(body: bytes) -> mpb.CreateModelRequest:
+    """Ollama's current api.CreateRequest (`name` and `quantization` are its deprecated spellings)."""
+    pairs = decode_object(body, "CreateRequest")
+    req = _bind_values(_fields(pairs, set(_CREATE_FIELDS)), mpb.CreateModelRequest(), _CREATE_FIELDS)
+    old = _fields(pairs, {"name", "quantization"})
+    if not req.quantize and old.get("quantization"):
+        req.quantize = _string(old["quantization"], "quantization")
+    return _model_or_name(req, old)
+
+
+def progress_response(msg) -> dict[str, Any]:
+    """A pull or create step as Ollama's ProgressResponse: empty fields left out."""
+    out: dict[str, Any] = {"status": msg.status}
+    if msg.digest:
+        out["digest"] = msg.digest
+    if msg.total:
+        out["total"] = msg.total
+    if msg.completed:
+        out["completed"] = msg.completed
+    return out
 
 
 # -- responses ----------------------------------------------------------------------------

@@ -123,5 +123,7 @@ class Engine(abc.ABC):
     """Loads models."""
 
     @abc.abstractmethod
-    async def load(self, path: str, options: LoadOptions) -> Runner:
-        """Loads the GGUF at `path` (without blocking the event loop)."""
+    async def load(self, path: str, options: LoadOptions, *, adapters: Sequence[str] = (),
+                   projector: str | None = None) -> Runner:
+        """Loads the GGUF at `path` (without blocking the event loop), with LoRA `adapters` applied and, for a
+        model that can see, its vision `projector`."""

@@ -24,6 +24,9 @@ class Kind(enum.Enum):
     MODEL_LOAD_FAILED = enum.auto()
     OUT_OF_MEMORY = enum.auto()       # a model does not fit, even with idle ones unloaded
     STORE_READ_ONLY = enum.auto()     # copy/delete on a store that cannot be written
+    STORE_FULL = enum.auto()          # no space left for a blob
+    TOO_LARGE = enum.auto()           # an upload over the limit
+    NO_REGISTRY = enum.auto()         # push: gengate has no registry to push to
     INTERNAL = enum.auto()
 
     @property
@@ -43,6 +46,9 @@ GRPC_CODE: dict[Kind, grpc.StatusCode] = {
     Kind.MODEL_LOAD_FAILED: grpc.StatusCode.INTERNAL,
     Kind.OUT_OF_MEMORY: grpc.StatusCode.INTERNAL,       # Ollama: 500; the reason tells it apart
     Kind.STORE_READ_ONLY: grpc.StatusCode.FAILED_PRECONDITION,
+    Kind.STORE_FULL: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Kind.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Kind.NO_REGISTRY: grpc.StatusCode.UNIMPLEMENTED,
     Kind.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 

@@ -153,7 +153,7 @@ class Generation:
         entry = self._store.get(name)
         if entry is None or not entry.path.exists():
             raise GenerateError(Kind.MODEL_NOT_FOUND, f"model '{model}' not found", "model")
-        return Model(entry, self._store.metadata(entry))
+        return Model(entry, self._store.metadata(entry.path))
 
     def _think(self, req, model: Model, raw: bool = False) -> tuple[bool | None, str, tuple[str, str] | None]:
         """(think, level, tags): Ollama's thinking rules (spec §4.1 step 9)."""

@@ -1133,6 +1133,11 @@ def _fmt_float_body(f: float, verb: str, prec: int | None) -> str:
     return _fmt_f_shortest(digits, dp)
 
 
+def go_number(f: float) -> str:
+    """fmt's %v for a float64 (4096, 0.7, 1e+06): how Ollama prints a JSON number it decoded."""
+    return _go_float(float(f))
+
+
 def _go_float(f: float) -> str:
     """fmt's %v for a float64."""
     if math.isnan(f):

@@ -92,7 +92,7 @@ class ModelPool:
                 model = self._loaded.get(entry.key)
                 if model is None:
                     break
-                if model.entry.digest == entry.digest and model.options == options:
+                if model.entry.files == entry.files and model.options == options:
                     model.leases += 1
                     self._cancel_timer(model)
                     return model
@@ -126,7 +126,7 @@ class ModelPool:
         log.info("loading %s (%s)", entry.name.short, options)
         try:
             try:
-                runner = await self._engine.load(str(entry.path), options)
+                runner = await self._engine_load(entry, options)
             except Exception as exc:
                 idle = [m for m in self._loaded.values() if m.leases == 0 and m.entry.key != entry.key]
                 if not (_out_of_memory(exc) and idle):
@@ -136,7 +136,7 @@ class ModelPool:
                             entry.name.short, len(idle))
                 for model in idle:
                     await self._close(model)
-                runner = await self._engine.load(str(entry.path), options)
+                runner = await self._engine_load(entry, options)
         except Exception as exc:
             log.exception("loading %s failed", entry.name.short)
             # The cause goes to the log only: it may name files on the server.
@@ -150,6 +150,10 @@ class ModelPool:
         self._loaded[entry.key] = model
         self._schedule_expiry(model)
         return model
+
+    async def _engine_load(self, entry: ModelEntry, options: LoadOptions) -> Runner:
+        return await self._engine.load(str(entry.path), options, adapters=[str(p) for p in entry.adapters],
+                                       projector=str(entry.projector) if entry.projector else None)
 
     async def _make_room(self, key: str) -> None:
         """Waits until fewer than max_loaded other models are loaded or loading, unloading the least

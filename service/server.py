@@ -144,7 +144,8 @@ def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
         interceptors.append(BearerToken(settings.api_key))
     server = grpc.aio.server(options=limits, interceptors=interceptors)
     pb_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(generation), server)
-    mpb_grpc.add_ModelServiceServicer_to_server(ModelServicer(store, pool), server)
+    mpb_grpc.add_ModelServiceServicer_to_server(
+        ModelServicer(store, pool, settings.max_blob_bytes, settings.num_threads), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:

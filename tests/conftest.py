@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from common import names
+from service import catalog
+from service.catalog import DEFAULT_MODEL
 from service.settings import ServiceSettings
-from service.store import DEFAULT_MODEL, ModelStore
+from service.store import ModelStore
 from tests.fake_engine import FakeEngine
 from tests.harness import Stack
 from tests.tiny_gguf import write_tiny_llama
@@ -80,7 +82,7 @@ def real_models(models) -> Path:
     store = ModelStore(models)
     if store.get(names.parse(REAL)) is None:
         default = ModelStore(ServiceSettings().models)
-        entry = default.get(names.parse(REAL)) or default.install(REAL)
+        entry = default.get(names.parse(REAL)) or catalog.install(default, REAL)
         store.import_file(REAL, entry.path)
     return models
 

@@ -82,7 +82,7 @@ class FakeEngine(Engine):
         self.load_gate: asyncio.Event | None = None   # when set, loads wait for it
         self.load_errors: list[BaseException] = []     # raised by the next loads, one each
 
-    async def load(self, path: str, options: LoadOptions) -> Runner:
+    async def load(self, path: str, options: LoadOptions, **files) -> Runner:
         if self.load_gate is not None:
             await self.load_gate.wait()
         if self.load_errors:

@@ -166,6 +166,7 @@ def write_tiny_llama(
     extra_metadata: dict | None = None,
     suppress_byte_tokens: bool = True,
     add_space_prefix: bool = False,
+    f16: bool = False,
 ) -> pathlib.Path:
     """Write a tiny random-weight llama GGUF model to ``path`` and return the path.
 
@@ -179,6 +180,8 @@ def write_tiny_llama(
     ``suppress_byte_tokens`` (default) the 256 byte-fallback tokens are never
     sampled either, so all generated text is valid (ASCII) UTF-8 built from the
     ordinary pieces.
+
+    ``f16`` stores the weight matrices as F16 (file type MOSTLY_F16): a model to quantize.
 
     ``add_space_prefix`` is written as ``tokenizer.ggml.add_space_prefix``.  It
     defaults to False so that ``detokenize(tokenize(text, add_bos=False)) ==
@@ -234,10 +237,13 @@ def write_tiny_llama(
     output[suppressed, 0] = -SUPPRESS_LOGIT
     tensors.append(("output.weight", output))
 
+    if f16:
+        tensors = [(name, t.astype(np.float16) if t.ndim == 2 else t) for name, t in tensors]
+
     writer = gguf.GGUFWriter(path, "llama")  # also writes general.architecture
     try:
         writer.add_name(TINY_MODEL_NAME)
-        writer.add_file_type(int(gguf.LlamaFileType.ALL_F32))
+        writer.add_file_type(int(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32))
         writer.add_vocab_size(n_vocab)
         writer.add_context_length(n_ctx_train)
         writer.add_embedding_length(d)
@@ -281,3 +287,27 @@ if __name__ == "__main__":  # pragma: no cover - manual helper
 
     out = write_tiny_llama(sys.argv[1] if len(sys.argv) > 1 else "tiny.gguf")
     print(out, out.stat().st_size, "bytes,", TINY_N_VOCAB, "tokens")
+
+
+def write_tiny_lora(path: str | pathlib.Path, *, seed: int = 1, rank: int = 4, alpha: float = 8.0) -> pathlib.Path:
+    """A LoRA adapter (GGUF, random weights) for the tiny llama: low-rank updates of every layer's attn_q and
+    ffn_up, strong enough to change what greedy decoding picks."""
+    path = pathlib.Path(path)
+    rng = np.random.default_rng(seed)
+    d, n_ff = TINY_N_EMBD, TINY_N_FF
+    writer = gguf.GGUFWriter(path, "llama")
+    try:
+        writer.add_string("general.type", "adapter")
+        writer.add_string("adapter.type", "lora")
+        writer.add_float32("adapter.lora.alpha", alpha)
+        for i in range(TINY_N_LAYER):
+            for name, n_out, n_in in ((f"blk.{i}.attn_q.weight", d, d), (f"blk.{i}.ffn_up.weight", n_ff, d)):
+                # ggml ne: lora_a (n_in, rank), lora_b (rank, n_out); numpy shapes are reversed.
+                writer.add_tensor(f"{name}.lora_a", (rng.standard_normal((rank, n_in)) / np.sqrt(n_in)).astype(np.float32))
+                writer.add_tensor(f"{name}.lora_b", rng.standard_normal((n_out, rank)).astype(np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    return path

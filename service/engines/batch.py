@@ -509,7 +509,8 @@ class BatchEngine(Engine):
         self.num_parallel = max(1, num_parallel)
         self.chunk = max(3, chunk)
 
-    async def load(self, path: str, options: LoadOptions) -> Runner:
+    async def load(self, path: str, options: LoadOptions, *, adapters: Sequence[str] = (),
+                   projector: str | None = None) -> Runner:
         threads = options.num_thread or os.cpu_count() or 1
         n_seq = self.num_parallel
         chunk = max(3, min(self.chunk, options.num_batch))
@@ -530,6 +531,11 @@ class BatchEngine(Engine):
                 if not llama_cpp.llama_get_memory(ctx.ctx):         # an encoder (BERT): nothing to batch over
                     ctx.close()
                     return EmbeddingRunner(model, options, threads, read_metadata(path))
+                try:
+                    llama.apply_adapters(model, ctx, adapters)
+                except BaseException:
+                    ctx.close()
+                    raise
             except BaseException:
                 model.close()
                 raise

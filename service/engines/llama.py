@@ -85,6 +85,22 @@ def load_model(path: str, options: LoadOptions) -> internals.LlamaModel:
     return internals.LlamaModel(path_model=path, params=params, verbose=False)
 
 
+def apply_adapters(model: internals.LlamaModel, ctx: internals.LlamaContext, paths: Sequence[str]) -> None:
+    """Applies LoRA adapters (GGUF) to a context, each at scale 1 (freed with the model)."""
+    if not paths:
+        return
+    adapters = []
+    for path in paths:
+        adapter = llama_cpp.llama_adapter_lora_init(model.model, path.encode())
+        if not adapter:
+            raise RuntimeError("a LoRA adapter failed to load (not one for this model?)")
+        adapters.append(adapter)
+    handles = (llama_cpp.llama_adapter_lora_p_ctypes * len(adapters))(*adapters)
+    scales = (ctypes.c_float * len(adapters))(*([1.0] * len(adapters)))
+    if llama_cpp.llama_set_adapters_lora(ctx.ctx, handles, len(adapters), scales) != 0:
+        raise RuntimeError("the LoRA adapters could not be applied")
+
+
 class Vocab:
     """A model's tokens: text to tokens and back, each token's bytes, and which tokens end a generation."""
 

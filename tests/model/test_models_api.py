@@ -59,7 +59,8 @@ def test_ps_lists_loaded_models_latest_expiry_first(client):
 
 
 def test_version(real):
-    assert httpx.get(real.url + "/api/version").json() == {"version": "0.1.0"}
+    # The version of Ollama's API gengate implements (clients gate features on it); gengate's own beside it.
+    assert httpx.get(real.url + "/api/version").json() == {"version": "0.14.0", "gengate_version": "0.1.0"}
 
 
 def test_copy_then_delete(client, real):
@@ -83,7 +84,8 @@ def test_model_service_over_grpc(real):
     stub = mpb_grpc.ModelServiceStub(grpc.insecure_channel(real.grpc_target))
     assert REAL in {m.name for m in stub.ListModels(mpb.ListModelsRequest()).models}
     assert stub.ShowModel(mpb.ShowModelRequest(model=REAL)).details.family == "llama"
-    assert stub.GetVersion(mpb.GetVersionRequest()).version == "0.1.0"
+    version = stub.GetVersion(mpb.GetVersionRequest())
+    assert (version.version, version.gengate_version) == ("0.14.0", "0.1.0")     # Ollama's API version, and ours
     with pytest.raises(grpc.RpcError) as err:
         stub.ShowModel(mpb.ShowModelRequest(model="nope"))
     assert (err.value.code(), err.value.details()) == (grpc.StatusCode.NOT_FOUND, "model 'nope' not found")

@@ -160,4 +160,4 @@ def test_modelfile_messages_start_every_conversation(fake, engine):
     assert engine.prompts[-1] == "System: Be brief. User: Hi Assistant: Hello! User: Bye "
     shown = httpx.post(fake.url + "/api/show", json={"model": "test-messages"}).json()
     assert shown["messages"] == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
-    assert 'MESSAGE assistant """Hello!"""' in shown["modelfile"]
+    assert "MESSAGE assistant Hello!" in shown["modelfile"]          # Ollama quotes only what needs it

@@ -18,7 +18,7 @@ from common import names
 from gengate.v1 import generate_pb2 as pb
 from service.store import ModelStore
 from tests.conftest import REAL
-from tests.tiny_gguf import write_tiny_llama
+from tests.tiny_gguf import write_tiny_llama, write_tiny_lora
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,25 +103,60 @@ def test_cp_and_rm_round_trip(real):
     assert again.returncode == 1 and "Error: model 'cli-copy' not found" in again.stderr
 
 
-# -- local commands ------------------------------------------------------------------------------------------------
+# -- the model lifecycle: import, pull, create ---------------------------------------------------------------------
 
-def test_import_copies_a_gguf_into_the_store_with_a_progress_bar(tmp_path):
+def test_import_copies_a_gguf_into_the_store_with_a_progress_bar(tmp_path, fake):
     gguf = write_tiny_llama(tmp_path / "tiny.gguf")
-    store_dir = tmp_path / "store"
+    store_dir = fake.service.store.root
     done = gengate("import", "cli-tiny:q4", str(gguf), "--template", "{{ .Prompt }}", "--system", "Be brief.",
-                   "--message", "user:Hi: there", "--message", "assistant:Hello!", env={"GENGATE_MODELS": str(store_dir)})
+                   "--message", "user:Hi: there", "--message", "assistant:Hello!", "--host", fake.grpc_target)
     assert done.returncode == 0, done.stderr
     assert "importing tiny.gguf 100% ▕" in done.stderr
     entry = ModelStore(store_dir).get(names.parse("cli-tiny:q4"))
     assert entry.digest == hashlib.sha256(gguf.read_bytes()).hexdigest() and entry.path.exists()
     assert (entry.template, entry.system) == ("{{ .Prompt }}", "Be brief.")
     assert entry.messages == ({"role": "user", "content": "Hi: there"}, {"role": "assistant", "content": "Hello!"})
-    wrong = gengate("import", "x", str(gguf), "--message", "robot:beep", "--models", str(store_dir))
+    wrong = gengate("import", "x", str(gguf), "--message", "robot:beep", "--host", fake.grpc_target)
     assert wrong.returncode == 2 and "ROLE:TEXT" in wrong.stderr
 
     (tmp_path / "bad.gguf").write_bytes(b"not a model")
-    bad = gengate("import", "bad", str(tmp_path / "bad.gguf"), "--models", str(store_dir))
+    bad = gengate("import", "bad", str(tmp_path / "bad.gguf"), "--host", fake.grpc_target)
     assert bad.returncode == 1 and "is not a GGUF file" in bad.stderr
+
+
+def test_create_from_a_modelfile_uploads_its_files_and_reads_its_layers(tmp_path, fake):
+    write_tiny_llama(tmp_path / "weights.gguf", seed=5)
+    write_tiny_lora(tmp_path / "style.gguf")
+    (tmp_path / "Modelfile").write_text(
+        "# a pirate\nFROM ./weights.gguf\nADAPTER ./style.gguf\nparameter temperature 0.25\n"
+        'PARAMETER stop "<|end|>"\nPARAMETER stop <|eot|>\nSYSTEM """You are a pirate.\nArr."""\n'
+        "TEMPLATE {{ .System }} {{ .Prompt }}\nMESSAGE user Ahoy\nLICENSE MIT\n")
+    done = gengate("create", "pirate:cli", "-f", str(tmp_path / "Modelfile"), "--host", fake.grpc_target)
+    assert done.returncode == 0, done.stderr
+    assert "uploading weights.gguf 100%" in done.stderr and "writing manifest" in done.stderr
+    entry = ModelStore(fake.service.store.root).get(names.parse("pirate:cli"))
+    assert entry.parameters == {"temperature": 0.25, "stop": ["<|end|>", "<|eot|>"]}
+    assert (entry.system, entry.template, entry.license) == ("You are a pirate.\nArr.", "{{ .System }} {{ .Prompt }}",
+                                                             ("MIT",))
+    assert entry.messages == ({"role": "user", "content": "Ahoy"},) and len(entry.adapters) == 1
+    # The Modelfile that show writes reads back.
+    shown = gengate("show", "pirate:cli", "--modelfile", "--host", fake.grpc_target).stdout
+    (tmp_path / "Again").write_text(shown)
+    again = gengate("create", "pirate:again", "-f", str(tmp_path / "Again"), "--host", fake.grpc_target)
+    assert again.returncode == 0, again.stderr
+    copy = ModelStore(fake.service.store.root).get(names.parse("pirate:again"))
+    assert (copy.digest, copy.parameters, copy.system, copy.parent) == (entry.digest, entry.parameters, entry.system,
+                                                                       "pirate:cli")
+    broken = gengate("create", "x", "-f", str(tmp_path / "nope"), "--host", fake.grpc_target)
+    assert broken.returncode == 1 and "Error:" in broken.stderr
+
+
+def test_pull_shows_progress_and_refuses_names_outside_the_catalog(fake):
+    done = gengate("pull", "all-minilm", "--host", fake.grpc_target)
+    assert done.returncode == 0, done.stderr
+    assert "pulling manifest" in done.stderr and "success" in done.stderr
+    missing = gengate("pull", "nope:1", "--host", fake.grpc_target)
+    assert missing.returncode == 1 and "Error: pull model manifest: file does not exist" in missing.stderr
 
 
 def test_serve_runs_service_and_gateway_and_exits_0_on_sigterm(models):

@@ -1,0 +1,250 @@
+"""The Create pipeline (Ollama's POST /api/create), in Ollama's order, as progress steps.
+
+Checked before anything is sent (so they are statuses, 400s over HTTP): file names (relative paths), digests,
+the new model's name, and that there is something to build on (`from` or `files`). Then, step by step:
+
+- `from`: an installed model, whose blobs and layers the new one takes ("using existing layer sha256:...");
+  a catalog model that is not installed yet is pulled first, as Ollama pulls from its registry;
+- `files`: uploaded GGUF blobs, each "parsing GGUF": checked (a GGUF, its tensor table inside the file) and
+  sorted into the weights, a vision projector, or a LoRA adapter;
+- `adapters`: LoRA GGUF blobs, applied when the model loads;
+- `quantize`: llama.cpp's quantizer, in a process of its own, from F32/F16/BF16 weights ("quantizing F16 model
+  to Q4_K_M", "verifying conversion", then the new weights' "creating new layer sha256:...");
+- the Modelfile layers (template, system, license, parameters, messages): each "creating new layer sha256:..."
+  with the digest of its content;
+- "writing manifest", "success".
+
+A create whose client leaves writes no manifest; a blob already written stays (as Ollama keeps layers) and is
+shared by the next create that needs it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from common import golang, names
+from common.modelfile import MESSAGE_ROLES
+from gengate.v1 import generate_pb2 as pb
+from gengate.v1 import model_pb2 as mpb
+from service import catalog, prompt, quantize
+from service.catalog import Progress
+from service.errors import GenerateError, Kind, invalid
+from service.gguf import GGUFError, check_tensors, kind_of, read_metadata
+from service.store import ModelStore, parse_digest
+
+NO_SOURCE = "neither 'from' or 'files' was specified"
+ZERO_DIGEST = "0" * 19                   # what Ollama puts in the digest of a quantizing step
+
+
+def _valid_path(name: str) -> bool:
+    """Go's fs.ValidPath: a relative, slash-separated path without empty, "." or ".." elements."""
+    if name == ".":
+        return True
+    return bool(name) and all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def _layer(status_digest: str, created: bool) -> Progress:
+    return Progress(f"{'creating new' if created else 'using existing'} layer sha256:{status_digest}")
+
+
+def _text_digest(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Creation:
+    """Runs CreateModel requests against the store."""
+
+    def __init__(self, store: ModelStore, threads: int = 0):
+        self._store = store
+        self._threads = threads
+
+    def check(self, req: mpb.CreateModelRequest) -> names.ModelName:
+        """What Ollama checks before it streams anything (400s)."""
+        for name, digest in list(req.files.items()) + list(req.adapters.items()):
+            if name in req.files and not _valid_path(name):
+                raise invalid("file path must be relative", "files")
+            if not digest:
+                raise invalid("invalid digest format", "files")
+        try:
+            target = names.parse(req.model.strip())
+        except names.InvalidName:
+            raise invalid("invalid model name", "model") from None
+        if not getattr(req, "from") and not req.files:
+            raise invalid(NO_SOURCE, "from")
+        return target
+
+    async def create(self, req: mpb.CreateModelRequest) -> AsyncGenerator[Progress, None]:
+        target = self.check(req)
+        layers: dict[str, Any]
+        source = getattr(req, "from")
+        if source:
+            layers = {}
+            async for step in self._from(source, layers):
+                yield step
+        else:
+            layers = {}
+            async for step in self._files(req, layers):
+                yield step
+        for name in sorted(req.adapters):
+            digest = self._blob(req.adapters[name], "adapters")
+            if kind_of(self._checked(digest)) != "adapter":
+                raise invalid(f"{name} is not a LoRA adapter", "adapters")
+            layers.setdefault("adapters", [])
+            if digest not in layers["adapters"]:
+                layers["adapters"].append(digest)
+            yield _layer(digest, created=False)
+        if req.quantize:
+            async for step in self._quantize(req.quantize, layers):
+                yield step
+        async for step in self._text_layers(req, layers):
+            yield step
+        yield Progress("writing manifest")
+        digest = layers.pop("digest")
+        self._store.add(target.short, digest, **layers)
+        yield Progress("success")
+
+    # -- the weights ---------------------------------------------------------------------------------
+    async def _from(self, source: str, layers: dict[str, Any]) -> AsyncGenerator[Progress, None]:
+        try:
+            parsed = names.parse(source.strip())
+        except names.InvalidName:
+            raise invalid("invalid model name", "from") from None
+        record = self._store.record(parsed)
+        if record is None or not self._store.has_blob(record["digest"]):
+            # As Ollama pulls a model it does not have from its registry: from gengate's catalog.
+            async for step in catalog.pull(self._store, source.strip()):
+                if step.status != "success":
+                    yield step
+            record = self._store.record(parsed)
+            assert record is not None
+        for key in ("digest", "adapters", "projector", "template", "system", "parameters", "messages", "license"):
+            if record.get(key):
+                layers[key] = record[key]
+        layers["parent"] = parsed.short
+        for digest in [record["digest"], *(record.get("adapters") or ()), *filter(None, [record.get("projector")])]:
+            yield _layer(digest, created=False)
+        for key in ("template", "system", "parameters", "messages", "license"):
+            if record.get(key):
+                yield _layer(_text_digest(record[key]), created=False)
+
+    async def _files(self, req: mpb.CreateModelRequest, layers: dict[str, Any]) -> AsyncGenerator[Progress, None]:
+        for name in sorted(req.files):
+            yield Progress("parsing GGUF")
+            digest = self._blob(req.files[name], "files")
+            kind = kind_of(self._checked(digest))
+            if kind == "model":
+                if "digest" in layers:
+                    raise invalid("more than one model among the files", "files")
+                layers["digest"] = digest
+            elif kind == "projector":
+                layers["projector"] = digest
+            else:
+                layers.setdefault("adapters", []).append(digest)
+            yield _layer(digest, created=False)
+        if "digest" not in layers:
+            raise invalid("no model weights among the files", "files")
+
+    def _blob(self, text: str, field: str) -> str:
+        digest = parse_digest(text)
+        if not self._store.has_blob(digest):
+            raise GenerateError(Kind.INVALID_ARGUMENT, f'blob "sha256:{digest}" not found: upload it first', field)
+        return digest
+
+    def _checked(self, digest: str) -> dict[str, Any]:
+        """The GGUF metadata of an uploaded blob, after checking its tensor table stays inside the file."""
+        path = self._store.blob_path(digest)
+        try:
+            check_tensors(path)
+            return read_metadata(path)
+        except GGUFError:
+            raise invalid("supplied file was not in GGUF format", "files") from None
+
+    async def _quantize(self, text: str, layers: dict[str, Any]) -> AsyncGenerator[Progress, None]:
+        wanted = text.upper()
+        file_type = quantize.TARGETS.get(wanted)
+        if file_type is None:
+            raise invalid(quantize.UNSUPPORTED.format(wanted), "quantize")
+        source = self._store.blob_path(layers["digest"])
+        current = int(read_metadata(source).get("general.file_type", -1))
+        if current == file_type:
+            return
+        if current not in quantize.SOURCES:
+            raise invalid(quantize.NOT_FROM_FLOAT, "quantize")
+        step = f"quantizing {quantize.SOURCES[current]} model to {wanted}"
+        with tempfile.TemporaryDirectory(prefix="quantize-", dir=self._store.root) as tmp:
+            output = Path(tmp) / "model.gguf"
+            try:
+                async for done, total in quantize.quantize(source, output, file_type, current, self._threads):
+                    yield Progress(step, ZERO_DIGEST, total, done)
+            except RuntimeError as exc:
+                raise GenerateError(Kind.INTERNAL, f"quantizing failed: {exc}") from None
+            yield Progress("verifying conversion")
+            with open(output, "rb") as f:
+                digest, _ = self._store.write_blob(f)
+        layers["digest"] = digest
+        yield _layer(digest, created=True)
+
+    # -- the Modelfile layers ------------------------------------------------------------------------------
+    async def _text_layers(self, req: mpb.CreateModelRequest, layers: dict[str, Any]
+                           ) -> AsyncGenerator[Progress, None]:
+        new: dict[str, Any] = {}
+        if req.template:
+            try:
+                prompt.parse_go_template(req.template)
+            except GenerateError as exc:
+                raise invalid(f"template error: {exc.message}", "template") from None
+            new["template"] = req.template
+        if req.system:
+            new["system"] = req.system
+        if req.license:
+            new["license"] = list(req.license)
+        if req.HasField("parameters"):
+            new["parameters"] = check_parameters(json_format.MessageToDict(req.parameters))
+        if req.messages:
+            new["messages"] = [_message(m, i) for i, m in enumerate(req.messages)]
+        for key, value in new.items():
+            layers[key] = value
+            yield _layer(_text_digest(value), created=True)
+
+
+def _message(m: pb.Message, i: int) -> dict[str, str]:
+    if m.role not in MESSAGE_ROLES:
+        raise invalid(f'message role must be one of {", ".join(golang.quote(r) for r in MESSAGE_ROLES)}',
+                      f"messages[{i}].role")
+    return {"role": m.role, "content": m.content}
+
+
+def check_parameters(values: dict[str, Any]) -> dict[str, Any]:
+    """Modelfile PARAMETERs: the options Ollama knows, each of its type (a wrong one would fail every request
+    later); numbers that are whole stay integers. Unknown names are kept and ignored, as Ollama does."""
+    fields = pb.Options.DESCRIPTOR.fields_by_name
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        field = fields.get(key)
+        if field is None:
+            out[key] = value
+        elif field.name == "stop":
+            stops = [value] if isinstance(value, str) else value
+            if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+                raise invalid('parameter "stop" must be a string or a list of strings', "parameters.stop")
+            out[key] = stops
+        elif field.type == field.TYPE_BOOL:
+            if not isinstance(value, bool):
+                raise invalid(f'parameter "{key}" must be a boolean', f"parameters.{key}")
+            out[key] = value
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise invalid(f'parameter "{key}" must be a number', f"parameters.{key}")
+        elif field.type in (field.TYPE_FLOAT, field.TYPE_DOUBLE):
+            out[key] = value
+        elif value != int(value):
+            raise invalid(f'parameter "{key}" must be an integer', f"parameters.{key}")
+        else:
+            out[key] = int(value)
+    return out

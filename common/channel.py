@@ -55,10 +55,14 @@ class Tls:
 
 
 def options(max_message_bytes: int | None = None) -> list[tuple[str, Any]]:
-    """Channel options: the service config, keepalive pings (accepted by the service), a capped backoff."""
+    """Channel options: the service config, keepalive pings (accepted by the service), a capped backoff.
+
+    Pings continue through a call that sends nothing for minutes (a stream:false generation), so a vanished
+    service is noticed within keepalive_time + keepalive_timeout rather than never."""
     opts: list[tuple[str, Any]] = [
         ("grpc.service_config", SERVICE_CONFIG),
         ("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.max_pings_without_data", 0),
         ("grpc.initial_reconnect_backoff_ms", 250),
         ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS)]
     if max_message_bytes:

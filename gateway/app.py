@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common import channel, tracing
 from common.logs import request_id as request_id_var
-from gateway import ollama, openai, openapi, security
+from gateway import anthropic, ollama, openai, openapi, responses, security
 from gateway.relay import OLLAMA, dialect_of, json_response
 from gateway.settings import GatewaySettings
 from gateway.state import (
@@ -201,4 +201,6 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.router.add_get("/openapi.json", openapi_document)
     ollama.add_routes(app)
     openai.add_routes(app)
+    anthropic.add_routes(app)
+    responses.add_routes(app)
     return app

@@ -20,7 +20,6 @@ list, `response_format` as Ollama's `format`, `reasoning_effort` as `think`.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import logging
 import struct
@@ -28,10 +27,11 @@ import uuid
 from typing import Any
 
 from aiohttp import web
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from common import enums, names
-from gateway import relay, transcode
+from gateway import anthropic, relay, transcode
+from gateway import body as fields
 from gateway.errors import BadRequest
 from gateway.relay import Dialect, route
 from gateway.state import SERVICE
@@ -43,9 +43,6 @@ log = logging.getLogger(__name__)
 FINGERPRINT = "fp_gengate"
 EVENT_STREAM = "text/event-stream"
 _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
-_INT32 = (-(2**31), 2**31 - 1)
-_INT64 = (-(2**63), 2**63 - 1)
-_IMAGE_PREFIXES = ("data:;base64,",) + tuple(f"data:image/{t};base64," for t in ("jpeg", "jpg", "png", "webp"))
 _EFFORTS = ("high", "medium", "low", "none")
 
 
@@ -64,49 +61,10 @@ OPENAI = OpenAI()
 
 
 # -- request fields --------------------------------------------------------------------------
-def body_object(raw: bytes) -> dict[str, Any]:
-    """A JSON object body (nesting and number sizes bounded as for Ollama's routes)."""
-    return transcode.json_object(raw)
-
-
-def _get(body: dict[str, Any], key: str, kinds: tuple[type, ...], what: str, param: str | None = None) -> Any:
-    """body[key] when present and not null; it must be one of kinds (bool is never a number)."""
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        raise BadRequest(f"'{param or key}' must be {what}", param or key)
-    return value
-
-
-def _str(body, key, param=None) -> str | None:
-    return _get(body, key, (str,), "a string", param)
-
-
-def _bool(body, key, param=None) -> bool | None:
-    return _get(body, key, (bool,), "a boolean", param)
-
-
-def _float(body, key, param=None) -> float | None:
-    value = _get(body, key, (int, float), "a number", param)
-    return None if value is None else float(value)
-
-
-def _int(body, key, bounds=_INT32, param=None) -> int | None:
-    value = _get(body, key, (int, float), "an integer", param)
-    if value is None:
-        return None
-    if value != int(value):
-        raise BadRequest(f"'{param or key}' must be an integer", param or key)
-    return max(bounds[0], min(bounds[1], int(value)))
-
-
-def _dict(body, key, param=None) -> dict | None:
-    return _get(body, key, (dict,), "an object", param)
-
-
-def _list(body, key, param=None) -> list | None:
-    return _get(body, key, (list,), "an array", param)
+body_object = fields.object_body
+_get, _str, _bool, _float, _int, _dict, _list = (fields.get, fields.string, fields.boolean, fields.number,
+                                                 fields.integer, fields.obj, fields.array)
+_INT64 = fields.INT64
 
 
 def _stops(body: dict[str, Any]) -> list[str]:
@@ -209,16 +167,7 @@ def _tool_calls(value: Any, param: str) -> list[pb.ToolCall]:
 
 def _image(part: dict[str, Any], param: str) -> bytes:
     image = part.get("image_url")
-    url = image.get("url") if isinstance(image, dict) else image
-    if not isinstance(url, str):
-        raise BadRequest("invalid message format", param)
-    prefix = next((p for p in _IMAGE_PREFIXES if url.startswith(p)), None)
-    if prefix is None:
-        raise BadRequest("invalid image input", param)
-    try:
-        return base64.b64decode(url[len(prefix):], validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest("invalid message format", param) from None
+    return fields.data_url(image.get("url") if isinstance(image, dict) else image, param)
 
 
 def _message(item: Any, i: int, call_names: dict[str, str]) -> pb.Message:
@@ -291,7 +240,32 @@ def chat_request(body: dict[str, Any]) -> tuple[pb.ChatRequest, bool]:
     req.logprobs = bool(_bool(body, "logprobs"))
     if (top := _int(body, "top_logprobs")) is not None:
         req.top_logprobs = top
+    if (choice := tool_choice(body.get("tool_choice"), "tool_choice")) is not None:
+        req.tool_choice.CopyFrom(choice)
     return req, include_usage
+
+
+_MODES = {"auto": pb.TOOL_CHOICE_MODE_AUTO, "none": pb.TOOL_CHOICE_MODE_NONE,
+          "required": pb.TOOL_CHOICE_MODE_REQUIRED}
+
+
+def tool_choice(value: Any, param: str) -> pb.ToolChoice | None:
+    """OpenAI's tool_choice: "auto", "none", "required", or a function by name ({"type": "function", "function":
+    {"name": ...}} in chat completions, {"type": "function", "name": ...} in Responses). gengate enforces it."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value not in _MODES:
+            raise BadRequest(f"invalid tool_choice: '{value}' (must be \"auto\", \"none\", \"required\" or a "
+                             "function)", param)
+        return pb.ToolChoice(mode=_MODES[value])
+    if isinstance(value, dict) and value.get("type") == "function":
+        function = value.get("function")
+        name = function.get("name") if isinstance(function, dict) else value.get("name")
+        if isinstance(name, str) and name:
+            return pb.ToolChoice(function=name)
+    raise BadRequest("invalid tool_choice: expected \"auto\", \"none\", \"required\" or "
+                     "{\"type\": \"function\", \"function\": {\"name\": ...}}", param)
 
 
 def _usage(msg) -> dict[str, int]:
@@ -318,7 +292,7 @@ def _openai_tool_calls(calls) -> list[dict[str, Any]]:
 
 
 def _struct_dict(value: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(value)
+    return transcode.struct_dict(value)
 
 
 def _finish(msg, tool_calls: bool) -> str | None:
@@ -535,7 +509,12 @@ def _model(name: str, modified_at) -> dict[str, Any]:
 
 @route(OPENAI)
 async def list_models(request: web.Request) -> web.Response:
-    return await relay.unary(request, request.config_dict[SERVICE].models.ListModels, mpb.ListModelsRequest(),
+    """OpenAI's model list; Anthropic's to a client that sends anthropic-version (its SDK always does)."""
+    models = request.config_dict[SERVICE].models
+    if "anthropic-version" in request.headers:
+        return await relay.unary(request, models.ListModels, mpb.ListModelsRequest(), anthropic.model_list,
+                                 anthropic.ANTHROPIC)
+    return await relay.unary(request, models.ListModels, mpb.ListModelsRequest(),
                              lambda reply: {"object": "list",
                                             "data": [_model(m.name, m.modified_at) for m in reply.models]}, OPENAI)
 
@@ -543,7 +522,11 @@ async def list_models(request: web.Request) -> web.Response:
 @route(OPENAI)
 async def retrieve_model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
-    return await relay.unary(request, request.config_dict[SERVICE].models.ShowModel, mpb.ShowModelRequest(model=name),
+    models = request.config_dict[SERVICE].models
+    if "anthropic-version" in request.headers:
+        return await relay.unary(request, models.ShowModel, mpb.ShowModelRequest(model=name),
+                                 lambda reply: anthropic.model_info(name, reply.modified_at), anthropic.ANTHROPIC)
+    return await relay.unary(request, models.ShowModel, mpb.ShowModelRequest(model=name),
                              lambda reply: _model(name, reply.modified_at), OPENAI)
 
 

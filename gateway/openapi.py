@@ -69,12 +69,20 @@ def _get(summary: str, reply: str) -> dict[str, Any]:
 
 
 _OBJECT = {"type": "object"}
+_STRINGS = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+
+
+def _foreign(summary: str) -> dict[str, Any]:
+    """A route of another API (OpenAI's, Anthropic's): its body and replies are that API's, documented there."""
+    return {"post": {"summary": summary, "externalDocs": {"url": "https://github.com/ollama/ollama/tree/main/docs"},
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": _OBJECT}}},
+                     "responses": {"200": {"description": "That API's reply, or its server-sent events"}}}}
 
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "gengate", "version": "0.1.0",
-             "description": "Ollama's API (/api/generate, /api/chat, /api/embed, models), served by the gengate "
-                            "gRPC service."},
+             "description": "Ollama's API (/api/generate, /api/chat, /api/embed, models), and the OpenAI and "
+                            "Anthropic routes Ollama serves, over the gengate gRPC service."},
     "paths": {
         "/api/generate": _post("Generate a completion (NDJSON stream, or one object with stream:false)", {
             "model": {"type": "string"}, "prompt": {"type": "string"}, "suffix": {"type": "string"},
@@ -108,6 +116,35 @@ DOCUMENT: dict[str, Any] = {
         "/api/tags": _get("Installed models", "ModelList"),
         "/api/ps": _get("Loaded models", "ModelList"),
         "/api/version": _get("The Ollama API version served", "Version"),
+        "/api/pull": _post("Install a model of gengate's catalog (NDJSON progress, or one object)", {
+            "model": {"type": "string"}, "insecure": {"type": "boolean"}, "stream": {"type": "boolean"}},
+            ["model"], "Progress", stream=True),
+        "/api/push": _post("Not implemented: gengate has no registry (501)", {"model": {"type": "string"}},
+                           ["model"], None),
+        "/api/create": _post("Create a model from an installed one or uploaded files (NDJSON progress)", {
+            "model": {"type": "string"}, "from": {"type": "string"},
+            "files": {"type": "object", "additionalProperties": {"type": "string"}},
+            "adapters": {"type": "object", "additionalProperties": {"type": "string"}},
+            "template": {"type": "string"}, "system": {"type": "string"}, "license": _STRINGS,
+            "parameters": _OBJECT, "messages": {"type": "array", "items": _MESSAGE},
+            "quantize": {"type": "string"}, "stream": {"type": "boolean"}}, ["model"], "Progress", stream=True),
+        "/api/blobs/{digest}": {
+            "parameters": [{"name": "digest", "in": "path", "required": True,
+                            "schema": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}}],
+            "head": {"summary": "Whether the store has this blob", "responses": {
+                "200": {"description": "It has"}, "404": {"description": "It has not"}}},
+            "post": {"summary": "Upload a file, checked against its digest", "requestBody": {
+                "required": True, "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                      "format": "binary"}}}},
+                "responses": {"201": {"description": "Stored"}, **_ERRORS}}},
+        "/v1/chat/completions": _foreign("OpenAI's chat completions (SSE when streaming)"),
+        "/v1/completions": _foreign("OpenAI's legacy completions (SSE when streaming)"),
+        "/v1/embeddings": _foreign("OpenAI's embeddings"),
+        "/v1/responses": _foreign("OpenAI's Responses API, stateless (SSE when streaming)"),
+        "/v1/messages": _foreign("Anthropic's Messages API (SSE when streaming)"),
+        "/v1/messages/count_tokens": _foreign("Anthropic's token count of a Messages request"),
+        "/v1/models": {"get": {"summary": "Models, in OpenAI's shape (Anthropic's with an anthropic-version header)",
+                               "responses": {"200": {"description": "The list"}}}},
     },
     "components": {"schemas": {
         "GenerateResponse": {"type": "object", "properties": {
@@ -133,6 +170,11 @@ DOCUMENT: dict[str, Any] = {
             "model_info": _OBJECT, "capabilities": {"type": "array", "items": {"type": "string"}}}},
         "ModelList": {"type": "object", "properties": {"models": {"type": "array", "items": _OBJECT}},
                       "required": ["models"]},
-        "Version": {"type": "object", "properties": {"version": {"type": "string"}}, "required": ["version"]},
+        "Version": {"type": "object", "properties": {"version": {"type": "string"},
+                                                     "gengate_version": {"type": "string"}},
+                    "required": ["version"]},
+        "Progress": {"type": "object", "properties": {
+            "status": {"type": "string"}, "digest": {"type": "string"}, "total": {"type": "integer"},
+            "completed": {"type": "integer"}}, "required": ["status"]},
     }},
 }

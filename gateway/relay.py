@@ -101,12 +101,35 @@ class Framer(Protocol):
         """An error after the first byte: the stream's last frame."""
 
 
+class Whole:
+    """A framer for a streaming RPC whose one reply (its request asked for no stream) becomes one JSON object."""
+
+    content_type = JSON
+
+    def __init__(self, to_json: Callable[[Any], Any]):
+        self.whole = to_json
+
+    def single(self, msg: Any) -> bool:
+        return True
+
+    def frames(self, msg: Any) -> Iterable[bytes]:
+        return []
+
+    def end(self) -> bytes:
+        return b""
+
+    def error(self, status: int, message: str) -> bytes:
+        return b""
+
+
 def metadata(request: web.Request) -> list[tuple[str, str]]:
     """gRPC metadata for a call made on behalf of this HTTP request: its id and bearer token."""
     md = [("x-request-id", request[REQUEST_ID])]
-    if "Authorization" in request.headers:
+    token = request.headers.get("Authorization")
+    if token is None and "x-api-key" in request.headers:       # the Anthropic SDKs' way to send the key
+        token = f"Bearer {request.headers['x-api-key']}"
+    if token is not None:
         # gRPC metadata is ASCII: anything else cannot be a valid token, and the service refuses it.
-        token = request.headers["Authorization"]
         md.append(("authorization", token if token.isascii() else "invalid"))
     return md
 

@@ -19,7 +19,18 @@ from aiohttp import web
 DEFAULT_ORIGINS = tuple(f"{scheme}://{host}{port}" for scheme in ("http", "https")
                         for host in ("localhost", "127.0.0.1", "0.0.0.0") for port in ("", ":*")) + (
     "app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*")
-ALLOW_HEADERS = "Authorization, Content-Type, User-Agent, Accept, X-Requested-With, X-Request-Id"
+# Ollama's list (routes.go: the OpenAI SDKs' OpenAI-Beta and x-stainless-* headers), plus what Ollama forgot: the
+# Anthropic SDK's headers (a browser client of /v1/messages fails preflight on Ollama), x-stainless-read-timeout,
+# and X-Request-Id.
+ALLOW_HEADERS = ", ".join([
+    "Authorization", "Content-Type", "User-Agent", "Accept", "X-Requested-With", "X-Request-Id",
+    "OpenAI-Beta", "x-stainless-arch", "x-stainless-async", "x-stainless-custom-poll-interval",
+    "x-stainless-helper-method", "x-stainless-lang", "x-stainless-os", "x-stainless-package-version",
+    "x-stainless-poll-helper", "x-stainless-retry-count", "x-stainless-runtime", "x-stainless-runtime-version",
+    "x-stainless-timeout", "x-stainless-read-timeout",
+    "anthropic-version", "anthropic-beta", "x-api-key", "anthropic-dangerous-direct-browser-access"])
+# Response headers a page may read: the request id (to report), Retry-After (on 503).
+EXPOSE_HEADERS = "X-Request-Id, Retry-After"
 
 
 def is_loopback(addr: str) -> bool:
@@ -70,4 +81,5 @@ def add_cors(request: web.Request, response: web.StreamResponse) -> None:
     origin = request.headers.get("Origin")
     if origin is not None and not response.prepared:
         response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
         response.headers["Vary"] = "Origin"

@@ -526,6 +526,23 @@ def progress_response(msg) -> dict[str, Any]:
 
 
 # -- responses ----------------------------------------------------------------------------
+def _whole(value: Any) -> Any:
+    """A protobuf Struct's numbers are doubles: the whole ones back to integers, as they were sent (and as Go
+    prints a JSON number that has no fraction)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole(v) for v in value]
+    return value
+
+
+def struct_dict(value: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct (tool arguments, GGUF metadata) as the JSON object it stands for."""
+    return _whole(json_format.MessageToDict(value))
+
+
 def timestamp(ts) -> str:
     """RFC 3339 with nanoseconds, UTC, trailing zeros trimmed (Go's time.RFC3339Nano)."""
     base = dt.datetime.fromtimestamp(ts.seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
@@ -595,7 +612,7 @@ def chat_response(msg: pb.ChatResponse) -> dict[str, Any]:
         message["thinking"] = msg.message.thinking
     if msg.message.tool_calls:
         message["tool_calls"] = [{"function": {"index": c.function.index, "name": c.function.name,
-                                                "arguments": json_format.MessageToDict(c.function.arguments)}}
+                                                "arguments": struct_dict(c.function.arguments)}}
                                  for c in msg.message.tool_calls]
     out: dict[str, Any] = {"model": msg.model, "created_at": timestamp(msg.created_at), "message": message,
                            "done": msg.done}
@@ -641,8 +658,10 @@ def show_response(msg: mpb.ShowModelResponse) -> dict[str, Any]:
     out["details"] = _details(msg.details)
     if msg.messages:
         out["messages"] = [{"role": m.role, "content": m.content} for m in msg.messages]
-    out.update(model_info=json_format.MessageToDict(msg.model_info), capabilities=list(msg.capabilities),
-               modified_at=timestamp(msg.modified_at))
+    out["model_info"] = struct_dict(msg.model_info)
+    if msg.HasField("projector_info"):
+        out["projector_info"] = struct_dict(msg.projector_info)
+    out.update(capabilities=list(msg.capabilities), modified_at=timestamp(msg.modified_at))
     return out
 
 

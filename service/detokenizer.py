@@ -49,6 +49,7 @@ class Detokenizer:
         self._matchers = [_Matcher(s) for s in dict.fromkeys(stop) if s]
         self._pending = ""
         self.stopped = False
+        self.matched = ""                 # the stop sequence that stopped it
 
     def feed(self, data: bytes) -> str:
         """Adds a token's bytes; returns the text that can be emitted now.
@@ -66,7 +67,7 @@ class Detokenizer:
             for matcher in self._matchers:
                 if matcher.feed(ch):
                     start = base + i + 1 - len(matcher.stop)
-                    out, self._pending, self.stopped = self._pending[:start], "", True
+                    out, self._pending, self.stopped, self.matched = self._pending[:start], "", True, matcher.stop
                     return out
         hold = max(m.state for m in self._matchers)
         cut = len(self._pending) - hold

@@ -79,6 +79,7 @@ class Finish:
     eval_count: int
     eval_ns: int
     logprobs: list[TokenLogprob] = dataclasses.field(default_factory=list)
+    stop_sequence: str = ""              # the stop sequence that ended it, if one did
 
 
 class Runner(abc.ABC):

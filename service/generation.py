@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -80,7 +81,7 @@ class Summary:
                     load_duration=_duration(self.load_ns), prompt_eval_count=f.prompt_eval_count,
                     prompt_eval_duration=_duration(f.prompt_eval_ns), eval_count=f.eval_count,
                     eval_duration=_duration(f.eval_ns), logprobs=_logprobs(self.logprobs),
-                    truncated_prompt_tokens=self.dropped)
+                    truncated_prompt_tokens=self.dropped, stop_sequence=f.stop_sequence)
 
 
 def _plain(value: Any) -> Any:
@@ -262,8 +263,13 @@ class Generation:
         think, level, tags = self._think(req, model)
         if not model.generative:
             raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support chat')
-        if req.tools and not model.supports_tools():
+        choice, function = checks.tool_choice(req)
+        offered_tools = [] if choice == "none" else list(req.tools)
+        # A required call is decoded under a grammar: it works whether or not the template can show tools.
+        if offered_tools and choice != "required" and not model.supports_tools():
             raise GenerateError(Kind.UNSUPPORTED, f"{model.entry.name} does not support tools", "tools")
+        if choice == "required":
+            think, tags = False, None              # the reply is the call, from its first token
         if any(m.images for m in req.messages):
             raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support images', "messages")
         load = self._load_options(req, model)
@@ -273,17 +279,27 @@ class Generation:
                 yield reply(done=True, done_reason=pb.DONE_REASON_LOAD)
                 return
             sampling = await self._sampling(req, model)
+            offered = [_plain(json_format.MessageToDict(t, preserving_proto_field_name=True)) for t in offered_tools]
+            if choice == "required":
+                schema = json.dumps(tools.call_schema(offered, function))
+                sampling = dataclasses.replace(sampling, grammar=await self.grammars.compile(schema))
             messages = [dict(m) for m in model.entry.messages] + [_message(m) for m in req.messages]
             if model.entry.system and not any(m["role"] == "system" for m in messages):
                 messages.insert(0, {"role": "system", "content": model.entry.system})
+            if choice == "required" and not model.supports_tools():
+                note = tools.tools_note(offered)
+                if messages and messages[0]["role"] == "system":
+                    messages[0] = {**messages[0], "content": messages[0]["content"] + "\n\n" + note}
+                else:
+                    messages.insert(0, {"role": "system", "content": note})
+                offered = []
             bos, eos = self._special(model, lease)
-            offered = [_plain(json_format.MessageToDict(t, preserving_proto_field_name=True)) for t in req.tools]
             text = await asyncio.to_thread(
                 _model_template_errors(False)(prompts.render_chat), messages, tools=offered,
                 go_template=model.entry.template, chat_template=model.chat_template, bos=bos, eos=eos, think=think,
                 think_level=level)
-            calls = tools.ToolCallParser(tools.tool_tag(model.entry.template or model.chat_template or ""),
-                                         {t.function.name for t in req.tools}) if req.tools else None
+            tag = None if choice == "required" else tools.tool_tag(model.entry.template or model.chat_template or "")
+            calls = tools.ToolCallParser(tag, {t.function.name for t in offered_tools}) if offered_tools else None
             events = self._decode(req, lease, text, sampling, tags if think else None, start, loaded)
             async with contextlib.aclosing(events):
                 async for event in events:

@@ -20,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import multiprocessing
 import re
 import resource
+import sys
 from typing import Any
 
 from service.cache import BoundedCache
@@ -79,10 +79,6 @@ def check_schema(text: str) -> Any:
 
 
 # -- the worker process ---------------------------------------------------------------------------------
-def _start_worker() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY_BYTES, WORKER_MEMORY_BYTES))
-
-
 def _convert(schema_text: str) -> str:
     """In the worker: the schema's GBNF, checked by llama.cpp's parser (ValueError if it cannot be)."""
     import llama_cpp
@@ -104,13 +100,28 @@ def _convert(schema_text: str) -> str:
     return grammar
 
 
+def worker() -> None:
+    """`python -m service.grammar`: converts schemas, one JSON line in ({"schema": ...}), one out ({"grammar": ...}
+    or {"error": ...}), within its address-space cap."""
+    resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY_BYTES, WORKER_MEMORY_BYTES))
+    for line in sys.stdin:
+        try:
+            out = {"grammar": _convert(json.loads(line)["schema"])}
+        except ValueError as exc:
+            out = {"error": str(exc)}
+        except MemoryError:
+            out = {"error": "the schema needs more memory to convert than the limit allows"}
+        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.flush()
+
+
 class Grammars:
     """Builds grammars for `format` values (see the module docstring); one per service."""
 
     def __init__(self, cache_bytes: int = CACHE_BYTES, timeout: float = CONVERT_SECONDS):
         self._cache: BoundedCache[str, str] = BoundedCache(cache_bytes, lambda spec, grammar: len(spec) + len(grammar))
         self._timeout = timeout
-        self._pool: Any = None
+        self._worker: asyncio.subprocess.Process | None = None
         self._turn = asyncio.Lock()          # one conversion at a time: its time limit is its own
         self.conversions = 0                 # observability: schemas converted (cache misses)
 
@@ -131,47 +142,50 @@ class Grammars:
 
     async def _convert(self, spec: str) -> str:
         async with self._turn:
-            loop = asyncio.get_running_loop()
-            if self._pool is None:
-                self._pool = await asyncio.to_thread(
-                    lambda: multiprocessing.get_context("spawn").Pool(1, initializer=_start_worker))
-            done: asyncio.Future = loop.create_future()
-
-            def settle(value: Any) -> None:
-                def set_it() -> None:
-                    if not done.done():
-                        if isinstance(value, BaseException):
-                            done.set_exception(value)
-                        else:
-                            done.set_result(value)
-                try:
-                    loop.call_soon_threadsafe(set_it)
-                except RuntimeError:            # the loop is gone: nobody waits for this conversion
-                    pass
-            self._pool.apply_async(_convert, (spec,), callback=settle, error_callback=settle)
+            if self._worker is None or self._worker.returncode is not None:
+                self._worker = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "service.grammar", stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE, limit=4 * MAX_GRAMMAR_BYTES + (1 << 16))
+            worker = self._worker
+            assert worker.stdin is not None and worker.stdout is not None
             self.conversions += 1
             try:
-                return await asyncio.wait_for(done, self._timeout)
-            except ValueError as exc:
-                raise invalid(str(exc), "format") from None
+                worker.stdin.write(json.dumps({"schema": spec}).encode() + b"\n")
+                await worker.stdin.drain()
+                line = await asyncio.wait_for(worker.stdout.readline(), self._timeout)
+                if not line:
+                    raise EOFError("the worker exited")
+                out = json.loads(line)
             except TimeoutError:
                 log.warning("format: converting a schema took over %ss; its worker is replaced", self._timeout)
                 await self._restart()
                 raise invalid(f"format: the schema took longer than the limit of {self._timeout:g} s to convert",
                               "format") from None
-            except Exception as exc:        # the worker failed (a crash in C code, its memory limit)
+            except (OSError, EOFError, ValueError) as exc:     # the worker died (a crash, its memory cap)
                 log.warning("format: the grammar worker failed (%s); it is replaced", exc)
                 await self._restart()
                 raise invalid("invalid JSON schema in format", "format") from None
+            if "error" in out:
+                raise invalid(out["error"], "format")
+            return out["grammar"]
 
     async def _restart(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await asyncio.to_thread(pool.terminate)
+        worker, self._worker = self._worker, None
+        if worker is not None and worker.returncode is None:
+            worker.kill()
+            await worker.wait()
 
     @property
     def cached_bytes(self) -> int:
         return self._cache.bytes
 
+    @property
+    def worker_pid(self) -> int | None:
+        return self._worker.pid if self._worker is not None else None
+
     async def close(self) -> None:
         await self._restart()
+
+
+if __name__ == "__main__":
+    worker()

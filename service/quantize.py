@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing
 import os
+import sys
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
@@ -24,18 +24,18 @@ NOT_FROM_FLOAT = "quantization is only supported for F16, BF16 and F32 models"
 TICK_SECONDS = 0.25
 
 
-def _run(source: str, target: str, file_type: int, threads: int) -> None:
-    """In the quantizer's process."""
+def main() -> None:
+    """`python -m service.quantize SOURCE TARGET FILE_TYPE THREADS`: the quantizer's process."""
     import ctypes
 
     import llama_cpp
 
+    source, target, file_type, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     llama_cpp.llama_backend_init()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = file_type
     params.nthread = threads
-    code = llama_cpp.llama_model_quantize(source.encode(), target.encode(), ctypes.byref(params))
-    os._exit(0 if code == 0 else 1)
+    sys.exit(0 if llama_cpp.llama_model_quantize(source.encode(), target.encode(), ctypes.byref(params)) == 0 else 1)
 
 
 async def quantize(source: Path, target: Path, file_type: int, source_type: int,
@@ -44,22 +44,27 @@ async def quantize(source: Path, target: Path, file_type: int, source_type: int,
     RuntimeError if the quantizer fails; cancelled, it is stopped and `target` removed."""
     total = source.stat().st_size
     expected = max(1.0, total * _BITS.get(file_type, 8.0) / _BITS.get(source_type, 16.0))
-    process = multiprocessing.get_context("spawn").Process(
-        target=_run, args=(str(source), str(target), file_type, threads or os.cpu_count() or 1), daemon=True)
-    process.start()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service.quantize", str(source), str(target), str(file_type),
+        str(threads or os.cpu_count() or 1), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     try:
-        while process.is_alive():
-            await asyncio.sleep(TICK_SECONDS)
-            written = target.stat().st_size if target.exists() else 0
-            yield min(total - 1, int(total * written / expected)), total
-        await asyncio.to_thread(process.join)
-        if process.exitcode != 0:
-            raise RuntimeError(f"the quantizer failed (exit code {process.exitcode})")
+        while process.returncode is None:
+            try:
+                await asyncio.wait_for(process.wait(), TICK_SECONDS)
+            except TimeoutError:
+                written = target.stat().st_size if target.exists() else 0
+                yield min(total - 1, int(total * written / expected)), total
+        if process.returncode != 0:
+            raise RuntimeError(f"the quantizer failed (exit code {process.returncode})")
         yield total, total
     except BaseException:
-        if process.is_alive():
+        if process.returncode is None:
             process.kill()
-            await asyncio.to_thread(process.join)
+            await process.wait()
         with contextlib.suppress(FileNotFoundError):
             target.unlink()
         raise
+
+
+if __name__ == "__main__":
+    main()

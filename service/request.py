@@ -154,3 +154,24 @@ def sampling(req: Sampled, parameters: dict[str, Any], grammar_text: str | None 
     return Sampling(seed=seed, stop=tuple(stop), grammar=grammar_text, logprobs=req.logprobs,
                     top_logprobs=req.top_logprobs if req.logprobs else 0, num_keep=int(values.get("num_keep", 4)),
                     shift=req.shift if req.HasField("shift") else True, **kwargs)
+
+
+def tool_choice(req: pb.ChatRequest) -> tuple[str, str | None]:
+    """("auto" | "none" | "required", the one function a call must be of, if named); checked against the tools."""
+    if not req.HasField("tool_choice"):
+        return "auto", None
+    names_offered = {t.function.name for t in req.tools}
+    name: str | None = None
+    if req.tool_choice.WhichOneof("choice") == "function":
+        name = req.tool_choice.function
+        if name not in names_offered:
+            raise invalid(f"tool_choice names {golang.quote(name)}, which is not one of the tools", "tool_choice")
+        mode = "required"
+    else:
+        mode = {pb.TOOL_CHOICE_MODE_NONE: "none",
+                pb.TOOL_CHOICE_MODE_REQUIRED: "required"}.get(req.tool_choice.mode, "auto")
+    if mode == "required" and not req.tools:
+        raise invalid("tool_choice requires a tool call, but no tools were given", "tool_choice")
+    if mode == "required" and req.HasField("format"):
+        raise invalid("format cannot be combined with a required tool call: the reply is the call", "tool_choice")
+    return mode, name

@@ -130,8 +130,9 @@ def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
                             metrics, Grammars())
     limits = [("grpc.max_receive_message_length", settings.max_message_bytes),
               ("grpc.max_send_message_length", settings.max_message_bytes),
-              # Accept the gateway's keepalive pings (every 60 s) without a too_many_pings GOAWAY.
-              ("grpc.http2.min_recv_ping_interval_without_data_ms", 30_000),
+              # Accept the gateway's keepalive pings (every 60 s) during a call that sends nothing for minutes (a long
+              # stream:false generation) without a too_many_pings GOAWAY: gRPC's default allows one per 5 minutes.
+              ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
               # Recycle connections every 5 min (streams in flight get 30 min more), so clients
               # balancing over DNS notice replicas added by a scale-up.
               ("grpc.max_connection_age_ms", 300_000), ("grpc.max_connection_age_grace_ms", 1_800_000),

@@ -273,3 +273,21 @@ def _go(key: str, value: Any) -> Any:
 def go_values(items: list[dict[str, Any]]) -> list[GoStruct]:
     """Tools or tool calls (JSON objects) as the structs a Go template ranges over."""
     return [GoStruct(item) for item in items]
+
+
+def call_schema(tools: list[dict[str, Any]], name: str | None = None) -> dict[str, Any]:
+    """A JSON Schema only a call of one of `tools` (of `name`, if given) matches, arguments valid for its
+    parameters: what decoding is constrained to when a call is required. The reply is then a bare JSON object,
+    {"name": ..., "arguments": {...}}, which the parser takes as a call without a tag."""
+    variants = [{"type": "object",
+                 "properties": {"name": {"const": f["name"]},
+                                "arguments": f.get("parameters") or {"type": "object"}},
+                 "required": ["name", "arguments"]}
+                for f in (t["function"] for t in tools) if name is None or f["name"] == name]
+    return variants[0] if len(variants) == 1 else {"anyOf": variants}
+
+
+def tools_note(tools: list[dict[str, Any]]) -> str:
+    """For a template that cannot show tools: the system message's note of them, when a call is required."""
+    return ("Answer with a call of one of these functions, as a JSON object {\"name\": ..., \"arguments\": {...}}:\n"
+            + json.dumps([t["function"] for t in tools], ensure_ascii=False, sort_keys=True))

@@ -51,6 +51,9 @@ class FakeRunner(Runner):
             for i, text in enumerate(pieces):
                 if script.fail_after is not None and i == script.fail_after:
                     raise script.error
+                if text in sampling.stop:         # a piece that is a whole stop sequence ends the reply
+                    yield Finish("stop", len(prompt), 1, i, 1, stop_sequence=text)
+                    return
                 pause = script.delays[i] if script.delays is not None else script.delay
                 if pause:
                     await asyncio.sleep(pause)

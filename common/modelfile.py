@@ -35,6 +35,7 @@ class ModelfileError(ValueError):
 @dataclasses.dataclass
 class Modelfile:
     from_: str = ""
+    more_from: list[str] = dataclasses.field(default_factory=list)    # FROM lines after the first (files)
     adapters: list[str] = dataclasses.field(default_factory=list)
     template: str | None = None
     system: str | None = None
@@ -127,7 +128,10 @@ def parse(text: str) -> Modelfile:
         else:
             value = _unquote(raw, line)
             if command == "from":
-                mf.from_ = value
+                if mf.from_:
+                    mf.more_from.append(value)
+                else:
+                    mf.from_ = value
             elif command == "adapter":
                 mf.adapters.append(value)
             elif command == "license":

@@ -19,6 +19,7 @@ shared by the next create that needs it.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import tempfile
@@ -92,6 +93,8 @@ class Creation:
             layers = {}
             async for step in self._files(req, layers):
                 yield step
+        if not source and "projector" in layers:
+            await asyncio.to_thread(self._check_projector, layers)
         for name in sorted(req.adapters):
             digest = self._blob(req.adapters[name], "adapters")
             if kind_of(self._checked(digest)) != "adapter":
@@ -150,6 +153,18 @@ class Creation:
             yield _layer(digest, created=False)
         if "digest" not in layers:
             raise invalid("no model weights among the files", "files")
+
+    def _check_projector(self, layers: dict[str, Any]) -> None:
+        """Loads the projector with the model in a child process (service.engines.vision): one that cannot be
+        used with it is refused now, with the reason."""
+        from service.engines import vision
+
+        model, projector = self._store.blob_path(layers["digest"]), self._store.blob_path(layers["projector"])
+        stat = projector.stat()
+        try:
+            vision.probe(str(model), str(projector), (stat.st_size, stat.st_mtime_ns))
+        except vision.ProjectorError as exc:
+            raise invalid(str(exc), "files") from None
 
     def _blob(self, text: str, field: str) -> str:
         digest = parse_digest(text)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 
@@ -82,6 +82,52 @@ class Finish:
     stop_sequence: str = ""              # the stop sequence that ended it, if one did
 
 
+class LoadError(RuntimeError):
+    """A model that cannot be loaded, for a reason its message states for clients (it names no files)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Bitmap:
+    """A decoded image: RGB pixels, row by row, and the digest that identifies it."""
+
+    width: int
+    height: int
+    rgb: bytes
+    digest: bytes
+
+
+@dataclasses.dataclass(eq=False)
+class ImageChunk:
+    """An image's place in a prompt: `n_tokens` positions whose embeddings the model's projector computes
+    when the prompt is evaluated. In a prompt's token list each of its positions holds `placeholder`, a
+    negative id derived from the image's digest, so a prompt cache that compares token lists tells images
+    apart (and reuses the KV of the same image)."""
+
+    n_tokens: int
+    digest: bytes
+    handle: Any = None                   # the engine's own (an mtmd chunk)
+
+    @property
+    def placeholder(self) -> int:
+        return -1 - (int.from_bytes(self.digest[:8], "big") >> 2)
+
+
+Images = Mapping[int, ImageChunk]        # a prompt's images, by the position of their first token
+
+
+def lay_out(parts: Iterable[int | ImageChunk]) -> tuple[list[int], dict[int, ImageChunk]]:
+    """A prompt of tokens and images as its token list (placeholders at the images' positions) and images."""
+    tokens: list[int] = []
+    images: dict[int, ImageChunk] = {}
+    for part in parts:
+        if isinstance(part, ImageChunk):
+            images[len(tokens)] = part
+            tokens.extend([part.placeholder] * part.n_tokens)
+        else:
+            tokens.append(part)
+    return tokens, images
+
+
 class Runner(abc.ABC):
     """A loaded model."""
 
@@ -89,6 +135,7 @@ class Runner(abc.ABC):
     n_ctx_train: int                     # the model's training context
     n_vocab: int                         # vocabulary size
     metadata: dict[str, Any]             # GGUF metadata
+    vision: bool = False                 # loaded with a projector: prompts may hold images
 
     @abc.abstractmethod
     def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
@@ -102,9 +149,16 @@ class Runner(abc.ABC):
     def token_text(self, token: int) -> str:
         """Text of one token, special tokens included (e.g. BOS as "<s>")."""
 
+    def tokenize_image(self, image: Bitmap) -> list[int | ImageChunk]:
+        """An image's part of a prompt: its chunks (and any text the projector wraps it in, as tokens).
+        ValueError if the projector cannot take it. Only for a runner with `vision`."""
+        raise NotImplementedError("this model cannot see")
+
     @abc.abstractmethod
-    def generate(self, prompt: list[int], sampling: Sampling) -> AsyncGenerator[Piece | Finish, None]:
-        """Streams the completion of `prompt`: Pieces, then one Finish. Closing it cancels decoding."""
+    def generate(self, prompt: list[int], sampling: Sampling,
+                 images: Images | None = None) -> AsyncGenerator[Piece | Finish, None]:
+        """Streams the completion of `prompt` (with `images` at their positions, see `lay_out`): Pieces, then
+        one Finish. Closing it cancels decoding."""
 
     @abc.abstractmethod
     async def embed(self, tokens: list[int]) -> list[float]:

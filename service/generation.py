@@ -14,7 +14,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,11 +22,11 @@ from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from common import enums
 from gengate.v1 import generate_pb2 as pb
+from service import images, tools
 from service import prompt as prompts
 from service import request as checks
-from service import tools
 from service.admission import Admission
-from service.engine import Finish, TokenLogprob
+from service.engine import Finish, ImageChunk, Images, TokenLogprob, lay_out
 from service.errors import GenerateError, Kind, invalid
 from service.grammar import Grammars
 from service.metrics import Metrics
@@ -96,9 +96,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _message(m: pb.Message) -> dict[str, Any]:
+def _messages(turns: Sequence[pb.Message]) -> list[dict[str, Any]]:
+    """The request's turns as the templates see them, image tags placed (numbered across the conversation)."""
+    out, first = [], 0
+    for m in turns:
+        out.append(_message(m, images.place(m.content, first, len(m.images))))
+        first += len(m.images)
+    return out
+
+
+def _message(m: pb.Message, content: str) -> dict[str, Any]:
     """A conversation turn as the templates see it (JSON field names)."""
-    out: dict[str, Any] = {"role": m.role.lower(), "content": m.content}
+    out: dict[str, Any] = {"role": m.role.lower(), "content": content}
     if m.thinking:
         out["thinking"] = m.thinking
     if m.tool_calls:
@@ -204,7 +213,7 @@ class Generation:
         if req.suffix and "suffix" not in model.template_fields():
             raise GenerateError(Kind.UNSUPPORTED, f"{model.entry.name} does not support insert", "suffix")
         if req.images:
-            raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support images', "images")
+            self._check_images(req, model, list(req.images), "images")
         load = self._load_options(req, model)
         async with self._admission.slot(), self._pool.lease(model.entry, load, keep_alive) as lease:
             loaded = time.perf_counter_ns()
@@ -217,7 +226,9 @@ class Generation:
                 yield reply(debug_info=pb.DebugInfo(rendered_template=text, image_count=len(req.images)))
                 return
             sampling = await self._sampling(req, model)     # format is checked after the load
-            events = self._decode(req, lease, text, sampling, tags if think and not req.raw else None, start, loaded)
+            pictures = [(data, f"images[{i}]") for i, data in enumerate(req.images)]
+            events = self._decode(req, lease, text, sampling, tags if think and not req.raw else None, start, loaded,
+                                  pictures)
             async with contextlib.aclosing(events):
                 async for event in events:
                     if isinstance(event, Delta):
@@ -229,12 +240,12 @@ class Generation:
 
     def _render(self, req: pb.GenerateRequest, model: Model, lease: Lease, think: bool | None, level: str) -> str:
         runner = lease.runner
+        prompt = images.place(req.prompt, 0, len(req.images))
         if req.raw:
-            return req.prompt
+            return prompt
         inp = prompts.PromptInput(
-            prompt=req.prompt, system=req.system or model.entry.system or "", suffix=req.suffix,
-            template=req.template or model.entry.template,
-            think=think, think_level=level, image_count=len(req.images),
+            prompt=prompt, system=req.system or model.entry.system or "", suffix=req.suffix,
+            template=req.template or model.entry.template, think=think, think_level=level,
             turns=() if req.context else model.entry.messages)     # Ollama: MESSAGEs only without context
         bos, eos = self._special(model, lease)
         with _model_template_errors(bool(req.template)):
@@ -270,8 +281,10 @@ class Generation:
             raise GenerateError(Kind.UNSUPPORTED, f"{model.entry.name} does not support tools", "tools")
         if choice == "required":
             think, tags = False, None              # the reply is the call, from its first token
-        if any(m.images for m in req.messages):
-            raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support images', "messages")
+        pictures = [(data, f"messages[{i}].images[{j}]") for i, m in enumerate(req.messages)
+                    for j, data in enumerate(m.images)]
+        if pictures:
+            self._check_images(req, model, [data for data, _ in pictures], "messages")
         load = self._load_options(req, model)
         async with self._admission.slot(), self._pool.lease(model.entry, load, keep_alive) as lease:
             loaded = time.perf_counter_ns()
@@ -283,7 +296,7 @@ class Generation:
             if choice == "required":
                 schema = json.dumps(tools.call_schema(offered, function))
                 sampling = dataclasses.replace(sampling, grammar=await self.grammars.compile(schema))
-            messages = [dict(m) for m in model.entry.messages] + [_message(m) for m in req.messages]
+            messages = [dict(m) for m in model.entry.messages] + _messages(req.messages)
             if model.entry.system and not any(m["role"] == "system" for m in messages):
                 messages.insert(0, {"role": "system", "content": model.entry.system})
             if choice == "required" and not model.supports_tools():
@@ -300,7 +313,7 @@ class Generation:
                 think_level=level)
             tag = None if choice == "required" else tools.tool_tag(model.entry.template or model.chat_template or "")
             calls = tools.ToolCallParser(tag, {t.function.name for t in offered_tools}) if offered_tools else None
-            events = self._decode(req, lease, text, sampling, tags if think else None, start, loaded)
+            events = self._decode(req, lease, text, sampling, tags if think else None, start, loaded, pictures)
             async with contextlib.aclosing(events):
                 async for event in events:
                     content, found = calls.feed(event.text) if calls is not None else (event.text, [])
@@ -346,6 +359,11 @@ class Generation:
                                 load_duration=_duration(loaded - start))
 
     # -- shared ------------------------------------------------------------------------------------
+    def _check_images(self, req, model: Model, pictures: list[bytes], field: str) -> None:
+        if not model.vision:
+            raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support images', field)
+        images.check_count(pictures, self._settings.max_images, field)
+
     @staticmethod
     def _tokens(lease: Lease, text: str) -> list[int]:
         """The model's tokens for a prompt text, with one BOS where the model wants one."""
@@ -356,13 +374,39 @@ class Generation:
             tokens = tokens[1:]          # the template already wrote the BOS text
         return tokens
 
-    def _fit(self, req, lease: Lease, text: str, num_keep: int) -> tuple[list[int], int]:
-        """Tokenizes the prompt and fits it into the context window (decisions.md §7)."""
+    def _with_images(self, lease: Lease, text: str, pictures: list[tuple[bytes, str]]) -> tuple[list[int], Images]:
+        """Tokenizes a prompt with image tags: each image decoded (one at a time) and put in its tag's place."""
         runner = lease.runner
-        tokens = self._tokens(lease, text)
+        parts: list[int | ImageChunk] = []
+        for i, part in enumerate(images.split(text, len(pictures))):
+            if isinstance(part, str):
+                if i == 0 or part:
+                    parts += self._tokens(lease, part) if i == 0 else runner.tokenize(part, add_bos=False)
+                continue
+            data, field = pictures[part]
+            bitmap = images.decode(data, field, self._settings.max_image_pixels)
+            try:
+                parts += runner.tokenize_image(bitmap)
+            except ValueError as exc:
+                raise invalid(f"invalid image data: {exc}", field) from None
+        if parts and isinstance(parts[-1], ImageChunk):
+            raise invalid("the prompt cannot end with an image: text must follow it", pictures[-1][1])
+        return lay_out(parts)
+
+    def _fit(self, req, lease: Lease, text: str, num_keep: int,
+             pictures: list[tuple[bytes, str]]) -> tuple[list[int], Images, int]:
+        """Tokenizes the prompt and fits it into the context window (decisions.md §7). A prompt with images is
+        not truncated (as in Ollama): too long, it is refused."""
+        runner = lease.runner
         n_ctx = runner.n_ctx
+        if pictures:
+            tokens, placed = self._with_images(lease, text, pictures)
+            if len(tokens) >= n_ctx:
+                raise GenerateError(Kind.CONTEXT_TOO_LONG, CONTEXT_EXCEEDED, "prompt")
+            return tokens, placed, 0
+        tokens = self._tokens(lease, text)
         if len(tokens) < n_ctx:
-            return tokens, 0
+            return tokens, {}, 0
         if req.HasField("truncate") and not req.truncate:
             raise GenerateError(Kind.CONTEXT_TOO_LONG, CONTEXT_EXCEEDED, "prompt")
         if req.HasField("shift") and not req.shift:
@@ -371,15 +415,16 @@ class Generation:
         tail = (n_ctx - keep) // 2
         kept = tokens[:keep] + tokens[len(tokens) - tail:]
         log.info("truncating input prompt: %d tokens to %d (num_ctx %d)", len(tokens), len(kept), n_ctx)
-        return kept, len(tokens) - len(kept)
+        return kept, {}, len(tokens) - len(kept)
 
     async def _decode(self, req, lease: Lease, text: str, sampling, tags: tuple[str, str] | None,
-                      start: int, loaded: int) -> AsyncGenerator[Delta | Summary, None]:
+                      start: int, loaded: int,
+                      pictures: list[tuple[bytes, str]]) -> AsyncGenerator[Delta | Summary, None]:
         """Streams the engine's pieces as Deltas (split into thinking and text when `tags` are
         given), then one Summary. With stream = false, only the Summary, holding everything.
         `start` is when the request came, `loaded` when its model was ready (Ollama's load_duration
-        is the time between: queueing and loading)."""
-        tokens, dropped = await asyncio.to_thread(self._fit, req, lease, text, sampling.num_keep)
+        is the time between: queueing and loading). `pictures`: the request's images, with their field names."""
+        tokens, placed, dropped = await asyncio.to_thread(self._fit, req, lease, text, sampling.num_keep, pictures)
         parser = ThinkingParser(*tags, starts_inside=text.rstrip().endswith(tags[0])) if tags else None
         stream = req.stream if req.HasField("stream") else True
         texts: list[str] = []                # the whole response text, also when streaming (for `context`)
@@ -388,7 +433,7 @@ class Generation:
         finish: Finish | None = None
         last: int | None = None
         counted = 0                          # tokens counted in the metrics so far (a cancelled stream keeps them)
-        items = lease.runner.generate(tokens, sampling)
+        items = lease.runner.generate(tokens, sampling, placed)
         async with contextlib.aclosing(items):
             async for item in items:
                 if isinstance(item, Finish):

@@ -54,6 +54,11 @@ class Model:
     def generative(self) -> bool:
         return self.arch not in NON_GENERATIVE
 
+    @property
+    def vision(self) -> bool:
+        """Whether it can see: it has a projector layer."""
+        return self.entry.projector is not None
+
     def supports_tools(self) -> bool:
         if self.entry.template:
             return "tools" in self.template_fields()
@@ -67,7 +72,7 @@ class Model:
             caps.append("thinking")
         if self.supports_tools():
             caps.append("tools")
-        if self.entry.projector is not None:
+        if self.vision:
             caps.append("vision")
         return caps
 

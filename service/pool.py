@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from service.engine import Engine, LoadOptions, Runner
+from service.engine import Engine, LoadError, LoadOptions, Runner
 from service.errors import GenerateError, Kind
 from service.store import ModelEntry
 
@@ -143,7 +143,8 @@ class ModelPool:
             if _out_of_memory(exc):
                 raise GenerateError(Kind.OUT_OF_MEMORY,
                                     f"model {entry.name.short} requires more memory than is available") from exc
-            raise GenerateError(Kind.MODEL_LOAD_FAILED, f"unable to load model {entry.name.short}") from exc
+            reason = f": {exc}" if isinstance(exc, LoadError) else ""
+            raise GenerateError(Kind.MODEL_LOAD_FAILED, f"unable to load model {entry.name.short}{reason}") from exc
         finally:
             self._pending.pop(entry.key, None)
         model = Loaded(entry, options, runner, self._default_keep_alive_ns)

@@ -29,7 +29,6 @@ class PromptInput:
     template: str | None = None      # request template, else the model's Go template
     think: bool | None = None        # None: not set by the request
     think_level: str = ""
-    image_count: int = 0
     turns: tuple[dict[str, str], ...] = ()   # the model's MESSAGEs, between the system message and the prompt
 
 

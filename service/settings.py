@@ -30,6 +30,9 @@ class ServiceSettings:
                           "(one request at a time)")
     max_prompt_bytes: int = setting(1 << 20, "GENGATE_MAX_PROMPT_BYTES",
                                     "longest prompt, system, suffix or template accepted (400 above)")
+    max_images: int = setting(16, "GENGATE_MAX_IMAGES", "most images one request may carry (400 above)")
+    max_image_pixels: int = setting(4096 * 4096, "GENGATE_MAX_IMAGE_PIXELS",
+                                    "largest image accepted, in pixels (width × height; 400 above)")
     max_blob_bytes: int = setting(64 << 30, "GENGATE_MAX_BLOB_BYTES",
                                   "largest blob an upload may write (POST /api/blobs, CreateBlob)")
     max_message_bytes: int = setting(16 << 20, "GENGATE_MAX_MESSAGE_BYTES", "largest gRPC message either way")

@@ -241,16 +241,20 @@ class ModelStore:
 
     def import_file(self, name: str, path: Path, *, template: str | None = None, system: str | None = None,
                     parameters: dict[str, Any] | None = None, messages: list[dict[str, str]] | None = None,
-                    progress: Callable[[int], None] | None = None) -> ModelEntry:
-        """Copies a local GGUF file into the store under `name`; `progress` gets the bytes copied so far."""
-        with open(path, "rb") as f:
-            if f.read(4) != b"GGUF":
-                raise ValueError(f"{path} is not a GGUF file")
-            f.seek(0)
-            digest, _ = self.write_blob(f, progress=progress)
+                    progress: Callable[[int], None] | None = None, projector: Path | None = None) -> ModelEntry:
+        """Copies a local GGUF file (and its vision `projector`) into the store under `name`; `progress` gets the
+        bytes copied so far."""
+        digests = []
+        for source in [path] + ([projector] if projector else []):
+            with open(source, "rb") as f:
+                if f.read(4) != b"GGUF":
+                    raise ValueError(f"{source} is not a GGUF file")
+                f.seek(0)
+                digests.append(self.write_blob(f, progress=progress)[0])
         check_messages(messages or [])
-        return self.add(name, digest, template=template, system=system, parameters=parameters,
-                        messages=[{"role": m["role"], "content": m["content"]} for m in messages or ()])
+        return self.add(name, digests[0], template=template, system=system, parameters=parameters,
+                        messages=[{"role": m["role"], "content": m["content"]} for m in messages or ()],
+                        projector=digests[1] if projector else None)
 
 
 class _BlobWriter:
@@ -318,6 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     imp.add_argument("--system")
     imp.add_argument("--message", action="append", type=message_arg, metavar="ROLE:TEXT",
                      help="a turn every conversation starts with (Modelfile MESSAGE); repeatable")
+    imp.add_argument("--projector", type=Path, metavar="MMPROJ.gguf", help="its vision projector: a model that sees")
     sub.add_parser("list", help="list installed models")
     args = parser.parse_args(argv)
     settings = load(ServiceSettings, [])
@@ -328,8 +333,15 @@ def main(argv: list[str] | None = None) -> None:
             entry = catalog.install(store, name)
             print(f"{entry.name.short}: installed ({entry.size} bytes, sha256 {entry.digest[:12]})")
     elif args.command == "import":
+        if args.projector:                  # checked with the model first, as a create checks it
+            from service.engines import vision
+            stat = args.projector.stat()
+            try:
+                vision.probe(str(args.file), str(args.projector), (stat.st_size, stat.st_mtime_ns))
+            except vision.ProjectorError as exc:
+                parser.exit(1, f"{exc}\n")
         entry = store.import_file(args.name, args.file, template=args.template, system=args.system,
-                                  messages=args.message)
+                                  messages=args.message, projector=args.projector)
         print(f"{entry.name.short}: imported ({entry.size} bytes, sha256 {entry.digest[:12]})")
     else:
         for entry in store.entries():

@@ -21,6 +21,7 @@ from service.store import ModelStore
 from tests.fake_engine import FakeEngine
 from tests.harness import Stack
 from tests.tiny_gguf import write_tiny_llama
+from tests.tiny_mmproj import write_tiny_mmproj
 
 REAL = DEFAULT_MODEL
 # Ollama's own test templates (server/routes_generate_test.go).
@@ -41,6 +42,8 @@ TOOLS_GO = ("{{- if .Tools }}<tools>{{ range .Tools }}{{ json .Function }}{{ end
             "{{- range .ToolCalls }}<tool_call>{\"name\": \"{{ .Function.Name }}\", \"arguments\": "
             "{{ .Function.Arguments }}}</tool_call>{{ end }}"
             "{{- if eq .Role \"tool\" }} ({{ .ToolName }}){{ end }}\n{{ end }}<|assistant|>")
+
+VISION_TEMPLATE = ("{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}\n{{ end }}<|assistant|>")
 
 # Tries to run a shell command through Jinja internals (CVE-2024-34359); the sandbox must refuse.
 EVIL_TEMPLATE = "{{ cycler.__init__.__globals__.os.system('touch /tmp/gengate-pwned') }}{{ messages[0]['content'] }}"
@@ -73,6 +76,11 @@ def models(tmp_path_factory) -> Path:
     store.import_file("tiny-tools", write_tiny_llama(root / "tools.gguf", chat_template=TOOLS_JINJA))
     store.import_file("test-tools", tiny, template=TOOLS_GO)
     store.import_file("tiny-evil", write_tiny_llama(root / "evil.gguf", chat_template=EVIL_TEMPLATE))
+    # Models that see: the tiny llama with a tiny random projector (LLaVA-style "mlp": 16 positions an image,
+    # causal; "gemma3": 4 positions wrapped in <start_of_image> text, decoded non-causally).
+    store.import_file("tiny-vision", tiny, template=VISION_TEMPLATE, projector=write_tiny_mmproj(root / "mlp.gguf"))
+    store.import_file("tiny-vision-g3", tiny, template=VISION_TEMPLATE,
+                      projector=write_tiny_mmproj(root / "g3.gguf", proj_type="gemma3"))
     return root
 
 

@@ -1,7 +1,8 @@
 """A scripted engine for framing, error and cancellation tests (never for model behaviour).
 
 Tokens are characters; generation emits the pieces "t0 ", "t1 ", … (or a given script)
-with an optional delay, and can fail after N pieces. Counters show what it did.
+with an optional delay, and can fail after N pieces. Counters show what it did. A model with a
+projector "sees": an image is IMAGE_TOKENS positions, shown in recorded prompts as <image:digest>.
 """
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncGenerator, Sequence
 
-from service.engine import Engine, Finish, LoadOptions, Piece, Runner, Sampling
+from service.engine import Bitmap, Engine, Finish, ImageChunk, Images, LoadOptions, Piece, Runner, Sampling
+
+IMAGE_TOKENS = 4
 
 
 @dataclasses.dataclass
@@ -23,8 +26,9 @@ class Script:
 
 
 class FakeRunner(Runner):
-    def __init__(self, engine: FakeEngine):
+    def __init__(self, engine: FakeEngine, vision: bool = False):
         self._engine = engine
+        self.vision = vision
         self.n_ctx = 2048
         self.n_ctx_train = 2048
         self.n_vocab = 0x110000
@@ -39,11 +43,27 @@ class FakeRunner(Runner):
     def token_text(self, token: int) -> str:
         return chr(token)
 
-    async def generate(self, prompt: list[int], sampling: Sampling) -> AsyncGenerator[Piece | Finish, None]:
+    def tokenize_image(self, image: Bitmap) -> list[int | ImageChunk]:
+        assert self.vision
+        return [ImageChunk(IMAGE_TOKENS, image.digest)]
+
+    def _shown(self, prompt: list[int], images: Images) -> str:
+        text, i = "", 0
+        while i < len(prompt):
+            if i in images:
+                text += f"<image:{images[i].digest.hex()[:8]}>"
+                i += images[i].n_tokens
+            else:
+                text += chr(prompt[i])
+                i += 1
+        return text
+
+    async def generate(self, prompt: list[int], sampling: Sampling,
+                       images: Images | None = None) -> AsyncGenerator[Piece | Finish, None]:
         engine, script = self._engine, self._engine.script
         engine.started += 1
         engine.active += 1
-        engine.prompts.append(self.detokenize(prompt))
+        engine.prompts.append(self._shown(prompt, images or {}))
         pieces = list(script.pieces) if script.pieces is not None else [f"t{i} " for i in range(script.count)]
         if sampling.num_predict >= 0:
             pieces = pieces[:sampling.num_predict]
@@ -91,4 +111,4 @@ class FakeEngine(Engine):
         if self.load_errors:
             raise self.load_errors.pop(0)
         self.loads += 1
-        return FakeRunner(self)
+        return FakeRunner(self, vision=bool(files.get("projector")))

@@ -41,6 +41,12 @@ beyond a few concurrent sequences (measured in docs/benchmarks.md).
 
 Sequence ids of a decode step must be consecutive for llama.cpp to decode them as one
 micro-batch, so a request takes the lowest free sequence.
+
+Images (a model loaded with a vision projector, service/engines/vision.py): a prompt's image chunk is one
+prefill step of its own, evaluated by libmtmd into the request's sequence, so running streams decode between
+an image and the next chunk and a cancellation is seen between them. Its positions hold a placeholder id
+derived from the image (engine.ImageChunk), so the prompt cache reuses an image's KV only for the same image,
+and a reused prefix never ends inside an image.
 """
 from __future__ import annotations
 
@@ -56,14 +62,15 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
 
-from service.engine import Engine, Finish, LoadOptions, Piece, Runner, Sampling
-from service.engines import llama
+from service.engine import Bitmap, Engine, Finish, ImageChunk, Images, LoadOptions, Piece, Runner, Sampling
+from service.engines import llama, vision
 from service.engines.embedding import EmbeddingRunner
 from service.gguf import read_metadata
 
 log = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 128          # prompt tokens per llama_decode call (running streams wait at most one chunk)
+VISION_UBATCH = 512          # a vision model's micro-batch: a non-causal projector's image must fit in one
 MIN_REUSE = 16               # shortest cached prefix worth taking another sequence than the lowest free one
 _DONE = object()             # end of a stream
 _RELEASED = object()         # the request's sequence is free again
@@ -92,8 +99,9 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 class _Request:
     """One generation: set up on the event loop, run by the decode thread."""
 
-    def __init__(self, prompt: list[int], sampling: Sampling, loop: asyncio.AbstractEventLoop):
+    def __init__(self, prompt: list[int], sampling: Sampling, loop: asyncio.AbstractEventLoop, images: Images):
         self.prompt = prompt
+        self.images = images              # position → image chunk
         self.s = sampling
         self.loop = loop
         self.queue: asyncio.Queue = asyncio.Queue()
@@ -121,9 +129,15 @@ class BatchRunner(llama.LlamaRunner):
     """A loaded model whose requests share one context, decoded together."""
 
     def __init__(self, model: internals.LlamaModel, ctx: internals.LlamaContext, *, n_seq: int, n_ctx: int,
-                 chunk: int, metadata: dict, reuse: bool):
+                 chunk: int, metadata: dict, reuse: bool, projector: vision.Projector | None = None):
         self._model = model
         self._ctx = ctx
+        self._projector = projector
+        self.vision = projector is not None
+        n_batch = llama_cpp.llama_n_batch(ctx.ctx)
+        # libmtmd's helper batches an image's embeddings by this; a non-causal one must fit one micro-batch.
+        self._image_batch = min(n_batch, llama_cpp.llama_n_ubatch(ctx.ctx)) if projector and projector.non_causal \
+            else n_batch
         self.vocab = llama.Vocab(model)
         self._mem = llama_cpp.llama_get_memory(ctx.ctx)
         self.n_seq = n_seq
@@ -177,8 +191,17 @@ class BatchRunner(llama.LlamaRunner):
         return self._held + len(self._inbox)
 
     # -- the event-loop side -------------------------------------------------------
-    async def generate(self, prompt: list[int], sampling: Sampling) -> AsyncGenerator[Piece | Finish, None]:
-        req = _Request(list(prompt), sampling, asyncio.get_running_loop())
+    def tokenize_image(self, image: Bitmap) -> list[int | ImageChunk]:
+        if self._projector is None:
+            raise NotImplementedError("this model cannot see")
+        return self._projector.chunks(image)
+
+    async def generate(self, prompt: list[int], sampling: Sampling,
+                       images: Images | None = None) -> AsyncGenerator[Piece | Finish, None]:
+        if images and (self._projector is None or any(
+                prompt[i:i + c.n_tokens] != [c.placeholder] * c.n_tokens for i, c in images.items())):
+            raise ValueError("images need a vision model and their placeholders in the prompt")
+        req = _Request(list(prompt), sampling, asyncio.get_running_loop(), dict(images or {}))
         with self._cond:
             if self._closing:
                 raise RuntimeError("the model is being unloaded")
@@ -259,6 +282,8 @@ class BatchRunner(llama.LlamaRunner):
             for job in embeds:
                 self._resolve(job, gone)
             self._flush()
+            if self._projector is not None:
+                self._projector.close()
             self._ctx.close()
             self._model.close()
 
@@ -341,6 +366,9 @@ class BatchRunner(llama.LlamaRunner):
                 self._finish(req, "length")
                 continue
             seq, reuse = self._pick(req.prompt)
+            for start, image in req.images.items():       # a reused prefix never ends inside an image
+                if start < reuse < start + image.n_tokens:
+                    reuse = start if start >= MIN_REUSE else 0
             self._free.discard(seq)
             req.seq = seq
             if not llama_cpp.llama_memory_seq_rm(self._mem, seq, reuse, -1):
@@ -387,11 +415,16 @@ class BatchRunner(llama.LlamaRunner):
             self._sample(req, i)
 
     def _prefill(self) -> None:
-        """Evaluates one chunk of the oldest prompt; its last chunk gives the first token."""
+        """Evaluates one chunk of the oldest prompt (text, or one image); its last chunk gives the first token."""
         req = self._prefilling[0]
         end = len(req.prompt)
         a = req.n_past
-        b = chunk_end(a, end, self._chunk)
+        image = req.images.get(a)
+        if image is not None:
+            self._prefill_image(req, image)
+            return
+        following = [start for start in req.images if start > a]
+        b = chunk_end(a, min(following, default=end), self._chunk)
         n = b - a
         self._b_token[:n] = req.prompt[a:b]
         self._b_pos[:n] = np.arange(a, b, dtype=np.int32)
@@ -412,6 +445,19 @@ class BatchRunner(llama.LlamaRunner):
             req.decoding.prompt_done()
             self._running[req.seq] = req
             self._sample(req, n - 1)
+
+    def _prefill_image(self, req: _Request, image: ImageChunk) -> None:
+        assert self._projector is not None
+        try:
+            if req.n_past + image.n_tokens >= len(req.prompt):
+                raise ValueError("a prompt cannot end with an image: nothing would give the first token")
+            self._projector.evaluate(self._ctx.ctx, image, req.n_past, req.seq, self._image_batch)
+        except Exception as exc:
+            self._prefilling.popleft()
+            self._fail(req, exc)
+            return
+        self.prefill_chunks += 1
+        req.n_past += image.n_tokens
 
     def _sample(self, req: _Request, index: int) -> None:
         """Samples the request's next token from batch row `index` and streams what it completes."""
@@ -516,11 +562,17 @@ class BatchEngine(Engine):
         chunk = max(3, min(self.chunk, options.num_batch))
 
         def build() -> Runner:
+            if projector:           # before anything is loaded here: a projector that would abort the process
+                stat = os.stat(projector)
+                vision.probe(path, projector, (stat.st_size, stat.st_mtime_ns))
             model = llama.load_model(path, options)
+            sight: vision.Projector | None = None
             try:
+                if projector:
+                    sight = vision.Projector(model.model, projector, threads, use_gpu=options.num_gpu != 0)
                 cp = llama_cpp.llama_context_default_params()
                 cp.n_ctx = options.num_ctx * n_seq
-                cp.n_batch = cp.n_ubatch = max(chunk, n_seq)
+                cp.n_batch = cp.n_ubatch = max(chunk, n_seq, VISION_UBATCH if sight else 0)
                 cp.n_seq_max = n_seq
                 cp.n_threads = cp.n_threads_batch = threads
                 cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
@@ -530,6 +582,8 @@ class BatchEngine(Engine):
                 ctx = internals.LlamaContext(model=model, params=cp, verbose=False)
                 if not llama_cpp.llama_get_memory(ctx.ctx):         # an encoder (BERT): nothing to batch over
                     ctx.close()
+                    if sight is not None:
+                        raise vision.ProjectorError("an embedding model takes no vision projector")
                     return EmbeddingRunner(model, options, threads, read_metadata(path))
                 try:
                     llama.apply_adapters(model, ctx, adapters)
@@ -537,6 +591,8 @@ class BatchEngine(Engine):
                     ctx.close()
                     raise
             except BaseException:
+                if sight is not None:
+                    sight.close()
                 model.close()
                 raise
             n_ctx = min(options.num_ctx, llama_cpp.llama_n_ctx_seq(ctx.ctx))
@@ -544,6 +600,6 @@ class BatchEngine(Engine):
             reuse = not (llama_cpp.llama_model_n_swa(m) or llama_cpp.llama_model_is_recurrent(m)
                          or llama_cpp.llama_model_is_hybrid(m))
             return BatchRunner(model, ctx, n_seq=n_seq, n_ctx=n_ctx, chunk=chunk, metadata=read_metadata(path),
-                               reuse=reuse)
+                               reuse=reuse, projector=sight)
 
         return await asyncio.to_thread(build)

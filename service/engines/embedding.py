@@ -15,7 +15,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
 
-from service.engine import Finish, LoadOptions, Piece, Sampling
+from service.engine import Finish, Images, LoadOptions, Piece, Sampling
 from service.engines import llama
 
 
@@ -39,7 +39,8 @@ class EmbeddingRunner(llama.LlamaRunner):
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         self._turn = asyncio.Lock()
 
-    async def generate(self, prompt: list[int], sampling: Sampling) -> AsyncGenerator[Piece | Finish, None]:
+    async def generate(self, prompt: list[int], sampling: Sampling,
+                       images: Images | None = None) -> AsyncGenerator[Piece | Finish, None]:
         raise RuntimeError("an embedding model does not generate")
         yield  # pragma: no cover   (an async generator)
 

@@ -19,6 +19,7 @@ from gengate.v1 import generate_pb2 as pb
 from service.store import ModelStore
 from tests.conftest import REAL
 from tests.tiny_gguf import write_tiny_llama, write_tiny_lora
+from tests.tiny_mmproj import write_tiny_mmproj
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -122,6 +123,26 @@ def test_import_copies_a_gguf_into_the_store_with_a_progress_bar(tmp_path, fake)
     (tmp_path / "bad.gguf").write_bytes(b"not a model")
     bad = gengate("import", "bad", str(tmp_path / "bad.gguf"), "--host", fake.grpc_target)
     assert bad.returncode == 1 and "is not a GGUF file" in bad.stderr
+
+
+def test_import_and_create_a_vision_model_with_its_projector(tmp_path, fake):
+    gguf = write_tiny_llama(tmp_path / "tiny.gguf")
+    mmproj = write_tiny_mmproj(tmp_path / "mmproj.gguf")
+    done = gengate("import", "cli-vision", str(gguf), "--projector", str(mmproj), "--host", fake.grpc_target)
+    assert done.returncode == 0, done.stderr
+    entry = ModelStore(fake.service.store.root).get(names.parse("cli-vision"))
+    assert entry.projector is not None and entry.projector.read_bytes() == mmproj.read_bytes()
+    assert "vision" in gengate("show", "cli-vision", "--host", fake.grpc_target).stdout
+    # A Modelfile with two FROM files, as Ollama merges them: the model and its projector.
+    (tmp_path / "Modelfile").write_text("FROM ./tiny.gguf\nFROM ./mmproj.gguf\n")
+    made = gengate("create", "mf-vision", "-f", str(tmp_path / "Modelfile"), "--host", fake.grpc_target)
+    assert made.returncode == 0, made.stderr
+    assert ModelStore(fake.service.store.root).get(names.parse("mf-vision")).projector == entry.projector
+    # A projector for another model (its embedding size differs) is refused, and nothing is created.
+    wrong = write_tiny_mmproj(tmp_path / "narrow.gguf", n_embd_text=32)
+    refused = gengate("import", "cli-blind", str(gguf), "--projector", str(wrong), "--host", fake.grpc_target)
+    assert refused.returncode == 1 and "projector" in refused.stderr
+    assert ModelStore(fake.service.store.root).get(names.parse("cli-blind")) is None
 
 
 def test_create_from_a_modelfile_uploads_its_files_and_reads_its_layers(tmp_path, fake):

@@ -1,0 +1,76 @@
+"""Images on requests for vision models: checked against the limits, then decoded to RGB (Pillow).
+
+Accepted: PNG, JPEG, WebP, GIF (its first frame) and BMP, with or without alpha (dropped). The header is read
+first, so an image over GENGATE_MAX_IMAGE_PIXELS is refused before its pixels are decoded; images are decoded
+one at a time as the prompt is built, so a request holds at most one decoded image.
+
+Placement follows Ollama (server/prompt.go): in each message, each `[img]` of its text becomes the next image's
+tag `[img-N]` (N counted across the conversation); images beyond those tags are prefixed as `[img-N]` tags.
+The rendered prompt is then split at the tags; a tag naming no image of the request stays text.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import warnings
+from collections.abc import Sequence
+
+from PIL import Image, UnidentifiedImageError
+
+from service.engine import Bitmap
+from service.errors import invalid
+
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+TAG = re.compile(r"\[img-(\d+)\]")
+
+
+def place(text: str, first: int, count: int) -> str:
+    """A message's text with its `count` images' tags (ids from `first`) placed as Ollama places them."""
+    prefix = ""
+    for n in range(first, first + count):
+        if "[img]" in text:
+            text = text.replace("[img]", f"[img-{n}]", 1)
+        else:
+            prefix += f"[img-{n}]"
+    return prefix + text
+
+
+def split(text: str, count: int) -> list[str | int]:
+    """The rendered prompt as text pieces and image numbers (tags of images the request has)."""
+    parts: list[str | int] = []
+    at = 0
+    for match in TAG.finditer(text):
+        n = int(match.group(1))
+        if n >= count:
+            continue
+        parts += [text[at:match.start()], n]
+        at = match.end()
+    parts.append(text[at:])
+    return parts
+
+
+def check_count(images: Sequence[bytes], limit: int, field: str) -> None:
+    if len(images) > limit:
+        raise invalid(f"too many images: {len(images)}, the limit is {limit} (GENGATE_MAX_IMAGES)", field)
+
+
+def decode(data: bytes, field: str, max_pixels: int) -> Bitmap:
+    """The image as RGB pixels; 400 naming `field` if it is not an image of an accepted format or too large."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise invalid(f"the image is {width}x{height} pixels, over the limit of {max_pixels} "
+                              "(GENGATE_MAX_IMAGE_PIXELS)", field)
+            image.seek(0)
+            rgb = image.convert("RGB")
+            pixels = rgb.tobytes()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:
+        kind = "unknown format" if isinstance(exc, UnidentifiedImageError) else "it could not be decoded"
+        raise invalid(f"invalid image data: {kind} (accepted: PNG, JPEG, WebP, GIF, BMP)", field) from None
+    digest = hashlib.sha256(f"{width}x{height}:".encode() + pixels).digest()
+    return Bitmap(width, height, pixels, digest)

@@ -6,12 +6,16 @@ The systems compared in one part are all started, then take turns, one round eac
 one of them works at a time and load from elsewhere on the machine falls on all of them alike.
 It prints one Markdown report:
 
-1. one stream, greedy, 128 tokens: raw llama-cpp-python in-process vs the gateway + gRPC
-   (decode rate ratio, time to first token added);
-2. N = 1, 2, 4, 8, 16 concurrent streams through the gateway (GENGATE_NUM_PARALLEL = N) beside
-   `llama-server -np N` on the same GGUF with the same context per sequence: aggregate tokens
-   per second and time to first token (p50, p99);
-3. peak RSS of each process with the model loaded.
+1. one stream, greedy, 128 tokens: llama.cpp's llama-bench tg128 (the kernels' limit), raw
+   llama-cpp-python, gengate's engine in process and the gateway + gRPC in both layouts (decode
+   rate ratios, time to first token added by the serving path);
+2. N = 1, 2, 4, 8, 16 concurrent streams through the gateway (GENGATE_NUM_PARALLEL = N) in the
+   default and the batch-invariant layouts, the engine in process, and `llama-server -np N` on the
+   same GGUF with the same context per sequence: aggregate tokens per second and time to first
+   token (p50, p99); plots of both against N (SVG);
+3. the serving ceiling (bench/paced.py): the real service and gateway over an engine that only
+   paces tokens, 64 and 256 streams: the share of the paced rate delivered, CPU per token;
+4. peak RSS of each process with the model loaded.
 
 Every stream has its own prompt (no shared prefix, so no prompt cache helps either side), about
 80 tokens of text ending in a number sequence that greedy decoding continues past 128 tokens.
@@ -40,9 +44,13 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.llama_server import ensure_llama_server  # noqa: E402
+from bench.llama_server import LLAMA_BENCH, ensure_llama_server  # noqa: E402
+from service.engines.llama import EXTRA_BUFFERS  # noqa: E402
 
 LOGS = ROOT / ".cache" / "bench-logs"
+# Every system keeps its weights as gengate does: on a CPU with AMX, ggml's repacked (AMX) weights crash with
+# several sequences, so gengate turns repacking off there (service/engines/llama.py), and so does the bench.
+NO_REPACK = () if EXTRA_BUFFERS else ("--no-repack",)
 MODEL = "smollm2:135m"
 TOKENS = 128
 PASSAGE = ("The river town kept a ledger of every boat that passed its lock: the name, the cargo, the hour, "
@@ -215,7 +223,7 @@ async def wait_ready(server: Server, url: str, timeout: float = 180) -> None:
 
 
 @contextlib.asynccontextmanager
-async def gengate(engine: str, parallel: int, threads: int, ctx: int):
+async def gengate(engine: str, parallel: int, threads: int, ctx: int, invariant: bool = False):
     server = Server()
     grpc_port, http_port = free_port(), free_port()
     env = {**os.environ, "GENGATE_GRPC_ADDR": f"127.0.0.1:{grpc_port}", "GENGATE_HTTP_ADDR": f"127.0.0.1:{http_port}",
@@ -223,7 +231,8 @@ async def gengate(engine: str, parallel: int, threads: int, ctx: int):
            "GENGATE_NUM_PARALLEL": str(parallel), "GENGATE_MAX_QUEUE": "256", "GENGATE_KEEP_ALIVE": "-1",
            "GENGATE_CONTEXT_LENGTH": str(ctx), "GENGATE_NUM_THREADS": str(threads), "GENGATE_DEFAULT_MODEL": MODEL,
            "GENGATE_LOG_LEVEL": "WARNING", "GENGATE_METRICS_ADDR": "", "GENGATE_GATEWAY_METRICS_ADDR": "",
-           "GENGATE_API_KEY": "", "GENGATE_DRAIN_SECONDS": "1"}
+           "GENGATE_API_KEY": "", "GENGATE_DRAIN_SECONDS": "1",
+           "GENGATE_BATCH_INVARIANT": "true" if invariant else "false"}
     try:
         server.start("service", [sys.executable, "-m", "service"], env)
         server.start("gateway", [sys.executable, "-m", "gateway"], env)
@@ -239,7 +248,8 @@ async def llama_server(binary: Path, gguf: Path, parallel: int, threads: int, ct
     server = Server()
     port = free_port()
     cmd = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-np", str(parallel),
-           "-c", str(ctx * parallel), "-t", str(threads), "-tb", str(threads), "--no-webui", "--log-disable", *extra]
+           "-c", str(ctx * parallel), "-t", str(threads), "-tb", str(threads), "--no-webui", "--log-disable",
+           *NO_REPACK, *extra]
     try:
         server.start("llama-server", cmd, dict(os.environ))
         url = f"http://127.0.0.1:{port}"
@@ -252,7 +262,19 @@ async def llama_server(binary: Path, gguf: Path, parallel: int, threads: int, ct
 # -- raw llama-cpp-python (in a child process of its own) --------------------------------------------
 RAW_CHILD = r"""
 import json, sys, time
+import llama_cpp.llama_cpp as low
 from llama_cpp import Llama
+from service.engines.llama import EXTRA_BUFFERS
+_defaults = low.llama_model_default_params
+
+
+def _params():                # weights in the layout gengate uses (no AMX repacking where it crashes)
+    params = _defaults()
+    params.use_extra_bufts = EXTRA_BUFFERS
+    return params
+
+
+low.llama_model_default_params = _params
 path, threads, ctx, tokens = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 llm = Llama(model_path=path, n_ctx=ctx, n_batch=512, n_ubatch=512, n_threads=threads, n_threads_batch=threads,
             verbose=False)
@@ -296,6 +318,73 @@ class RawLlamaCpp:
         self.proc.wait(30)
 
 
+
+# -- the batch engine in process (no gRPC, no gateway), in a child process of its own ------------------------
+ENGINE_CHILD = r"""
+import asyncio, json, sys, time
+from service.engine import Finish, LoadOptions, Sampling
+from service.engines.batch import BatchEngine
+path, threads, ctx, tokens, n, invariant = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), \
+    int(sys.argv[5]), sys.argv[6] == "1"
+
+
+async def main():
+    runner = await BatchEngine(n, invariant=invariant).load(path, LoadOptions(num_ctx=ctx, num_thread=threads))
+    add_bos = bool(runner.metadata.get("tokenizer.ggml.add_bos_token", True))
+
+    async def one(text):
+        prompt = runner.tokenize(text, add_bos=add_bos)            # as the service tokenizes a raw prompt
+        start, first, count = time.perf_counter(), None, 0
+        async for item in runner.generate(prompt, Sampling(seed=0, temperature=0, num_predict=tokens)):
+            if isinstance(item, Finish):
+                count = item.eval_count
+            elif first is None and item.text:
+                first = time.perf_counter()
+        return {"start": start, "first": first, "end": time.perf_counter(), "tokens": count}
+
+    await one("warm up")
+    print(json.dumps({"ready": True}), flush=True)
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        print(json.dumps(await asyncio.gather(*[one(t) for t in json.loads(line)])), flush=True)
+    await runner.close()
+
+asyncio.run(main())
+"""
+
+
+class EngineInProcess:
+    """gengate's BatchEngine driven directly (what the served path adds is then the difference)."""
+
+    def __init__(self, gguf: Path, threads: int, ctx: int, n: int, invariant: bool = False) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", ENGINE_CHILD, str(gguf), str(threads), str(ctx),
+                                      str(TOKENS), str(n), "1" if invariant else "0"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        json.loads(self.proc.stdout.readline())
+
+    def streams(self, texts: list[str]) -> list[Stream]:
+        self.proc.stdin.write(json.dumps(texts) + "\n")
+        self.proc.stdin.flush()
+        out = []
+        for item in json.loads(self.proc.stdout.readline()):
+            s = Stream(item["start"])
+            s.first, s.end, s.tokens = item["first"], item["end"], item["tokens"]
+            out.append(s)
+        return out
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+def llama_bench_tg(binary: Path, gguf: Path, threads: int) -> float:
+    """llama.cpp's llama-bench tg128 on the same GGUF and threads: the single-stream limit of these kernels."""
+    out = subprocess.run([str(binary), "-m", str(gguf), "-t", str(threads), "-p", "0", "-n", str(TOKENS), "-r", "3",
+                          "-o", "json", *(["--repack", "0"] if NO_REPACK else [])],
+                         capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    return float(json.loads(out)[0]["avg_ts"])
+
+
 # -- the run -------------------------------------------------------------------------------------
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -317,77 +406,107 @@ async def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="rounds per measurement; the median is reported")
     ap.add_argument("--ctx", type=int, default=4096, help="context per sequence (num_ctx / llama-server -c / -np)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for every system")
-    ap.add_argument("--no-simple", action="store_true", help="skip the simple (one request at a time) engine")
+    ap.add_argument("--simple", action="store_true", help="also the simple engine (one request at a time)")
+    ap.add_argument("--fa-off", action="store_true", help="also llama-server with flash attention off")
+    ap.add_argument("--no-ceiling", action="store_true", help="skip the serving ceiling (bench/paced.py)")
     ap.add_argument("--json", type=Path, default=ROOT / ".cache" / "bench.json", help="raw results written here")
+    ap.add_argument("--plots", type=Path, default=ROOT / ".cache", help="where the SVG plots are written")
     args = ap.parse_args()
     ns = [int(n) for n in args.ns.split(",")]
     gguf = model_path()
     binary = ensure_llama_server()
     prompts = Prompts()
     results: dict = {"machine": machine(), "load_before": os.getloadavg()}
-    servers: dict[str, Server] = {}
+    rss: dict[str, float] = {}
     print(f"machine: {results['machine']}; load average {os.getloadavg()[0]:.2f}", flush=True)
 
-    # 1. One stream: raw llama-cpp-python and the gateway, in alternating rounds.
+    # 1. One stream: llama-bench, raw llama-cpp-python, the engine in process and the served engine in both
+    # layouts, in alternating rounds.
     print("single stream ...", flush=True)
-    engines = ["batch"] + ([] if args.no_simple else ["simple"])
-    rss: dict[str, float] = {}
     raw = RawLlamaCpp(gguf, args.threads, args.ctx)
-    runs: dict[str, list] = {"raw": []}
+    engine = EngineInProcess(gguf, args.threads, args.ctx, 1)
+    runs: dict[str, list] = {"raw": [], "engine": [], "fast": [], "invariant": []}
+    bench_tg: list[float] = []
     async with contextlib.AsyncExitStack() as stack:
         urls = {}
-        for engine in engines:
-            urls[engine], server = await stack.enter_async_context(gengate(engine, 4, args.threads, args.ctx))
-            servers[engine] = server
-            await concurrent(gateway_stream, urls[engine], 1, prompts)
-            runs[engine] = []
+        for layout in ("fast", "invariant"):
+            urls[layout], single_server = await stack.enter_async_context(
+                gengate("batch", 1, args.threads, args.ctx, invariant=layout == "invariant"))
+            await concurrent(gateway_stream, urls[layout], 1, prompts)
         for _ in range(3 * args.rounds + 2):        # one stream is quick: more rounds, a steadier median
+            bench_tg.append(llama_bench_tg(LLAMA_BENCH, gguf, args.threads))
             runs["raw"].append(raw.stream(prompts.next()))
-            for engine in engines:
-                runs[engine].append(await concurrent(gateway_stream, urls[engine], 1, prompts))
+            runs["engine"].append(engine.streams([prompts.next()]))
+            for layout in ("fast", "invariant"):
+                runs[layout].append(await concurrent(gateway_stream, urls[layout], 1, prompts))
+    rss["gengate service, 1 sequence"] = single_server.rss.get("service", float("nan"))
+    rss["gengate gateway"] = single_server.rss.get("gateway", float("nan"))
     raw.close()
+    engine.close()
     rss["raw llama-cpp-python (1 sequence)"] = raw.rss
-    for engine in engines:
-        rss[f"gengate service, {engine} engine (4 sequences)"] = servers[engine].rss["service"]
-    rss["gengate gateway"] = servers["batch"].rss["gateway"]
     # The first two rounds warm the page cache and the allocators.
     single = results["single"] = {name: summarize(r[2:]) for name, r in runs.items()}
+    single["llama-bench"] = {"rate": statistics.median(bench_tg[2:]), "all": bench_tg}
 
     # 2. N concurrent streams: every system started, then one round each in turn (so load from
     # elsewhere on the machine falls on all of them alike).
-    systems = [("batch", "gengate")] + ([("simple", "gengate")] if "simple" in engines else []) + \
-        [("llama-server", "llama-server"), ("llama-server -fa off", "llama-server")]
+    systems = [("fast", "gengate"), ("invariant", "gengate"), ("engine", "engine"), ("llama-server", "llama-server")]
+    systems += [("simple", "gengate")] if args.simple else []
+    systems += [("llama-server -fa off", "llama-server")] if args.fa_off else []
     table: dict[int, dict] = {}
     for n in ns:
         print(f"{n} concurrent streams ...", flush=True)
         async with contextlib.AsyncExitStack() as stack:
-            urls, clients = {}, {}
+            urls, clients, servers = {}, {}, {}
             for name, kind in systems:
                 if kind == "gengate":
-                    urls[name], servers[name] = await stack.enter_async_context(
-                        gengate(name, n, args.threads, args.ctx))
+                    urls[name], servers[name] = await stack.enter_async_context(gengate(
+                        "simple" if name == "simple" else "batch", n, args.threads, args.ctx,
+                        invariant=name == "invariant"))
                     clients[name] = gateway_stream
+                elif kind == "engine":
+                    inproc = EngineInProcess(gguf, args.threads, args.ctx, n)
+                    stack.callback(inproc.close)
+                    urls[name] = ""
+                    clients[name] = inproc
                 else:
                     extra = ("-fa", "off") if name.endswith("off") else ()
                     urls[name], servers[name] = await stack.enter_async_context(
                         llama_server(binary, gguf, n, args.threads, args.ctx, *extra))
                     clients[name] = llama_server_stream
-                await concurrent(clients[name], urls[name], n, prompts)
             runs = {name: [] for name, _ in systems}
-            for _ in range(args.rounds):
-                for name, _ in systems:
-                    runs[name].append(await concurrent(clients[name], urls[name], n, prompts))
+            for round_ in range(args.rounds + 1):          # the first round warms up, unrecorded
+                for name, kind in systems:
+                    if kind == "engine":
+                        streams = clients[name].streams([prompts.next() for _ in range(n)])
+                    else:
+                        streams = await concurrent(clients[name], urls[name], n, prompts)
+                    if round_:
+                        runs[name].append(streams)
         table[n] = {name: summarize(r) for name, r in runs.items()}
-        for name, kind in systems:
-            if kind == "gengate":
-                rss[f"gengate service, {name} engine ({n} sequences)"] = servers[name].rss["service"]
-            else:
-                rss[f"{name} -np {n}"] = servers[name].rss["llama-server"]
+        for name, server in servers.items():
+            for process, mib in server.rss.items():
+                rss[f"{name}: {process} ({n} sequences)"] = mib
     results["concurrent"] = table
+
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=1, default=str))          # kept, whatever comes next
+
+    # 3. The serving ceiling: the real service and gateway over a paced engine.
+    if not args.no_ceiling:
+        print("serving ceiling ...", flush=True)
+        from bench import paced
+        try:
+            results["ceiling"] = await paced.measure(argparse.Namespace(streams=[64, 256], step_ms=5.5, tokens=200,
+                                                                        rounds=args.rounds))
+        except (SystemExit, Exception) as exc:        # the report of parts 1 and 2 still comes
+            print(f"serving ceiling failed: {exc}", flush=True)
     results["rss_mib"] = rss
     results["load_after"] = os.getloadavg()
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1, default=str))
+    from bench import plot
+    plot.write(table, args.plots)
 
     # The report.
     out = [f"Machine: {results['machine']}.",
@@ -396,30 +515,37 @@ async def main() -> None:
            f"{3 * args.rounds} rounds (one stream) and {args.rounds} rounds (N streams). "
            f"Load average {results['load_before'][0]:.2f} before, "
            f"{results['load_after'][0]:.2f} after.", ""]
-    raw = single["raw"]
+    limit = single["llama-bench"]["rate"]
+    eng = single["engine"]
     out += ["1. One stream", "",
-            "| | decode tok/s | ratio to raw | TTFT | TTFT added |", "|---|---:|---:|---:|---:|",
-            f"| raw llama-cpp-python, in process | {raw['rate']:.1f} | 1.000 | {fmt_s(raw['ttft_p50'])} | |"]
-    for engine in engines:
-        r = single[engine]
-        out.append(f"| gateway + gRPC, {engine} engine | {r['rate']:.1f} | {r['rate'] / raw['rate']:.3f} | "
-                   f"{fmt_s(r['ttft_p50'])} | {(r['ttft_p50'] - raw['ttft_p50']) * 1000:+.1f} ms |")
+            "| | decode tok/s | ÷ llama-bench tg128 | ÷ engine in process | TTFT | TTFT added to the engine's |",
+            "|---|---:|---:|---:|---:|---:|",
+            f"| llama-bench tg128 (llama.cpp, the kernels' limit) | {limit:.1f} | 1.000 | | | |"]
+    for name, label in (("raw", "raw llama-cpp-python, in process"), ("engine", "gengate engine, in process"),
+                        ("fast", "gateway + gRPC, default layout"), ("invariant", "gateway + gRPC, invariant")):
+        r = single[name]
+        out.append(f"| {label} | {r['rate']:.1f} | {r['rate'] / limit:.3f} | {r['rate'] / eng['rate']:.3f} | "
+                   f"{fmt_s(r['ttft_p50'])} | {(r['ttft_p50'] - eng['ttft_p50']) * 1000:+.1f} ms |")
     names = [name for name, _ in systems]
+    label = {"fast": "gengate (default)", "invariant": "gengate invariant", "engine": "engine in process",
+             "simple": "gengate simple"}
     out += ["", "2. N concurrent streams: aggregate tok/s (all streams' tokens over the wall time)", "",
-            "| N | gengate batch | llama-server | batch ÷ llama-server | llama-server -fa off | batch ÷ -fa off |"
-            + (" gengate simple |" if "simple" in names else ""),
-            "|---:|---:|---:|---:|---:|---:|" + ("---:|" if "simple" in names else "")]
+            "| N | " + " | ".join(label.get(n, n) for n in names) + " | default ÷ llama-server | invariant ÷ "
+            "llama-server | served ÷ in process |", "|---:|" + "---:|" * (len(names) + 3)]
     for n, row in table.items():
-        b, s, f = row["batch"]["tok_s"], row["llama-server"]["tok_s"], row["llama-server -fa off"]["tok_s"]
-        out.append(f"| {n} | {b:.1f} | {s:.1f} | {b / s:.2f}× | {f:.1f} | {b / f:.2f}× |"
-                   + (f" {row['simple']['tok_s']:.1f} |" if "simple" in row else ""))
-    out += ["", "Time to first token, p50 / p99", "", "| N | " + " | ".join(
-        {"batch": "gengate batch", "simple": "gengate simple"}.get(n, n) for n in names) + " |",
-        "|---:|" + "---:|" * len(names)]
+        s = row["llama-server"]["tok_s"]
+        out.append(f"| {n} | " + " | ".join(f"{row[name]['tok_s']:.1f}" for name in names)
+                   + f" | {row['fast']['tok_s'] / s:.2f}× | {row['invariant']['tok_s'] / s:.2f}× | "
+                   f"{row['fast']['tok_s'] / row['engine']['tok_s']:.2f}× |")
+    out += ["", "Time to first token, p50 / p99", "", "| N | " + " | ".join(label.get(n, n) for n in names) + " |",
+            "|---:|" + "---:|" * len(names)]
     for n, row in table.items():
         out.append(f"| {n} | " + " | ".join(f"{fmt_s(row[name]['ttft_p50'])} / {fmt_s(row[name]['ttft_p99'])}"
                                            for name in names) + " |")
-    out += ["", "3. Peak RSS (VmHWM) with the model loaded", "", "| process | peak RSS |", "|---|---:|"]
+    if "ceiling" in results:
+        from bench import paced
+        out += ["", "3. " + paced.report(results["ceiling"])]
+    out += ["", "4. Peak RSS (VmHWM) with the model loaded", "", "| process | peak RSS |", "|---|---:|"]
     out += [f"| {name} | {mib:.0f} MiB |" for name, mib in rss.items()]
     print("\n" + "\n".join(out))
 

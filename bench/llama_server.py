@@ -1,5 +1,5 @@
-"""Builds llama.cpp's llama-server from the llama.cpp sources vendored in the llama-cpp-python
-sdist that gengate pins, into the ignored folder .cache/ (reused when present)."""
+"""Builds llama.cpp's llama-server and llama-bench from the llama.cpp sources vendored in the
+llama-cpp-python sdist that gengate pins, into the ignored folder .cache/ (reused when present)."""
 from __future__ import annotations
 
 import os
@@ -16,6 +16,7 @@ SDIST = CACHE / "sdist" / f"llama_cpp_python-{VERSION}.tar.gz"
 SOURCE = CACHE / f"llama_cpp_python-{VERSION}" / "vendor" / "llama.cpp"
 BUILD = CACHE / f"llama-server-{VERSION}"
 BINARY = BUILD / "bin" / "llama-server"
+LLAMA_BENCH = BUILD / "bin" / "llama-bench"
 
 
 def run(cmd: list[str], **kw) -> None:
@@ -24,8 +25,8 @@ def run(cmd: list[str], **kw) -> None:
 
 
 def ensure_llama_server() -> Path:
-    """The llama-server binary, built once (about 5 minutes on 2 cores)."""
-    if BINARY.exists():
+    """The llama-server binary (and llama-bench beside it), built once (about 10 minutes on 2 cores)."""
+    if BINARY.exists() and LLAMA_BENCH.exists():
         return BINARY
     if not SDIST.exists():
         SDIST.parent.mkdir(parents=True, exist_ok=True)
@@ -38,9 +39,9 @@ def ensure_llama_server() -> Path:
     run(["cmake", "-S", str(SOURCE), "-B", str(BUILD), "-G", "Ninja" if shutil.which("ninja") else "Unix Makefiles",
          "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_TESTS=OFF",
          "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_CURL=OFF", "-DBUILD_SHARED_LIBS=OFF"])
-    run(["cmake", "--build", str(BUILD), "--target", "llama-server", "-j", str(os.cpu_count() or 1)])
-    if not BINARY.exists():
-        raise SystemExit(f"llama-server was not built at {BINARY}")
+    run(["cmake", "--build", str(BUILD), "--target", "llama-server", "llama-bench", "-j", str(os.cpu_count() or 1)])
+    if not (BINARY.exists() and LLAMA_BENCH.exists()):
+        raise SystemExit(f"llama-server or llama-bench was not built in {BUILD / 'bin'}")
     return BINARY
 
 

@@ -35,9 +35,12 @@ JSON = "application/json; charset=utf-8"
 SHUTTING_DOWN = "server is shutting down"
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))     # one, not one per call (json.dumps)
+
+
 def dumps(obj: Any) -> bytes:
     """JSON as Go's json.Marshal writes it (<, >, & and U+2028/9 escaped), as Ollama sends it."""
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    text = _ENCODER.encode(obj)
     for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
                     ("\u2029", "\\u2029")):
         if ch in text:

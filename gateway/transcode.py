@@ -543,9 +543,14 @@ def struct_dict(value: struct_pb2.Struct) -> dict[str, Any]:
     return _whole(json_format.MessageToDict(value))
 
 
+_second: list = [None, ""]               # the last second formatted, and its text: every streamed reply has one
+
+
 def timestamp(ts) -> str:
     """RFC 3339 with nanoseconds, UTC, trailing zeros trimmed (Go's time.RFC3339Nano)."""
-    base = dt.datetime.fromtimestamp(ts.seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    if _second[0] != ts.seconds:
+        _second[:] = ts.seconds, dt.datetime.fromtimestamp(ts.seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    base = _second[1]
     frac = f"{ts.nanos:09d}".rstrip("0")
     return f"{base}.{frac}Z" if frac else f"{base}Z"
 

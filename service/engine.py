@@ -10,6 +10,7 @@ interchangeable and tests can script a fake one.
 from __future__ import annotations
 
 import abc
+import asyncio
 import dataclasses
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from typing import Any, Literal
@@ -80,6 +81,24 @@ class Finish:
     eval_ns: int
     logprobs: list[TokenLogprob] = dataclasses.field(default_factory=list)
     stop_sequence: str = ""              # the stop sequence that ended it, if one did
+
+
+def coalesce(first: Piece, queue: asyncio.Queue) -> tuple[Piece, object]:
+    """`first` and the pieces already queued behind it, as one piece, and the item after them if one is queued
+    (else None). A reader that fell behind gets one message for what it missed (vLLM's stream interval, adaptive):
+    nothing is ever held back, a first piece included; what is merged was already late."""
+    if queue.empty():
+        return first, None
+    texts, logprobs, tokens, after = [first.text], list(first.logprobs), first.tokens, None
+    while not queue.empty():
+        item = queue.get_nowait()
+        if not isinstance(item, Piece):
+            after = item
+            break
+        texts.append(item.text)
+        logprobs += item.logprobs
+        tokens += item.tokens
+    return Piece("".join(texts), logprobs, tokens), after
 
 
 class LoadError(RuntimeError):
@@ -176,6 +195,8 @@ class Runner(abc.ABC):
 
 class Engine(abc.ABC):
     """Loads models."""
+
+    layout: str = ""                     # how it lays out batches ("fast", "invariant"), for the operator
 
     @abc.abstractmethod
     async def load(self, path: str, options: LoadOptions, *, adapters: Sequence[str] = (),

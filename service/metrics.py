@@ -29,6 +29,9 @@ class Metrics:
                                    "Fraction of the loaded models' KV cache held by requests in flight (0-1)",
                                    registry=r)
 
+        self.engine = prom.Info("gengate_engine", "The decoding engine and its layout (fast, or the batch-invariant "
+                                "one of GENGATE_BATCH_INVARIANT)", registry=r)
+
     def serve(self, addr: str):
         """Starts the /metrics HTTP server on addr (host:port); returns it (its port: .server_port)."""
         host, _, port = addr.rpartition(":")

@@ -115,11 +115,14 @@ class Service:
 
 def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
     if engine is None:
-        engine = make_engine(settings.engine, settings.num_parallel)
+        engine = make_engine(settings.engine, settings.num_parallel, settings.batch_invariant)
     store = ModelStore(settings.models)
     pool = ModelPool(engine, keep_alive_ns(settings.keep_alive), settings.max_loaded_models, settings.load_timeout)
     metrics = Metrics()
     metrics.loaded.set_function(lambda: len(pool.loaded()))
+    metrics.engine.info({"engine": settings.engine if engine.layout else type(engine).__name__,
+                         "layout": engine.layout or "none"})
+    log.info("engine: %s, layout %s", settings.engine, engine.layout or "none")
 
     def kv_usage() -> float:
         cells = [m.runner.kv_cells() for m in pool.loaded()]

@@ -30,6 +30,9 @@ class ServiceSettings:
                           "(one request at a time)")
     max_prompt_bytes: int = setting(1 << 20, "GENGATE_MAX_PROMPT_BYTES",
                                     "longest prompt, system, suffix or template accepted (400 above)")
+    batch_invariant: bool = setting(False, "GENGATE_BATCH_INVARIANT",
+                                    "decode in the batch-invariant layout: a request's logits are the same bit for "
+                                    "bit alone or beside others (slower; see docs/benchmarks.md)")
     max_images: int = setting(16, "GENGATE_MAX_IMAGES", "most images one request may carry (400 above)")
     max_image_pixels: int = setting(4096 * 4096, "GENGATE_MAX_IMAGE_PIXELS",
                                     "largest image accepted, in pixels (width × height; 400 above)")

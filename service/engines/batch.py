@@ -15,10 +15,15 @@ stays is the prompt's KV, a cache: a later request whose prompt starts with the
 same tokens (a shared system prompt, a conversation's context) takes that sequence
 and skips recomputing the common prefix.
 
-Determinism (docs/benchmarks.md, "Determinism"): a request gives the same logits,
-bit for bit, alone or beside others, with or without a reused prefix. llama.cpp's CPU
-kernels round differently for some batch shapes, so the layout is chosen so that no
-token's arithmetic depends on what else is in the batch:
+Two layouts. The default is the fastest measured (docs/benchmarks.md, "Layouts"): a KV cache
+per sequence, and flash attention where the model runs on a GPU (`auto`, as llama-server) but not
+on the CPU, where it was slower. llama-server's own layout (flash attention `auto`, one unified KV
+cache) measured 9-12% slower than that on this project's CPU. With GENGATE_BATCH_INVARIANT the
+engine guarantees batch invariance (docs/benchmarks.md, "Determinism"): a request gives the same
+logits, bit for bit, alone or beside others, with or without a reused prefix; on a GPU that means
+flash attention off. llama.cpp's CPU kernels round differently for some batch shapes, so that
+layout is chosen so that no token's arithmetic depends on what else is in the batch (on the CPU
+the default layout is the same, so the guarantee holds there by default too):
 
 - the KV cache is split per sequence (`kv_unified = false`): each sequence has its own
   cells, starting at cell 0, so attention sums the same values in the same order
@@ -62,7 +67,18 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
 
-from service.engine import Bitmap, Engine, Finish, ImageChunk, Images, LoadOptions, Piece, Runner, Sampling
+from service.engine import (
+    Bitmap,
+    Engine,
+    Finish,
+    ImageChunk,
+    Images,
+    LoadOptions,
+    Piece,
+    Runner,
+    Sampling,
+    coalesce,
+)
 from service.engines import llama, vision
 from service.engines.embedding import EmbeddingRunner
 from service.gguf import read_metadata
@@ -129,8 +145,10 @@ class BatchRunner(llama.LlamaRunner):
     """A loaded model whose requests share one context, decoded together."""
 
     def __init__(self, model: internals.LlamaModel, ctx: internals.LlamaContext, *, n_seq: int, n_ctx: int,
-                 chunk: int, metadata: dict, reuse: bool, projector: vision.Projector | None = None):
+                 chunk: int, metadata: dict, reuse: bool, projector: vision.Projector | None = None,
+                 invariant: bool = False):
         self._model = model
+        self._invariant = invariant
         self._ctx = ctx
         self._projector = projector
         self.vision = projector is not None
@@ -208,15 +226,19 @@ class BatchRunner(llama.LlamaRunner):
             self._inbox.append(req)
             self._cond.notify()
         done = False
+        after: object = None
         try:
             while True:
-                item = await req.queue.get()
+                item, after = (after, None) if after is not None else (await req.queue.get(), None)
                 if item is _DONE:
                     done = True
                     return
                 if isinstance(item, BaseException):
                     done = True
                     raise item
+                if isinstance(item, Piece):
+                    item, after = coalesce(item, req.queue)
+                assert isinstance(item, (Piece, Finish))
                 yield item
         finally:
             if not done:
@@ -463,12 +485,15 @@ class BatchRunner(llama.LlamaRunner):
         """Samples the request's next token from batch row `index` and streams what it completes."""
         decoding = req.decoding
         assert decoding is not None
-        # A grammar can take milliseconds to apply: that sampler lets the event loop run meanwhile.
-        sample = llama_cpp.llama_sampler_sample if req.s.grammar is not None else llama.sample_holding_gil
-        token = sample(decoding.sampler, self._ctx.ctx, index)
-        self.decoded += 1
         logits = lambda: np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, index),
                                                shape=(self.n_vocab,))
+        if decoding.greedy:                 # the largest logit (the first of equals, as llama.cpp's greedy)
+            token = int(np.argmax(logits()))
+        else:
+            # A grammar can take milliseconds to apply: that sampler lets the event loop run meanwhile.
+            sample = llama_cpp.llama_sampler_sample if req.s.grammar is not None else llama.sample_holding_gil
+            token = sample(decoding.sampler, self._ctx.ctx, index)
+        self.decoded += 1
         piece, reason = decoding.on_token(token, logits)
         if piece is not None:
             self._out.append((req, piece))
@@ -551,9 +576,11 @@ class BatchEngine(Engine):
     """Loads models into BatchRunners with `num_parallel` sequences of `num_ctx` tokens each (embedding
     models, which keep no KV memory to batch over, into EmbeddingRunners)."""
 
-    def __init__(self, num_parallel: int = 4, chunk: int = PREFILL_CHUNK):
+    def __init__(self, num_parallel: int = 4, chunk: int = PREFILL_CHUNK, *, invariant: bool = False):
         self.num_parallel = max(1, num_parallel)
         self.chunk = max(3, chunk)
+        self.invariant = invariant
+        self.layout = "invariant" if invariant else "fast"
 
     async def load(self, path: str, options: LoadOptions, *, adapters: Sequence[str] = (),
                    projector: str | None = None) -> Runner:
@@ -575,7 +602,11 @@ class BatchEngine(Engine):
                 cp.n_batch = cp.n_ubatch = max(chunk, n_seq, VISION_UBATCH if sight else 0)
                 cp.n_seq_max = n_seq
                 cp.n_threads = cp.n_threads_batch = threads
-                cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+                # The layout (module docstring): a KV cache per sequence; flash attention on a GPU only, and
+                # not in the invariant layout.
+                on_gpu = options.num_gpu != 0 and bool(llama_cpp.llama_supports_gpu_offload())
+                cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO if on_gpu and not self.invariant \
+                    else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
                 cp.kv_unified = False
                 cp.embeddings = False
                 cp.no_perf = True
@@ -600,6 +631,6 @@ class BatchEngine(Engine):
             reuse = not (llama_cpp.llama_model_n_swa(m) or llama_cpp.llama_model_is_recurrent(m)
                          or llama_cpp.llama_model_is_hybrid(m))
             return BatchRunner(model, ctx, n_seq=n_seq, n_ctx=n_ctx, chunk=chunk, metadata=read_metadata(path),
-                               reuse=reuse, projector=sight)
+                               reuse=reuse, projector=sight, invariant=self.invariant)
 
         return await asyncio.to_thread(build)

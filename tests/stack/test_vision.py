@@ -49,10 +49,25 @@ def encoded(fmt: str, size=(40, 30), seed: int = 3) -> bytes:
 
 @pytest.fixture(scope="module")
 def seeing(models):
-    """The real batch engine (4 sequences) over the store with the tiny vision models."""
-    stack = Stack(models, BatchEngine(num_parallel=4), num_parallel=8).start()
+    """The real batch engine (4 sequences, in the batch-invariant layout, so results can be compared bit for
+    bit) over the store with the tiny vision models."""
+    stack = Stack(models, BatchEngine(num_parallel=4, invariant=True), num_parallel=8).start()
     yield stack
     stack.stop()
+
+
+@pytest.mark.parametrize("model", ["tiny-vision", "tiny-vision-g3"])
+def test_images_in_the_default_layout(models, model):
+    """The default layout (the engine's own choice of flash attention) sees the same way."""
+    stack = Stack(models, BatchEngine(num_parallel=2)).start()
+    try:
+        plain = generate(stack, model=model, prompt="Describe", options=GREEDY).json()
+        seen = [generate(stack, model=model, prompt="Describe", images=[b64(image)], options=GREEDY).json()
+                for image in (A, A, B)]
+        assert seen[0]["prompt_eval_count"] > plain["prompt_eval_count"] + 3
+        assert seen[0]["response"] == seen[1]["response"]
+    finally:
+        stack.stop()
 
 
 def generate(stack, **body) -> httpx.Response:
@@ -149,7 +164,7 @@ def test_the_prompt_cache_reuses_an_image_only_for_the_same_image(seeing):
     # Only the text before the image is reused (the image and all after it are evaluated again).
     assert other != cold and 0 < runner.reused_tokens - reused <= with_image - tiny_mmproj_n_image_tokens("mlp")
     # A cold run of B, on a fresh engine, gives the same: nothing of A's KV was reused for B.
-    fresh = Stack(seeing.settings.models, BatchEngine(num_parallel=1)).start()
+    fresh = Stack(seeing.settings.models, BatchEngine(num_parallel=1, invariant=True)).start()
     try:
         assert first_logprobs(fresh, "tiny-vision", [B], prompt=prefix) == other
     finally:

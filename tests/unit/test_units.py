@@ -133,3 +133,19 @@ def test_long_stop_sequences_cost_each_token_its_own_characters():
     emitted = "".join(d.feed(b"a") for _ in range(5000))
     assert time.perf_counter() - start < 5                     # a generous bound: catches a quadratic blow-up
     assert len(emitted) == 5000 - 1023 and not d.stopped
+
+
+def test_coalesce_merges_only_what_is_already_queued():
+    import asyncio
+
+    from service.engine import Finish, Piece, TokenLogprob, coalesce
+
+    lp = TokenLogprob("b", -0.5, b"b")
+    queue: asyncio.Queue = asyncio.Queue()
+    first = Piece("a", [], 1)
+    assert coalesce(first, queue) == (first, None)                  # nothing behind it: sent as it is
+    for item in (Piece("b", [lp], 1), Piece("cd", [], 2), Finish("stop", 3, 1, 4, 1), Piece("late", [], 1)):
+        queue.put_nowait(item)
+    merged, after = coalesce(first, queue)
+    assert (merged.text, merged.logprobs, merged.tokens) == ("abcd", [lp], 4)
+    assert isinstance(after, Finish) and queue.qsize() == 1          # stops at the first item that is no piece

@@ -1,0 +1,285 @@
+"""The serving layer's ceiling: gengate's real service and gateway over an engine that costs nothing but paces
+tokens like a GPU batch.
+
+`PacedEngine` gives every running stream one token per step (`--step-ms`, 5.5 ms by default: what llama.cpp
+does with SmolLM2 on an H200 at 64 streams, 11.6k tok/s), the whole step handed to the event loop in one call,
+as the batch engine's decode thread hands over its steps. So whatever rate falls short of N / step is the
+serving path's: the service's event loop and gRPC, then the gateway and its JSON. This is the proxy for GPU
+deployments measured on a machine without a GPU.
+
+    python -m bench.paced [--streams 64,256] [--step-ms 5.5] [--tokens 200]
+
+starts the service (over the paced engine, `python -m bench.paced serve`) and the gateway as processes, drives
+N concurrent streams over gRPC (grpc.aio) and then through the gateway (aiohttp, NDJSON), and prints the share
+of the paced rate each delivered and the CPU time per token of each process (from /proc, user + system).
+The client runs on the same machine and competes for its cores: on two cores the figures are a floor.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncGenerator, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from service.engine import (  # noqa: E402
+    Engine,
+    Finish,
+    Images,
+    LoadOptions,
+    Piece,
+    Runner,
+    Sampling,
+    coalesce,
+)
+
+MODEL = "paced"
+
+
+class _Stream:
+    __slots__ = ("loop", "queue", "left", "prompt_len")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, left: int, prompt_len: int):
+        self.loop, self.queue, self.left, self.prompt_len = loop, asyncio.Queue(), left, prompt_len
+
+
+def _deliver(items: list) -> None:
+    for stream, item in items:
+        stream.queue.put_nowait(item)
+
+
+class PacedRunner(Runner):
+    """Tokens are characters; every step, each running stream gets the piece "x " (one token). Its streams
+    hand pieces over as the batch engine's do (a reader that fell behind gets them merged)."""
+
+    def __init__(self, step: float):
+        self.n_ctx = self.n_ctx_train = 1 << 20
+        self.n_vocab = 0x110000
+        self.metadata: dict = {}
+        self._step = step
+        self._streams: list[_Stream] = []
+        self._lock = threading.Lock()
+        self._closing = False
+        self._thread = threading.Thread(target=self._pace, daemon=True, name="paced")
+        self._thread.start()
+
+    def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        return [ord(c) for c in text]
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return "".join(map(chr, tokens))
+
+    def token_text(self, token: int) -> str:
+        return chr(token)
+
+    def _pace(self) -> None:
+        next_step = time.perf_counter()
+        while not self._closing:
+            next_step += self._step
+            delay = next_step - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                next_step = time.perf_counter()          # behind: no catching up in bursts
+            by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+            with self._lock:
+                running = list(self._streams)
+            for stream in running:
+                stream.left -= 1
+                item: object = Piece("x ")
+                out = by_loop.setdefault(stream.loop, [])
+                out.append((stream, item))
+                if stream.left <= 0:
+                    out.append((stream, Finish("length", stream.prompt_len, 1, 0, 1)))
+                    with self._lock:
+                        self._streams.remove(stream)
+            for loop, items in by_loop.items():
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_deliver, items)
+
+    async def generate(self, prompt: list[int], sampling: Sampling,
+                       images: Images | None = None) -> AsyncGenerator[Piece | Finish, None]:
+        stream = _Stream(asyncio.get_running_loop(), sampling.num_predict if sampling.num_predict > 0 else 1 << 30,
+                         len(prompt))
+        with self._lock:
+            self._streams.append(stream)
+        after: object = None
+        try:
+            while True:
+                item, after = (after, None) if after is not None else (await stream.queue.get(), None)
+                if isinstance(item, Piece):
+                    item, after = coalesce(item, stream.queue)
+                yield item
+                if isinstance(item, Finish):
+                    return
+        finally:
+            with self._lock:
+                if stream in self._streams:
+                    self._streams.remove(stream)
+
+    async def embed(self, tokens: list[int]) -> list[float]:
+        return [0.0]
+
+    async def close(self) -> None:
+        self._closing = True
+
+
+class PacedEngine(Engine):
+    layout = "paced"
+
+    def __init__(self, step: float):
+        self._step = step
+
+    async def load(self, path: str, options: LoadOptions, **files) -> Runner:
+        return PacedRunner(self._step)
+
+
+def serve_main(step_ms: float) -> None:
+    from common import logs
+    from common.settings import load
+    from service.server import serve
+    from service.settings import ServiceSettings
+
+    settings = load(ServiceSettings, [])
+    logs.configure(settings.log_level, settings.log_format)
+    asyncio.run(serve(settings, PacedEngine(step_ms / 1000)))
+
+
+# -- the driver ----------------------------------------------------------------------------------------------
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def grpc_streams(target: str, n: int, tokens: int) -> tuple[int, float, list[float]]:
+    import grpc
+
+    from gengate.v1 import generate_pb2 as pb
+    from gengate.v1 import generate_pb2_grpc as pb_grpc
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.GenerateServiceStub(channel)
+
+        async def one() -> tuple[int, float]:
+            start, first, count = time.perf_counter(), 0.0, 0
+            async for reply in stub.Generate(pb.GenerateRequest(model=MODEL, prompt="hi", raw=True,
+                                                                options=pb.Options(num_predict=tokens))):
+                if reply.response:            # "x " a token; a reader that fell behind gets several at once
+                    count += reply.response.count("x ")
+                    first = first or time.perf_counter() - start
+            return count, first
+        start = time.perf_counter()
+        results = await asyncio.gather(*[one() for _ in range(n)])
+        return sum(c for c, _ in results), time.perf_counter() - start, [f for _, f in results]
+
+
+async def http_streams(url: str, n: int, tokens: int) -> tuple[int, float, list[float]]:
+    import aiohttp
+    body = {"model": MODEL, "prompt": "hi", "raw": True, "options": {"num_predict": tokens}}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                     timeout=aiohttp.ClientTimeout(total=600)) as session:
+        async def one() -> tuple[int, float]:
+            start, first, count = time.perf_counter(), 0.0, 0
+            async with session.post(url + "/api/generate", json=body) as resp:
+                async for line in resp.content:
+                    if line.strip() and not json.loads(line)["done"]:
+                        count += line.count(b"x ")
+                        first = first or time.perf_counter() - start
+            return count, first
+        start = time.perf_counter()
+        results = await asyncio.gather(*[one() for _ in range(n)])
+        return sum(c for c, _ in results), time.perf_counter() - start, [f for _, f in results]
+
+
+async def measure(args) -> dict:
+    from bench.bench import Server, free_port, wait_ready
+    from service.store import ModelStore
+    from tests.tiny_gguf import write_tiny_llama
+
+    store_dir = Path(tempfile.mkdtemp(prefix="gengate-paced-"))
+    ModelStore(store_dir).import_file(MODEL, write_tiny_llama(store_dir / "tiny.gguf"))
+    grpc_port, http_port = free_port(), free_port()
+    most = max(args.streams)
+    env = {**os.environ, "GENGATE_GRPC_ADDR": f"127.0.0.1:{grpc_port}", "GENGATE_HTTP_ADDR": f"127.0.0.1:{http_port}",
+           "GENGATE_SERVICE_ADDR": f"127.0.0.1:{grpc_port}", "GENGATE_MODELS": str(store_dir),
+           "GENGATE_NUM_PARALLEL": str(most), "GENGATE_MAX_QUEUE": str(4 * most), "GENGATE_DEFAULT_MODEL": "",
+           "GENGATE_KEEP_ALIVE": "-1", "GENGATE_LOG_LEVEL": "WARNING", "GENGATE_METRICS_ADDR": "",
+           "GENGATE_GATEWAY_METRICS_ADDR": "", "GENGATE_API_KEY": "", "GENGATE_DRAIN_SECONDS": "1",
+           "GENGATE_MAX_LARGE_BODIES": "1024"}
+    server = Server()
+    results: dict = {"step_ms": args.step_ms, "tokens": args.tokens, "rows": []}
+    try:
+        service = server.start("paced-service", [sys.executable, "-m", "bench.paced", "serve", "--step-ms",
+                                                 str(args.step_ms)], env)
+        gateway = server.start("gateway", [sys.executable, "-m", "gateway"], env)
+        url = f"http://127.0.0.1:{http_port}"
+        await wait_ready(server, url + "/readyz")
+        await http_streams(url, 2, 10)                                  # warm: the model "loads"
+        for n in args.streams:
+            ideal = n / (args.step_ms / 1000)
+            row: dict = {"streams": n, "ideal_tok_s": ideal}
+            for path in ("grpc", "gateway") * args.rounds:
+                cpu0 = cpu_seconds(service.pid), cpu_seconds(gateway.pid)
+                if path == "grpc":
+                    count, wall, firsts = await grpc_streams(f"127.0.0.1:{grpc_port}", n, args.tokens)
+                else:
+                    count, wall, firsts = await http_streams(url, n, args.tokens)
+                cpu1 = cpu_seconds(service.pid), cpu_seconds(gateway.pid)
+                if count != n * args.tokens:
+                    raise SystemExit(f"{path}: {count} tokens of {n * args.tokens}")
+                row.setdefault(path, []).append({
+                    "tok_s": count / wall, "share": count / wall / ideal,
+                    "service_us_per_token": (cpu1[0] - cpu0[0]) / count * 1e6,
+                    "gateway_us_per_token": (cpu1[1] - cpu0[1]) / count * 1e6,
+                    "ttft_p50_ms": statistics.median(firsts) * 1000})
+            results["rows"].append(row)
+    finally:
+        server.stop()
+    return results
+
+
+def report(results: dict) -> str:
+    med = lambda runs, key: statistics.median(r[key] for r in runs)     # noqa: E731
+    out = [f"Serving ceiling: paced engine, one token per stream every {results['step_ms']} ms, "
+           f"{results['tokens']} tokens a stream (median of the rounds)", "",
+           "| streams | paced rate | over gRPC | share | through the gateway | share | service CPU/token "
+           "(gRPC / gateway run) | gateway CPU/token |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in results["rows"]:
+        g, h = row["grpc"], row["gateway"]
+        out.append(f"| {row['streams']} | {row['ideal_tok_s']:.0f} tok/s | {med(g, 'tok_s'):.0f} | "
+                   f"{med(g, 'share'):.3f} | {med(h, 'tok_s'):.0f} | {med(h, 'share'):.3f} | "
+                   f"{med(g, 'service_us_per_token'):.0f} / {med(h, 'service_us_per_token'):.0f} µs | "
+                   f"{med(h, 'gateway_us_per_token'):.0f} µs |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", nargs="?", default="measure", choices=["measure", "serve"])
+    ap.add_argument("--streams", default="64,256", help="concurrent streams (default 64,256)")
+    ap.add_argument("--step-ms", type=float, default=5.5, help="one token per stream every this many ms")
+    ap.add_argument("--tokens", type=int, default=200, help="tokens per stream")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per path and N (alternating); the median")
+    args = ap.parse_args()
+    if args.command == "serve":
+        serve_main(args.step_ms)
+        return
+    args.streams = [int(n) for n in str(args.streams).split(",")]
+    results = asyncio.run(measure(args))
+    print(report(results))
+    out = ROOT / ".cache" / "paced.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -102,7 +102,8 @@ class PacedRunner(Runner):
                 if stream.left <= 0:
                     out.append((stream, Finish("length", stream.prompt_len, 1, 0, 1)))
                     with self._lock:
-                        self._streams.remove(stream)
+                        if stream in self._streams:       # (its reader may have left meanwhile)
+                            self._streams.remove(stream)
             for loop, items in by_loop.items():
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(_deliver, items)

@@ -512,6 +512,8 @@ def cmd_create(args: argparse.Namespace) -> int:
         extra_path = (path.parent / Path(extra).expanduser()).resolve()
         if not source.is_file() or not extra_path.is_file():
             raise CLIError("a second FROM must name a local file (a projector), after a FROM of a local GGUF")
+        if extra_path.name in request.files:
+            raise CLIError(f"two FROM files are named {extra_path.name}: rename one")
         request.files[extra_path.name] = upload(args, extra_path, "uploading")
     for adapter in parsed.adapters:
         adapter_path = (path.parent / Path(adapter).expanduser()).resolve()

@@ -56,7 +56,13 @@ def _text_of(value: Any, param: str) -> str:
         return value
     if not isinstance(value, list):
         raise BadRequest(f"'{param}' must be a string or an array of content blocks", param)
-    return "".join(b.get("text", "") for b in value if isinstance(b, dict) and b.get("type") == "text")
+    texts: list[str] = []
+    for block in value:
+        if isinstance(block, dict) and block.get("type") == "text":
+            if not isinstance(block.get("text"), str):
+                raise BadRequest(f"'{param}': a text block's 'text' must be a string", param)
+            texts.append(block["text"])
+    return "".join(texts)
 
 
 def _image(block: dict[str, Any], param: str) -> bytes:
@@ -88,7 +94,9 @@ def _messages(items: list[Any]) -> list[pb.Message]:
             where = f"{param}.content[{j}]"
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "text":
-                message.content += str(block.get("text", ""))
+                if not isinstance(block.get("text", ""), str):
+                    raise BadRequest(f"'{where}.text' must be a string", where)
+                message.content += block.get("text", "")
             elif kind == "image":
                 message.images.append(_image(block, where))
             elif kind == "thinking":
@@ -98,6 +106,8 @@ def _messages(items: list[Any]) -> list[pb.Message]:
                     raise BadRequest("tool_use block missing required 'id' field", where)
                 if not block.get("name"):
                     raise BadRequest("tool_use block missing required 'name' field", where)
+                if not isinstance(block["name"], str):
+                    raise BadRequest(f"'{where}.name' must be a string", where)
                 arguments = block.get("input") or {}
                 if not isinstance(arguments, dict):
                     raise BadRequest(f"'{where}.input' must be an object", where)
@@ -205,10 +215,15 @@ def _estimate(body: dict[str, Any]) -> int:
 
 
 # -- replies -------------------------------------------------------------------------------------------------------
-def _stop_reason(msg: pb.ChatResponse, tool_calls: bool) -> str | None:
+def _stop_sequence(msg: pb.ChatResponse, asked: tuple[str, ...]) -> str | None:
+    """The stop sequence that ended the reply, if the request asked for it (a model's own stop is its end)."""
+    return msg.stop_sequence if msg.stop_sequence and msg.stop_sequence in asked else None
+
+
+def _stop_reason(msg: pb.ChatResponse, tool_calls: bool, asked: tuple[str, ...]) -> str | None:
     if tool_calls:
         return "tool_use"
-    if msg.stop_sequence:
+    if _stop_sequence(msg, asked):
         return "stop_sequence"
     return {pb.DONE_REASON_STOP: "end_turn", pb.DONE_REASON_LENGTH: "max_tokens"}.get(msg.done_reason)
 
@@ -226,9 +241,10 @@ class MessagesFramer:
 
     content_type = EVENT_STREAM
 
-    def __init__(self, input_estimate: int):
+    def __init__(self, input_estimate: int, stops: tuple[str, ...] = ()):
         self.id = f"msg_{secrets.token_hex(12)}"
         self.input_estimate = input_estimate
+        self.stops = stops                        # the request's stop_sequences
         self.started = False
         self.index = 0
         self.open: str | None = None              # "thinking" or "text": the block being written
@@ -247,8 +263,8 @@ class MessagesFramer:
             content.append({"type": "tool_use", "id": _call_id(), "name": call.function.name,
                             "input": transcode.struct_dict(call.function.arguments)})
         return {"id": self.id, "type": "message", "role": "assistant", "model": msg.model, "content": content,
-                "stop_reason": _stop_reason(msg, bool(msg.message.tool_calls)),
-                "stop_sequence": msg.stop_sequence or None,
+                "stop_reason": _stop_reason(msg, bool(msg.message.tool_calls), self.stops),
+                "stop_sequence": _stop_sequence(msg, self.stops),
                 "usage": {"input_tokens": msg.prompt_eval_count, "output_tokens": msg.eval_count}}
 
     def _close(self) -> list[bytes]:
@@ -263,8 +279,9 @@ class MessagesFramer:
         if self.open != kind:
             out += self._close()
             self.open = kind
+            block = {"type": kind, kind: ""} if kind == "text" else {"type": kind, kind: "", "signature": ""}
             out.append(_sse("content_block_start", {"type": "content_block_start", "index": self.index,
-                                                    "content_block": {"type": kind, kind: ""}}))
+                                                    "content_block": block}))
         out.append(_sse("content_block_delta", {"type": "content_block_delta", "index": self.index,
                                                 "delta": {"type": f"{kind}_delta", kind: text}}))
         return out
@@ -296,7 +313,8 @@ class MessagesFramer:
         if msg.done:
             out += self._close()
             out.append(_sse("message_delta", {"type": "message_delta", "delta": {
-                "stop_reason": _stop_reason(msg, self.tool_calls), "stop_sequence": msg.stop_sequence or None},
+                "stop_reason": _stop_reason(msg, self.tool_calls, self.stops),
+                "stop_sequence": _stop_sequence(msg, self.stops)},
                 "usage": {"input_tokens": msg.prompt_eval_count, "output_tokens": msg.eval_count}}))
             out.append(_sse("message_stop", {"type": "message_stop"}))
         return out
@@ -318,8 +336,8 @@ def _parsed(raw: bytes) -> tuple[pb.ChatRequest, int]:
 @route(ANTHROPIC, _parsed)
 async def messages(request: web.Request, parsed: tuple[pb.ChatRequest, int]) -> web.StreamResponse:
     req, estimate = parsed
-    return await relay.stream(request, request.config_dict[SERVICE].generate.Chat, req, MessagesFramer(estimate),
-                              ANTHROPIC, streaming=req.stream)
+    return await relay.stream(request, request.config_dict[SERVICE].generate.Chat, req,
+                              MessagesFramer(estimate, tuple(req.options.stop)), ANTHROPIC, streaming=req.stream)
 
 
 @route(ANTHROPIC, lambda raw: chat_request(fields.object_body(raw), counting=True))

@@ -87,6 +87,8 @@ def _input(value: Any) -> list[pb.Message]:
                 raise BadRequest("function call arguments must be a JSON object", f"{param}.arguments")
             if not out or out[-1].role != "assistant":
                 out.append(pb.Message(role="assistant"))
+            if thinking:                     # the reasoning that led to the call
+                out[-1].thinking, thinking = thinking, ""
             call = pb.ToolCall(function=pb.ToolCallFunction(index=len(out[-1].tool_calls),
                                                             name=str(item.get("name", ""))))
             call.function.arguments.update(arguments)
@@ -99,8 +101,8 @@ def _input(value: Any) -> list[pb.Message]:
             out.append(message)
         elif kind == "reasoning":
             summary = item.get("summary") or []
-            thinking = str(item.get("encrypted_content") or "".join(
-                s.get("text", "") for s in summary if isinstance(s, dict)))
+            thinking += str(item.get("encrypted_content") or "".join(
+                str(s.get("text") or "") for s in summary if isinstance(s, dict)))
         elif kind is None:
             raise BadRequest("input item missing required 'type' field", param)
         else:
@@ -219,12 +221,12 @@ class ResponsesFramer:
         if msg.message.thinking:
             self.output.append({"id": f"rs_{self.id}", "type": "reasoning", "summary": [
                 {"type": "summary_text", "text": msg.message.thinking}], "encrypted_content": msg.message.thinking})
-        for i, call in enumerate(msg.message.tool_calls):
-            self.output.append(self._call(call, f"fc_{self.id}_{i}"))
-        if not msg.message.tool_calls:
+        if msg.message.content or not msg.message.tool_calls:      # the text first, as the stream sends it
             self.output.append({"id": f"msg_{secrets.token_hex(12)}", "type": "message", "status": "completed",
                                 "role": "assistant", "content": [{"type": "output_text", "text": msg.message.content,
                                                                   "annotations": [], "logprobs": []}]})
+        for i, call in enumerate(msg.message.tool_calls):
+            self.output.append(self._call(call, f"fc_{self.id}_{i}"))
         return self._response("completed", msg, completed_at=msg.created_at.seconds)
 
     # -- events --

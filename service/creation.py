@@ -147,6 +147,8 @@ class Creation:
                     raise invalid("more than one model among the files", "files")
                 layers["digest"] = digest
             elif kind == "projector":
+                if "projector" in layers:
+                    raise invalid("more than one vision projector among the files", "files")
                 layers["projector"] = digest
             else:
                 layers.setdefault("adapters", []).append(digest)

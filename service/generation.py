@@ -235,7 +235,10 @@ class Generation:
                         yield reply(response=event.text, thinking=event.thinking, logprobs=_logprobs(event.logprobs))
                     else:
                         # Ollama's context: the tokens of the prompt as rendered and of the response text.
-                        context = [] if req.raw else await asyncio.to_thread(self._tokens, lease, text + event.response)
+                        # Images cannot travel in a token list: their tags are left out of it (else the next
+                        # turn would place its own images at this turn's tags).
+                        said = images.TAG.sub("", text) if req.images else text
+                        context = [] if req.raw else await asyncio.to_thread(self._tokens, lease, said + event.response)
                         yield reply(response=event.text, thinking=event.thinking, **event.metrics(), context=context)
 
     def _render(self, req: pb.GenerateRequest, model: Model, lease: Lease, think: bool | None, level: str) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import warnings
 from collections.abc import Sequence
 
 from PIL import Image, UnidentifiedImageError
@@ -58,18 +57,15 @@ def check_count(images: Sequence[bytes], limit: int, field: str) -> None:
 def decode(data: bytes, field: str, max_pixels: int) -> Bitmap:
     """The image as RGB pixels; 400 naming `field` if it is not an image of an accepted format or too large."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=FORMATS)
-            width, height = image.size
-            if width * height > max_pixels:
-                raise invalid(f"the image is {width}x{height} pixels, over the limit of {max_pixels} "
-                              "(GENGATE_MAX_IMAGE_PIXELS)", field)
-            image.seek(0)
-            rgb = image.convert("RGB")
-            pixels = rgb.tobytes()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+        width, height = image.size
+        if width * height > max_pixels:         # checked from the header, before any pixel is decoded
+            raise invalid(f"the image is {width}x{height} pixels, over the limit of {max_pixels} "
+                          "(GENGATE_MAX_IMAGE_PIXELS)", field)
+        image.seek(0)
+        pixels = image.convert("RGB").tobytes()
+        del image
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         kind = "unknown format" if isinstance(exc, UnidentifiedImageError) else "it could not be decoded"
         raise invalid(f"invalid image data: {kind} (accepted: PNG, JPEG, WebP, GIF, BMP)", field) from None
     digest = hashlib.sha256(f"{width}x{height}:".encode() + pixels).digest()

@@ -156,6 +156,8 @@ class BatchRunner(llama.LlamaRunner):
         # libmtmd's helper batches an image's embeddings by this; a non-causal one must fit one micro-batch.
         self._image_batch = min(n_batch, llama_cpp.llama_n_ubatch(ctx.ctx)) if projector and projector.non_causal \
             else n_batch
+        if projector is not None and projector.non_causal:
+            projector.max_image_tokens = self._image_batch
         self.vocab = llama.Vocab(model)
         self._mem = llama_cpp.llama_get_memory(ctx.ctx)
         self.n_seq = n_seq

@@ -106,6 +106,7 @@ class Projector:
         self._ctx = _open(model, path, threads, use_gpu)
         self._marker = mtmd.mtmd_default_marker()
         self.non_causal = bool(mtmd.mtmd_decode_use_non_causal(self._ctx, None))
+        self.max_image_tokens = 0          # set by the engine: a non-causal image must fit one micro-batch
 
     def chunks(self, image: Bitmap) -> list[int | ImageChunk]:
         """The image's chunks: its embeddings-to-be, with the tokens of any text the projector wraps it in."""
@@ -128,6 +129,10 @@ class Projector:
                     tokens = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
                     out.extend(tokens[j] for j in range(n.value))
                 elif mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE:
+                    n = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
+                    if self.max_image_tokens and n > self.max_image_tokens:     # llama.cpp would abort on it
+                        raise ValueError(f"the image takes {n} tokens, more than this model's projector can "
+                                         f"evaluate at once ({self.max_image_tokens})")
                     out.append(ImageChunk(mtmd.mtmd_input_chunk_get_n_pos(chunk), image.digest, _owned(chunk)))
                 else:
                     raise ValueError("the projector made a chunk that is not an image")

@@ -81,6 +81,10 @@ def test_thinking_blocks_come_first(claude, engine):
     starts = [(e.index, e.content_block.type) for e in events if e.type == "content_block_start"]
     stops = [e.index for e in events if e.type == "content_block_stop"]
     assert starts == [(0, "thinking"), (1, "text")] and stops == [0, 1]
+    raw = httpx.post(str(claude.base_url).rstrip("/") + "/v1/messages", json={"model": "tiny-think", "max_tokens": 64,
+                                                                  "messages": HI, "stream": True}).text
+    first_block = json.loads(raw.split("event: content_block_start\ndata: ")[1].split("\n")[0])["content_block"]
+    assert first_block == {"type": "thinking", "thinking": "", "signature": ""}        # as Anthropic streams it
     claude.messages.create(model="tiny-think", max_tokens=64, messages=HI, thinking={"type": "disabled"})
     assert engine.prompts[-1].endswith("<think></think>")
     # A model that cannot think is answered without thinking, not refused (as by Ollama).
@@ -139,7 +143,11 @@ def test_anthropic_errors(claude, fake, engine):
                           ({"model": "test", "max_tokens": 4, "messages": [
                               {"role": "user", "content": [{"type": "image", "source": {"type": "url",
                                                                                         "url": "http://x"}}]}]},
-                           "base64")):
+                           "base64"),
+                          ({"model": "test", "max_tokens": 4, "messages": HI,
+                            "system": [{"type": "text", "text": None}]}, "must be a string"),
+                          ({"model": "test", "max_tokens": 4, "messages": [{"role": "assistant", "content": [
+                              {"type": "tool_use", "id": "t1", "name": 5, "input": {}}]}]}, "must be a string")):
         resp = httpx.post(fake.url + "/v1/messages", json=body)
         assert resp.status_code == 400, (body, resp.text)
         error = resp.json()["error"]
@@ -220,7 +228,9 @@ def test_function_call_and_its_output_round_trip(oai, engine):
     assert len(done) == 1 and json.loads(done[0].arguments) == {"city": "Paris", "days": 2}
     engine.script = Script(pieces=["18 degrees."])
     follow = oai.responses.create(model="test-tools", tools=[RESPONSES_TOOL], input=[
-        {"role": "user", "content": "Weather in Paris?"}, call.model_dump(exclude_none=True),
+        {"role": "user", "content": "Weather in Paris?"},
+        {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "Call it."}]},
+        call.model_dump(exclude_none=True),
         {"type": "function_call_output", "call_id": call.call_id, "output": "18 degrees"}])
     assert follow.output_text == "18 degrees."
     assert engine.prompts[-1].endswith("<|tool|>18 degrees (get_weather)\n<|assistant|>"), engine.prompts[-1]
@@ -248,3 +258,18 @@ def test_responses_errors(oai, fake, engine):
     events = list(oai.responses.create(model="test", input="Hi", stream=True))
     assert events[-1].type == "response.failed"
     assert events[-1].response.error.message == "an error was encountered while running the model"
+
+
+def test_a_response_with_text_and_a_call_has_both_items(oai, engine):
+    engine.script = Script(pieces=["Sure. ", CALL])
+    whole = oai.responses.create(model="tiny-tools", input="Weather in Paris?", tools=[RESPONSES_TOOL])
+    assert [item.type for item in whole.output] == ["message", "function_call"]
+    assert whole.output_text == "Sure. "
+
+
+def test_only_a_requested_stop_sequence_is_named():
+    from gateway.anthropic import _stop_reason, _stop_sequence
+    from gengate.v1 import generate_pb2 as pb
+    msg = pb.ChatResponse(done=True, done_reason=pb.DONE_REASON_STOP, stop_sequence="<|end|>")
+    assert (_stop_sequence(msg, ("<|end|>",)), _stop_reason(msg, False, ("<|end|>",))) == ("<|end|>", "stop_sequence")
+    assert (_stop_sequence(msg, ()), _stop_reason(msg, False, ())) == (None, "end_turn")    # the model's own stop

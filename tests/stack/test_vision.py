@@ -352,3 +352,24 @@ def test_image_evaluation_is_counted_in_the_prompt_metrics(seeing):
     resp = generate(seeing, model="tiny-vision", prompt="Describe", images=[b64(A)], options=GREEDY).json()
     plain = generate(seeing, model="tiny-vision", prompt="Describe", options=GREEDY).json()
     assert resp["prompt_eval_count"] == plain["prompt_eval_count"] + 16 and resp["prompt_eval_duration"] > 0
+
+
+def test_a_context_carries_no_image_into_the_next_turn(fake_seeing):
+    engine = fake_seeing.engine
+    first = generate(fake_seeing, model="tiny-vision", prompt="Look", images=[b64(A)]).json()
+    generate(fake_seeing, model="tiny-vision", prompt="And this", images=[b64(B)], context=first["context"])
+    assert engine.prompts[-1].count("<image:") == 1 and shown(B) in engine.prompts[-1]
+    assert "[img-" not in engine.prompts[-1]
+
+
+def test_an_image_too_large_for_a_non_causal_projector_is_a_400(seeing):
+    generate(seeing, model="tiny-vision-g3", prompt="warm", options={"num_predict": 1})
+    projector = runner_of(seeing, "tiny-vision-g3:latest")._projector
+    limit, projector.max_image_tokens = projector.max_image_tokens, 2        # as if the image outgrew a batch
+    try:
+        resp = generate(seeing, model="tiny-vision-g3", prompt="Describe", images=[b64(A)])
+        assert resp.status_code == 400 and "more than this model's projector can evaluate at once (2)" in \
+            resp.json()["error"]
+    finally:
+        projector.max_image_tokens = limit
+    assert limit == 512

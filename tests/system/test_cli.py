@@ -138,6 +138,11 @@ def test_import_and_create_a_vision_model_with_its_projector(tmp_path, fake):
     made = gengate("create", "mf-vision", "-f", str(tmp_path / "Modelfile"), "--host", fake.grpc_target)
     assert made.returncode == 0, made.stderr
     assert ModelStore(fake.service.store.root).get(names.parse("mf-vision")).projector == entry.projector
+    (tmp_path / "sub").mkdir()
+    write_tiny_mmproj(tmp_path / "sub" / "tiny.gguf")
+    (tmp_path / "Twice").write_text("FROM ./tiny.gguf\nFROM ./sub/tiny.gguf\n")
+    twice = gengate("create", "mf-twice", "-f", str(tmp_path / "Twice"), "--host", fake.grpc_target)
+    assert twice.returncode == 1 and "two FROM files are named tiny.gguf" in twice.stderr
     # A projector for another model (its embedding size differs) is refused, and nothing is created.
     wrong = write_tiny_mmproj(tmp_path / "narrow.gguf", n_embd_text=32)
     refused = gengate("import", "cli-blind", str(gguf), "--projector", str(wrong), "--host", fake.grpc_target)

@@ -17,8 +17,9 @@ It prints one Markdown report:
    paces tokens, 64 and 256 streams: the share of the paced rate delivered, CPU per token;
 4. peak RSS of each process with the model loaded.
 
-Every stream has its own prompt (no shared prefix, so no prompt cache helps either side), about
-80 tokens of text ending in a number sequence that greedy decoding continues past 128 tokens.
+Every stream has its own prompt (no shared prefix, so no prompt cache helps either side), 87 tokens
+of text (the same count for every prompt) ending in a number sequence that greedy decoding continues
+past 128 tokens.
 TTFT is measured by the client: from sending the request to the first non-empty response line
 (gateway NDJSON) or event (llama-server SSE). Aggregate throughput is all streams' generated
 tokens over the wall time from the first request sent to the last stream's end.
@@ -62,13 +63,15 @@ def prompt(k: int) -> str:
 
 
 class Prompts:
-    """A fresh number for every stream, so no two requests share more than the first token or two."""
+    """A fresh number for every stream, so no two requests share more than the first token or two. The
+    numbers keep four digits (1000-9999), so every prompt has the same number of tokens and no system's TTFT
+    gains from a shorter one."""
 
     def __init__(self) -> None:
-        self.k = 10
+        self.k = 1000
 
     def next(self) -> str:
-        self.k += 37
+        self.k = 1000 + (self.k - 1000 + 37) % 8990        # k + 4 keeps four digits too
         return prompt(self.k)
 
 

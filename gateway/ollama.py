@@ -154,6 +154,7 @@ async def create_blob(request: web.Request) -> web.Response:
         if exc.code() != grpc.StatusCode.NOT_FOUND:
             return OLLAMA.rpc_error(exc)
     idle = request.config_dict[SETTINGS].body_timeout
+    stalled: list[relay.BodyRefused] = []
 
     async def chunks() -> AsyncIterator[mpb.CreateBlobRequest]:
         yield mpb.CreateBlobRequest(digest=digest)
@@ -161,13 +162,23 @@ async def create_blob(request: web.Request) -> web.Response:
             try:
                 data = await asyncio.wait_for(request.content.read(BLOB_CHUNK), idle)
             except TimeoutError:
-                raise relay.BodyRefused(408, f"request body not received within {idle:g} s") from None
+                # Raising here would only make grpc.aio cancel the call: note why, cancel it, and answer 408.
+                stalled.append(relay.BodyRefused(408, f"request body not received within {idle:g} s"))
+                call.cancel()
+                return
             if not data:
                 return
             yield mpb.CreateBlobRequest(data=data)
+    call = models.CreateBlob(chunks(), metadata=relay.metadata(request))
     try:
-        reply = await models.CreateBlob(chunks(), metadata=relay.metadata(request))
-    except grpc.aio.AioRpcError as exc:
+        reply = await call
+    except (grpc.aio.AioRpcError, asyncio.CancelledError) as exc:
+        if stalled:                                   # the service saw a cancelled upload and kept nothing
+            response = OLLAMA.error_response(stalled[0].status, stalled[0].message)
+            response.force_close()
+            return response
+        if isinstance(exc, asyncio.CancelledError):
+            raise
         return OLLAMA.rpc_error(exc)
     return web.Response(status=201 if reply.created else 200)
 

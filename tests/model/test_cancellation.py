@@ -92,3 +92,30 @@ def test_cancel_during_a_long_prefill_stops_before_any_token(real):
     call.cancel()
     wait_idle(runner)
     assert runner.active == 0 and runner.decoded == before                # no token was ever sampled
+
+
+def test_the_kv_cache_gauge_follows_the_tokens_held(real):
+    """gengate_kv_cache_usage_ratio (the Inference Extension's KV utilisation, 0-1) is the share of the loaded
+    runners' cells that running sequences hold: above 0 while two streams decode, growing with their tokens,
+    and back to 0 when they are cancelled."""
+    registry = real.service.metrics.registry
+    usage = lambda: value(registry, "gengate_kv_cache_usage_ratio")
+    stub = real.stub()
+    calls = [stub.Generate(pb.GenerateRequest(**COUNT, options=pb.Options(**LONG))) for _ in range(2)]
+    for call in calls:
+        next(call), next(call)
+    runner = runner_of(real, REAL)
+    _, total = runner.kv_cells()
+    first = usage()
+    assert 0 < first < 1 and total == runner.n_seq * runner.n_ctx
+    for call in calls:
+        for _ in range(20):
+            next(call)
+    assert first < usage() < 1                              # 40 more tokens held
+    for call in calls:
+        call.cancel()
+    wait_idle(runner)
+    deadline = time.monotonic() + 5
+    while usage() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert usage() == 0

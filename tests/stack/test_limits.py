@@ -202,3 +202,19 @@ def test_malformed_http_is_logged_as_one_warning(fake, caplog, request_bytes):
     records = [r for r in caplog.records if r.name == "aiohttp.server"]
     assert records and all(r.levelno == logging.WARNING and not r.exc_info for r in records)
     assert "bad request from a client: 400" in records[0].getMessage()
+
+
+def test_a_blob_upload_that_stalls_gets_408_and_leaves_no_blob(strict):
+    digest = "sha256:" + "ab" * 32
+    sock = socket.create_connection(("127.0.0.1", strict.http_port))
+    sock.sendall(b"POST /api/blobs/" + digest.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 b"Content-Length: " + str(3 << 20).encode() + b"\r\n\r\n" + b"x" * (2 << 20))    # then nothing
+    start = time.monotonic()
+    reply = _reply(sock)
+    sock.close()
+    assert reply.startswith(b"HTTP/1.1 408") and b"request body not received within 1 s" in reply, reply[:300]
+    assert b"Connection: close" in reply
+    assert time.monotonic() - start < 8
+    assert httpx.head(f"{strict.url}/api/blobs/{digest}").status_code == 404
+    time.sleep(0.2)                                           # the service's handler ends after the cancel
+    assert not [p.name for p in strict.settings.models.rglob("*") if "ab" * 8 in p.name or ".partial" in p.name]

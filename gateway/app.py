@@ -188,7 +188,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     if _CLIENT_ERRORS not in server_log.filters:
         server_log.addFilter(_CLIENT_ERRORS)
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[observe, errors],
-                          handler_args={"handler_cancellation": True})
+                          handler_args={"handler_cancellation": True, "keepalive_timeout": settings.idle_timeout})
     app[SETTINGS] = settings
     app[METRICS] = GatewayMetrics()
     app[DRAIN] = Drain()

@@ -19,6 +19,9 @@ class GatewaySettings:
                                   "seconds a client has to send a request body (408 and the connection closed after)")
     max_large_bodies: int = setting(4, "GENGATE_MAX_LARGE_BODIES",
                                     "request bodies over 1 MiB (or of unknown length) received at once (503 beyond)")
+    idle_timeout: float = setting(75.0, "GENGATE_IDLE_TIMEOUT",
+                                  "seconds an idle keep-alive connection is kept open (behind a proxy: longer than "
+                                  "the proxy's own idle timeout)")
     request_timeout: float = setting(0.0, "GENGATE_REQUEST_TIMEOUT",
                                      "deadline in seconds passed on each RPC (0: none); 504 when it passes")
     origins: str = setting("", "GENGATE_ORIGINS", "extra allowed browser origins, comma-separated (wildcards allowed)")

@@ -115,7 +115,7 @@ def test_bytes_that_are_no_protobuf_are_invalid_argument(fake, method):
 # -- request bodies: a stalled upload held gateway memory forever ----------------------------------------------
 @pytest.fixture(scope="module")
 def strict(models):
-    stack = Stack(models, FakeEngine(), gateway={"body_timeout": 1.0, "max_large_bodies": 1}).start()
+    stack = Stack(models, FakeEngine(), gateway={"body_timeout": 1.0, "max_large_bodies": 1, "idle_timeout": 1.0}).start()
     yield stack
     stack.stop()
 
@@ -218,3 +218,16 @@ def test_a_blob_upload_that_stalls_gets_408_and_leaves_no_blob(strict):
     assert httpx.head(f"{strict.url}/api/blobs/{digest}").status_code == 404
     time.sleep(0.2)                                           # the service's handler ends after the cancel
     assert not [p.name for p in strict.settings.models.rglob("*") if "ab" * 8 in p.name or ".partial" in p.name]
+
+
+def test_an_idle_connection_is_closed_after_the_idle_timeout(strict):
+    body = json.dumps({"model": "tiny", "prompt": "Hi", "stream": False}).encode()
+    sock = socket.create_connection(("127.0.0.1", strict.http_port))
+    sock.sendall(b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    assert _reply(sock).startswith(b"HTTP/1.1 200")
+    start = time.monotonic()
+    sock.settimeout(10)
+    assert sock.recv(1) == b""                               # the gateway closed the kept-alive connection
+    assert 0.5 < time.monotonic() - start < 8
+    sock.close()

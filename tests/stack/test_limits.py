@@ -112,6 +112,26 @@ def test_bytes_that_are_no_protobuf_are_invalid_argument(fake, method):
     assert "could not be parsed" in err.value.details()
 
 
+# -- the other per-request costs of the README's Limits table --------------------------------------------------
+@pytest.mark.parametrize("context", [[-1], [0x110000], [1] * (4 * 2048 + 1)], ids=["negative", "past-vocab", "too-long"])
+def test_a_context_out_of_range_or_too_long_is_a_400(fake, context):
+    resp = post(fake, {"model": "tiny", "prompt": "Hi", "stream": False, "context": context})
+    assert (resp.status_code, resp.json()) == (400, {"error": "invalid context: token id out of range"})
+    assert post(fake, {"model": "tiny", "prompt": "Hi", "stream": False, "context": [72, 105]}).status_code == 200
+
+
+def test_a_stop_sequence_over_1024_characters_is_a_400_on_both_transports(fake):
+    resp = post(fake, {"model": "tiny", "prompt": "Hi", "stream": False, "options": {"stop": ["x" * 1025]}})
+    assert (resp.status_code, resp.json()) == (
+        400, {"error": 'option "stop" allows sequences of at most 1024 characters'})
+    with pytest.raises(grpc.RpcError) as err:
+        list(fake.stub().Generate(pb.GenerateRequest(model="tiny", prompt="Hi",
+                                                     options=pb.Options(stop=["y" * 1025]))))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert post(fake, {"model": "tiny", "prompt": "Hi", "stream": False,
+                       "options": {"stop": ["x" * 1024]}}).status_code == 200
+
+
 # -- request bodies: a stalled upload held gateway memory forever ----------------------------------------------
 @pytest.fixture(scope="module")
 def strict(models):
@@ -231,3 +251,11 @@ def test_an_idle_connection_is_closed_after_the_idle_timeout(strict):
     assert sock.recv(1) == b""                               # the gateway closed the kept-alive connection
     assert 0.5 < time.monotonic() - start < 8
     sock.close()
+
+
+@pytest.mark.parametrize("depth", [2000, 20000])
+def test_a_template_nested_too_deeply_is_a_400(fake, depth):
+    template = "{{if .Prompt}}" * depth + "x" + "{{end}}" * depth
+    resp = post(fake, {"model": "tiny", "prompt": "Hi", "stream": False, "template": template})
+    assert resp.status_code == 400 and "template" in resp.json()["error"] and "deep" in resp.json()["error"]
+    assert post(fake, {"model": "tiny", "prompt": "Hi", "stream": False}).status_code == 200

@@ -61,9 +61,10 @@ browser:
 test: setup lint browser
 	$(BIN)/python -m pytest
 
-# The inner loop: units and the stack on the scripted engine (tiny GGUFs written by the tests, no model download).
+# The inner loop: units and the stack on the scripted engine (tiny GGUFs written by the tests, no model download),
+# without the fuzzers (make test runs them).
 test-fast: $(VENV)/.installed $(STUBS)
-	$(BIN)/python -m pytest -m "not model and not system and not slow"
+	$(BIN)/python -m pytest -m "not model and not system and not slow and not fuzz"
 
 # Builds llama-server from the pinned llama-cpp-python sdist into .cache/ (once), then measures and prints the
 # report recorded in docs/benchmarks.md. BENCH_ARGS, e.g. BENCH_ARGS="--ns 1,8 --rounds 1", narrows it.

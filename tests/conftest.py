@@ -111,6 +111,13 @@ def fake(models) -> Stack:
     stack.stop()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_script(request):
+    """Every test on the fake stack starts from the default script, so one test's slow script never leaks."""
+    if "fake" in request.fixturenames:
+        request.getfixturevalue("fake").engine.reset()
+
+
 @pytest.fixture
 def engine(fake) -> FakeEngine:
     """The fake stack's engine, with a fresh default script and counters."""

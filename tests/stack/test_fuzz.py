@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from gateway.openapi import DOCUMENT
 
+pytestmark = pytest.mark.fuzz
+
 FIELDS = ["model", "prompt", "suffix", "system", "template", "context", "stream", "raw", "format", "images",
           "options", "keep_alive", "think", "truncate", "shift", "logprobs", "top_logprobs", "width", "height",
           "steps", "_debug_render_only", "Model", "PROMPT"]

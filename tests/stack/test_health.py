@@ -43,8 +43,8 @@ async def test_health_is_not_serving_until_the_default_model_loads_and_after_shu
     await service.close()
 
 
-def test_reflection_lists_and_describes_the_service(real):
-    db = ProtoReflectionDescriptorDatabase(grpc.insecure_channel(real.grpc_target))
+def test_reflection_lists_and_describes_the_service(fake):
+    db = ProtoReflectionDescriptorDatabase(grpc.insecure_channel(fake.grpc_target))
     services = set(db.get_services())
     assert {"gengate.v1.GenerateService", "grpc.health.v1.Health"} <= services
     method = db.FindFileContainingSymbol("gengate.v1.GenerateService").service[0].method[0]
@@ -69,15 +69,15 @@ async def test_reflection_can_be_turned_off(models):
         await service.close()
 
 
-def test_gateway_readiness_follows_service_health(real):
+def test_gateway_readiness_follows_service_health(fake):
     import httpx
-    assert httpx.get(real.url + "/readyz").json() == {"status": "ready"}
-    real.run(real.service.set_serving(False))
+    assert httpx.get(fake.url + "/readyz").json() == {"status": "ready"}
+    fake.run(fake.service.set_serving(False))
     try:
-        resp = httpx.get(real.url + "/readyz")
+        resp = httpx.get(fake.url + "/readyz")
         assert (resp.status_code, resp.json()) == (503, {"error": "service not ready: NOT_SERVING"})
     finally:
-        real.run(real.service.set_serving(True))
+        fake.run(fake.service.set_serving(True))
 
 
 async def test_a_missing_default_model_keeps_health_not_serving(models, caplog):

@@ -232,10 +232,6 @@ def _call_id() -> str:
     return f"call_{secrets.token_hex(4)}"
 
 
-def _sse(event: str, data: dict[str, Any]) -> bytes:
-    return f"event: {event}\ndata: ".encode() + relay.dumps(data) + b"\n\n"
-
-
 class MessagesFramer:
     """ChatResponses as a message object or as Anthropic's events (blocks opened and closed in order)."""
 
@@ -272,7 +268,7 @@ class MessagesFramer:
             return []
         self.open = None
         self.index += 1
-        return [_sse("content_block_stop", {"type": "content_block_stop", "index": self.index - 1})]
+        return [relay.sse_event("content_block_stop", {"type": "content_block_stop", "index": self.index - 1})]
 
     def _write(self, kind: str, text: str) -> list[bytes]:
         out = []
@@ -280,9 +276,9 @@ class MessagesFramer:
             out += self._close()
             self.open = kind
             block = {"type": kind, kind: ""} if kind == "text" else {"type": kind, kind: "", "signature": ""}
-            out.append(_sse("content_block_start", {"type": "content_block_start", "index": self.index,
+            out.append(relay.sse_event("content_block_start", {"type": "content_block_start", "index": self.index,
                                                     "content_block": block}))
-        out.append(_sse("content_block_delta", {"type": "content_block_delta", "index": self.index,
+        out.append(relay.sse_event("content_block_delta", {"type": "content_block_delta", "index": self.index,
                                                 "delta": {"type": f"{kind}_delta", kind: text}}))
         return out
 
@@ -290,11 +286,11 @@ class MessagesFramer:
         out: list[bytes] = []
         if not self.started:
             self.started = True
-            out.append(_sse("message_start", {"type": "message_start", "message": {
+            out.append(relay.sse_event("message_start", {"type": "message_start", "message": {
                 "id": self.id, "type": "message", "role": "assistant", "model": msg.model, "content": [],
                 "stop_reason": None, "stop_sequence": None,
                 "usage": {"input_tokens": self.input_estimate, "output_tokens": 0}}}))
-            out.append(_sse("ping", {"type": "ping"}))
+            out.append(relay.sse_event("ping", {"type": "ping"}))
         if msg.message.thinking:
             out += self._write("thinking", msg.message.thinking)
         if msg.message.content:
@@ -302,21 +298,21 @@ class MessagesFramer:
         for call in msg.message.tool_calls:
             out += self._close()
             self.tool_calls = True
-            out.append(_sse("content_block_start", {"type": "content_block_start", "index": self.index,
+            out.append(relay.sse_event("content_block_start", {"type": "content_block_start", "index": self.index,
                                                     "content_block": {"type": "tool_use", "id": _call_id(),
                                                                       "name": call.function.name, "input": {}}}))
             arguments = json.dumps(transcode.struct_dict(call.function.arguments), ensure_ascii=False)
-            out.append(_sse("content_block_delta", {"type": "content_block_delta", "index": self.index,
+            out.append(relay.sse_event("content_block_delta", {"type": "content_block_delta", "index": self.index,
                                                     "delta": {"type": "input_json_delta", "partial_json": arguments}}))
-            out.append(_sse("content_block_stop", {"type": "content_block_stop", "index": self.index}))
+            out.append(relay.sse_event("content_block_stop", {"type": "content_block_stop", "index": self.index}))
             self.index += 1
         if msg.done:
             out += self._close()
-            out.append(_sse("message_delta", {"type": "message_delta", "delta": {
+            out.append(relay.sse_event("message_delta", {"type": "message_delta", "delta": {
                 "stop_reason": _stop_reason(msg, self.tool_calls, self.stops),
                 "stop_sequence": _stop_sequence(msg, self.stops)},
                 "usage": {"input_tokens": msg.prompt_eval_count, "output_tokens": msg.eval_count}}))
-            out.append(_sse("message_stop", {"type": "message_stop"}))
+            out.append(relay.sse_event("message_stop", {"type": "message_stop"}))
         return out
 
     def end(self) -> bytes:
@@ -325,7 +321,7 @@ class MessagesFramer:
     def error(self, status: int, message: str) -> bytes:
         body = ANTHROPIC.error_body(status, message)
         body.pop("request_id")
-        return _sse("error", body)
+        return relay.sse_event("error", body)
 
 
 def _parsed(raw: bytes) -> tuple[pb.ChatRequest, int]:

@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from common import channel, tracing
 from common.logs import request_id as request_id_var
 from gateway import anthropic, ollama, openai, openapi, responses, security
-from gateway.relay import OLLAMA, dialect_of, json_response
+from gateway.relay import OLLAMA, SHUTTING_DOWN, dialect_of, json_response
 from gateway.settings import GatewaySettings
 from gateway.state import (
     BODIES,
@@ -135,7 +135,7 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
         return refused
     dialect = dialect_of(request)
     if dialect is not None and request.app[DRAIN].draining:
-        response = dialect.error_response(503, "server is shutting down")
+        response = dialect.error_response(503, SHUTTING_DOWN)
         response.force_close()
         return response
     try:

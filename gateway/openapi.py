@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from common import enums
+
 _OPTIONS: dict[str, Any] = {name: {"type": "integer"} for name in (
     "num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "draft_num_predict", "num_keep", "seed",
     "num_predict", "top_k", "repeat_last_n")}
@@ -27,7 +29,7 @@ _ERRORS = {"400": _error("Invalid request"), "401": _error("Missing or wrong bea
            "413": _error("Body too large"), "503": _error("Queue full, or shutting down"),
            "504": _error("Deadline exceeded")}
 _KEEP_ALIVE = {"oneOf": [{"type": "number"}, {"type": "string"}]}
-_THINK = {"oneOf": [{"type": "boolean"}, {"type": "string", "enum": ["low", "medium", "high", "max"]}]}
+_THINK = {"oneOf": [{"type": "boolean"}, {"type": "string", "enum": list(enums.THINK_LEVELS)}]}
 _FORMAT = {"oneOf": [{"type": "string", "enum": ["", "json"]}, {"type": "object"}]}
 _SAMPLING = {"options": {"type": "object", "properties": _OPTIONS}, "keep_alive": _KEEP_ALIVE,
              "stream": {"type": "boolean"}, "format": _FORMAT, "think": _THINK, "truncate": {"type": "boolean"},
@@ -35,7 +37,7 @@ _SAMPLING = {"options": {"type": "object", "properties": _OPTIONS}, "keep_alive"
              "logprobs": {"type": "boolean"}, "top_logprobs": {"type": "integer", "minimum": 0, "maximum": 20}}
 _METRICS = {k: {"type": "integer"} for k in ("total_duration", "load_duration", "prompt_eval_count",
                                               "prompt_eval_duration", "eval_count", "eval_duration")}
-_DONE_REASON = {"type": "string", "enum": ["stop", "length", "load", "unload"]}
+_DONE_REASON = {"type": "string", "enum": list(enums.DONE_REASONS)}
 _TOOL_CALL = {"type": "object", "properties": {"function": {"type": "object", "properties": {
     "index": {"type": "integer"}, "name": {"type": "string"}, "arguments": {"type": "object"}}}}}
 _MESSAGE = {"type": "object", "properties": {

@@ -48,6 +48,11 @@ def dumps(obj: Any) -> bytes:
     return text.encode("utf-8", errors="replace")
 
 
+def sse_event(event: str, data: Any) -> bytes:
+    """One named server-sent event (the Anthropic and Responses dialects name theirs; OpenAI's chat does not)."""
+    return b"event: " + event.encode() + b"\ndata: " + dumps(data) + b"\n\n"
+
+
 def error_headers(status: int, content_type: str = JSON) -> dict[str, str]:
     """An error reply's headers: a 503 (full queue, draining, no service) asks the client to retry."""
     headers = {"Content-Type": content_type}

@@ -233,7 +233,7 @@ class ResponsesFramer:
     def _event(self, kind: str, **data: Any) -> bytes:
         data = {"type": kind, "sequence_number": self.sequence, **data}
         self.sequence += 1
-        return f"event: {kind}\ndata: ".encode() + relay.dumps(data) + b"\n\n"
+        return relay.sse_event(kind, data)
 
     def _close_reasoning(self) -> list[bytes]:
         item, self.reasoning = self.reasoning, None

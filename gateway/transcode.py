@@ -19,7 +19,7 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2
 
 from common import enums
-from common.golang import parse_duration
+from common.golang import parse_duration, quote
 from gateway.errors import BadRequest
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import model_pb2 as mpb
@@ -53,8 +53,11 @@ def _type_error(value: Any, field: str, go_type: str, struct: str = "GenerateReq
 
 
 def _char(text: str, pos: int) -> str:
-    ch = text[pos]
-    return "'\\''" if ch == "'" else repr(ch) if ch.isprintable() else f"'\\x{ord(ch):02x}'"
+    """Go's encoding/json quoteChar: the offending byte (the first of a multi-byte character) as Go quotes it."""
+    byte = text[pos].encode("utf-8", "surrogatepass")[0]
+    if byte in b"'\"":
+        return "'\\''" if byte == ord("'") else "'\"'"
+    return f"'\\x{byte:02x}'" if byte >= 0x80 else "'" + quote(chr(byte))[1:-1] + "'"
 
 
 def _syntax_error(exc: json.JSONDecodeError) -> BadRequest:

@@ -124,6 +124,9 @@ def test_client_disconnect_stops_the_engine(fake, engine):
     (b"   ", 400, "missing request body"),
     (b"{", 400, "unexpected EOF"),
     (b"x", 400, "invalid character 'x' looking for beginning of value"),
+    (b'{"a":\x07}', 400, "invalid character '\\a' looking for beginning of value"),   # Go's quoteChar escapes
+    (b"\xc3\xa9", 400, "invalid character '\\xc3' looking for beginning of value"),
+    (b"'", 400, "invalid character '\\'' looking for beginning of value"),
     (b'{"model": "tiny" "prompt": 1}', 400, "invalid character '\"' after object key:value pair"),
     (b'{"model":"tiny","prompt":1}', 400,
      "json: cannot unmarshal number into Go struct field GenerateRequest.prompt of type string"),

@@ -13,6 +13,7 @@ import pytest
 
 from gateway import transcode
 from gateway.errors import BadRequest, http_status
+from gateway.state import DRAIN
 from gengate.v1 import generate_pb2 as pb
 from tests.fake_engine import Script
 
@@ -209,6 +210,33 @@ def test_routing_errors_use_gins_texts(fake):
 def test_oversize_body_is_413(fake, engine):
     resp = post(fake, b'{"model":"tiny","prompt":"' + b"x" * (17 << 20) + b'"}')
     assert resp.status_code == 413 and "error" in resp.json()
+    assert engine.started == 0
+
+
+SHAPES = {   # each dialect's error body, as a function of (status type, message)
+    "/api/generate": lambda kind, msg, body: body == {"error": msg},
+    "/v1/chat/completions": lambda kind, msg, body: body["error"]["message"] == msg and body["error"]["type"],
+    "/v1/responses": lambda kind, msg, body: body["error"]["message"] == msg and body["error"]["type"],
+    "/v1/messages": lambda kind, msg, body: body["type"] == "error" and body["error"] == {"type": kind, "message": msg},
+}
+
+
+@pytest.mark.parametrize("path", SHAPES)
+def test_oversize_bodies_and_the_drain_answer_in_each_dialects_shape(fake, engine, path):
+    resp = post(fake, b'{"model":"tiny","prompt":"' + b"x" * (17 << 20) + b'"}', path=path)
+    assert resp.status_code == 413, resp.text
+    assert SHAPES[path]("request_too_large", resp.json()["error"]["message"] if path != "/api/generate"
+                        else resp.json()["error"], resp.json())
+    assert "request body too large" in resp.text
+    drain = fake._runner.app[DRAIN]
+    drain.since = 1.0
+    try:
+        resp = post(fake, {"model": "tiny", "prompt": "hi", "max_tokens": 5,
+                           "messages": [{"role": "user", "content": "hi"}]}, path=path)
+    finally:
+        drain.since = None
+    assert (resp.status_code, resp.headers.get("retry-after")) == (503, "1")
+    assert SHAPES[path]("overloaded_error", "server is shutting down", resp.json())
     assert engine.started == 0
 
 

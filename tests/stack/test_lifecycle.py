@@ -136,6 +136,11 @@ def test_pull_into_an_empty_store_streamed_and_not(empty):
     assert again.status == "success"
     shown = client.show("all-minilm")
     assert "embedding" in shown.capabilities and "completion" not in shown.capabilities
+    assert shown.license.startswith("Apache License\n") and "Version 2.0" in shown.license   # the checkpoint's
+    client.copy("all-minilm", "kept")
+    client.delete("all-minilm")
+    assert client.pull("all-minilm").status == "success"                  # the blob is there: the licence too
+    assert client.show("all-minilm").license == shown.license
 
 
 def test_pulling_a_name_outside_the_catalog(empty):

@@ -100,10 +100,10 @@ def _convert(schema_text: str) -> str:
     return grammar
 
 
-def worker() -> None:
-    """`python -m service.grammar`: converts schemas, one JSON line in ({"schema": ...}), one out ({"grammar": ...}
-    or {"error": ...}), within its address-space cap."""
-    resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY_BYTES, WORKER_MEMORY_BYTES))
+def worker(memory_bytes: int = WORKER_MEMORY_BYTES) -> None:
+    """`python -m service.grammar [MEMORY_BYTES]`: converts schemas, one JSON line in ({"schema": ...}), one out
+    ({"grammar": ...} or {"error": ...}), within its address-space cap."""
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     for line in sys.stdin:
         try:
             out = {"grammar": _convert(json.loads(line)["schema"])}
@@ -118,9 +118,11 @@ def worker() -> None:
 class Grammars:
     """Builds grammars for `format` values (see the module docstring); one per service."""
 
-    def __init__(self, cache_bytes: int = CACHE_BYTES, timeout: float = CONVERT_SECONDS):
+    def __init__(self, cache_bytes: int = CACHE_BYTES, timeout: float = CONVERT_SECONDS,
+                 worker_memory: int = WORKER_MEMORY_BYTES):
         self._cache: BoundedCache[str, str] = BoundedCache(cache_bytes, lambda spec, grammar: len(spec) + len(grammar))
         self._timeout = timeout
+        self._worker_memory = worker_memory
         self._worker: asyncio.subprocess.Process | None = None
         self._turn = asyncio.Lock()          # one conversion at a time: its time limit is its own
         self.conversions = 0                 # observability: schemas converted (cache misses)
@@ -144,7 +146,7 @@ class Grammars:
         async with self._turn:
             if self._worker is None or self._worker.returncode is not None:
                 self._worker = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "service.grammar", stdin=asyncio.subprocess.PIPE,
+                    sys.executable, "-m", "service.grammar", str(self._worker_memory), stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE, limit=4 * MAX_GRAMMAR_BYTES + (1 << 16))
             worker = self._worker
             assert worker.stdin is not None and worker.stdout is not None
@@ -188,4 +190,4 @@ class Grammars:
 
 
 if __name__ == "__main__":
-    worker()
+    worker(int(sys.argv[1]) if len(sys.argv) > 1 else WORKER_MEMORY_BYTES)

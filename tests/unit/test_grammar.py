@@ -98,6 +98,24 @@ def test_a_conversion_over_the_time_limit_is_refused_and_its_worker_replaced():
         run(g.close())
 
 
+@pytest.mark.parametrize("memory, message", [
+    (60 << 20, "the schema needs more memory to convert than the limit allows"),   # a MemoryError it catches
+    (150 << 20, "invalid JSON schema in format"),                                   # the worker dies at its cap
+])
+def test_a_worker_at_its_memory_cap_is_a_400_and_is_replaced(memory, message):
+    g = grammar.Grammars(worker_memory=memory)
+    try:
+        assert refused(g, {"type": "string", "maxLength": 12}) == message
+        first = g.worker_pid
+        g._worker_memory = grammar.WORKER_MEMORY_BYTES
+        if first is not None:                                               # alive after a caught MemoryError
+            run(g.close())
+        assert compile_(g, {"type": "string", "maxLength": 12})              # a new worker serves the next one
+        assert g.worker_pid not in (None, first)
+    finally:
+        run(g.close())
+
+
 def test_the_cache_is_bounded_in_bytes():
     g = grammar.Grammars(cache_bytes=20_000)
     try:

@@ -119,6 +119,23 @@ def test_the_grpc_upload_for_polyglot_callers(empty):
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_a_corrupt_message_inside_a_grpc_upload_is_invalid_argument_and_keeps_nothing(empty):
+    data = b"GGUF" + b"\0" * 3000
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    good = [mpb.CreateBlobRequest(digest=digest, data=data[:1000]).SerializeToString(),
+            mpb.CreateBlobRequest(data=data[1000:2000]).SerializeToString()]
+    upload = grpc.insecure_channel(empty.grpc_target).stream_unary(
+        "/gengate.v1.ModelService/CreateBlob", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    with pytest.raises(grpc.RpcError) as err:
+        upload(iter([*good, b"\xff\xff\xff\xff\x0f", mpb.CreateBlobRequest(data=data[2000:]).SerializeToString()]),
+               timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert not list((Path(empty.service.store.root) / "blobs").glob("*"))   # no blob, no .partial- file
+    stub = models_stub(empty)
+    whole = [mpb.CreateBlobRequest(digest=digest, data=data)]
+    assert stub.CreateBlob(iter(whole)).created is True                     # the store still takes the upload
+
+
 # -- pull and push --------------------------------------------------------------------------------------------------
 def test_pull_into_an_empty_store_streamed_and_not(empty):
     client = ollama.Client(host=empty.url)

@@ -65,6 +65,16 @@ class Pair:
             proc.wait()
 
 
+def requests_by_code(metrics: dict[tuple, float]) -> dict[str, float]:
+    """gengate_requests_total of the API's RPCs, summed by code."""
+    out: dict[str, float] = {}
+    for (name, labels), value in metrics.items():
+        labels = dict(labels)
+        if name == "gengate_requests_total" and labels.get("method") in {"Generate", "Chat", "Embed"}:
+            out[labels["code"]] = out.get(labels["code"], 0) + value
+    return out
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -147,10 +157,16 @@ def test_a_soak_of_mixed_requests_with_cancellations_leaves_nothing_behind(pair)
 
     run(60)                                                  # warm: allocations that stay
     rss = {name: rss_kib(proc.pid) for name, proc in (("service", pair.service), ("gateway", pair.gateway))}
+    before = requests_by_code(pair.metrics())
     outcomes = run(300)
     assert outcomes.count("cancelled") == 30 and set(outcomes) <= {"200", "404", "cancelled"}
     wait_for(lambda: pair.metrics()[("gengate_requests_running", ())] == 0, timeout=20)
     m = pair.metrics()
+    after = requests_by_code(m)
+    delta = {code: after.get(code, 0) - before.get(code, 0) for code in after}
+    assert sum(delta.values()) == 300, delta                 # every request counted once, by its outcome
+    assert delta.get("NOT_FOUND", 0) == outcomes.count("404")
+    assert delta.get("OK", 0) + delta.get("CANCELLED", 0) == outcomes.count("200") + 30, delta   # (a stream may end first)
     assert m[("gengate_requests_waiting", ())] == 0 and m[("gengate_kv_cache_usage_ratio", ())] == 0
     for name, proc in (("service", pair.service), ("gateway", pair.gateway)):
         grown = rss_kib(proc.pid) - rss[name]

@@ -202,7 +202,7 @@ async def http_streams(url: str, n: int, tokens: int) -> tuple[int, float, list[
 
 
 async def measure(args) -> dict:
-    from bench.bench import Server, free_port, wait_ready
+    from bench.procs import Server, free_port, wait_ready
     from service.store import ModelStore
     from tests.tiny_gguf import write_tiny_llama
 

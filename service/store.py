@@ -210,8 +210,11 @@ class ModelStore:
                   "modified_at": dt.datetime.now(dt.UTC).isoformat(), **{k: v for k, v in layers.items() if v}}
         with self._lock:
             models = self._read()
+            replaced = models.get(parsed.key)
             models[parsed.key] = record
             self._write(models)
+            if replaced is not None:
+                self._drop_unused(replaced, models)
         return self._entry(record)
 
     def copy(self, source: names.ModelName, destination: names.ModelName) -> ModelEntry:
@@ -230,8 +233,13 @@ class ModelStore:
             models = self._read()
             record = models.pop(name.key)
             self._write(models)
-            used = {d for r in models.values() for d in _blobs_of(r)}
-            for digest in set(_blobs_of(record)) - used:
+            self._drop_unused(record, models)
+
+    def _drop_unused(self, record: dict[str, Any], models: dict[str, dict[str, Any]]) -> None:
+        """Removes the blobs of a deleted or replaced manifest record that no model uses any more."""
+        used = {d for r in models.values() for d in _blobs_of(r)}
+        for digest in set(_blobs_of(record)) - used:
+            with _writable():
                 self.blob_path(digest).unlink(missing_ok=True)
 
     def import_file(self, name: str, path: Path, *, template: str | None = None, system: str | None = None,

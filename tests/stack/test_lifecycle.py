@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import socket
 import threading
@@ -22,6 +23,7 @@ from gengate.v1 import model_pb2 as mpb
 from gengate.v1 import model_pb2_grpc as mpb_grpc
 from service import catalog
 from service.engines.batch import BatchEngine
+from service.gguf import LICENSE_TEXT
 from service.store import ModelStore
 from tests.fake_engine import FakeEngine
 from tests.harness import Stack
@@ -154,10 +156,37 @@ def test_pull_into_an_empty_store_streamed_and_not(empty):
     shown = client.show("all-minilm")
     assert "embedding" in shown.capabilities and "completion" not in shown.capabilities
     assert shown.license.startswith("Apache License\n") and "Version 2.0" in shown.license   # the checkpoint's
-    client.copy("all-minilm", "kept")
+    info = httpx.post(empty.url + "/api/show", json={"model": "all-minilm"}).json()["model_info"]
+    assert info["general.license"] == "apache-2.0" and LICENSE_TEXT not in info      # the text is `license`
+    # A model made from it with a licence of its own shares the blob; the catalog model keeps the checkpoint's.
+    assert client.create(model="mit", from_="all-minilm", license="MIT").status == "success"
+    assert "MIT" in client.show("mit").license
     client.delete("all-minilm")
     assert client.pull("all-minilm").status == "success"                  # the blob is there: the licence too
     assert client.show("all-minilm").license == shown.license
+    # A blob that no model names (a conversion that finished after its client left) still brings its licence.
+    store = store_of(empty)
+    blob = store.blob_path(package.sha256).read_bytes()
+    client.delete("all-minilm")
+    client.delete("mit")
+    assert not store.has_blob(package.sha256)                               # no model uses it: it went
+    store.write_blob(io.BytesIO(blob), expected_sha256=package.sha256)
+    assert client.pull("all-minilm").status == "success"
+    assert client.show("all-minilm").license == shown.license
+
+
+def test_a_name_given_to_another_model_lets_its_unused_blobs_go(empty, tmp_path):
+    client = ollama.Client(host=empty.url)
+    a, b, c = (client.create_blob(write_tiny_llama(tmp_path / f"{seed}.gguf", seed=seed))[7:] for seed in (1, 2, 3))
+    store = store_of(empty)
+    assert client.create(model="m", files={"a.gguf": "sha256:" + a}).status == "success"
+    assert client.create(model="shared", from_="m").status == "success"
+    assert client.create(model="m", files={"b.gguf": "sha256:" + b}).status == "success"
+    assert store.has_blob(a) and store.has_blob(b)                           # "shared" still uses a
+    assert client.create(model="m", files={"c.gguf": "sha256:" + c}).status == "success"
+    assert store.has_blob(a) and not store.has_blob(b) and store.has_blob(c)  # b: no model uses it
+    client.delete("shared")
+    assert not store.has_blob(a)
 
 
 def test_pulling_a_name_outside_the_catalog(empty):

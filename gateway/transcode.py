@@ -53,11 +53,13 @@ def _type_error(value: Any, field: str, go_type: str, struct: str = "GenerateReq
 
 
 def _char(text: str, pos: int) -> str:
-    """Go's encoding/json quoteChar: the offending byte (the first of a multi-byte character) as Go quotes it."""
-    byte = text[pos].encode("utf-8", "surrogatepass")[0]
+    """Go's encoding/json quoteChar: the offending byte (the first of a multi-byte character; an invalid byte,
+    held as a surrogateescape code) as Go quotes it: strconv.Quote(string(rune(byte))), so 0xC3 is 'Ã'."""
+    char = text[pos]
+    byte = ord(char) - 0xDC00 if "\udc80" <= char <= "\udcff" else char.encode("utf-8", "surrogatepass")[0]
     if byte in b"'\"":
         return "'\\''" if byte == ord("'") else "'\"'"
-    return f"'\\x{byte:02x}'" if byte >= 0x80 else "'" + quote(chr(byte))[1:-1] + "'"
+    return "'" + quote(chr(byte))[1:-1] + "'"
 
 
 def _syntax_error(exc: json.JSONDecodeError) -> BadRequest:
@@ -128,7 +130,9 @@ def _reject_constant(name: str) -> Any:
 
 def decode_object(body: bytes, struct: str) -> list[tuple[str, Any]]:
     """The key/value pairs of the body's first JSON value (Go: Decoder.Decode into a struct)."""
-    text = body.decode("utf-8", errors="replace")
+    # An invalid byte stays itself (a surrogateescape code) until a string holding it is cleaned to U+FFFD, one
+    # per byte, as Go's decoder does; an error names the byte.
+    text = body.decode("utf-8", errors="surrogateescape")
     start = len(text) - len(text.lstrip(" \t\r\n"))
     if start == len(text):
         raise BadRequest("missing request body")

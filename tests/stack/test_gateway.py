@@ -126,7 +126,12 @@ def test_client_disconnect_stops_the_engine(fake, engine):
     (b"{", 400, "unexpected EOF"),
     (b"x", 400, "invalid character 'x' looking for beginning of value"),
     (b'{"a":\x07}', 400, "invalid character '\\a' looking for beginning of value"),   # Go's quoteChar escapes
-    (b"\xc3\xa9", 400, "invalid character '\\xc3' looking for beginning of value"),
+    (b"\xc3\xa9", 400, "invalid character '\u00c3' looking for beginning of value"),    # Go: string(rune(0xc3))
+    (b"\xef\xbb\xbf{}", 400, "invalid character '\u00ef' looking for beginning of value"),     # a BOM
+    (b"\xff", 400, "invalid character '\u00ff' looking for beginning of value"),     # not UTF-8 at all
+    (b"\x80", 400, "invalid character '\\u0080' looking for beginning of value"),   # not printable: escaped
+    (b"\xa0", 400, "invalid character '\\u00a0' looking for beginning of value"),
+    (b'{"a" \xe2\x82}', 400, "invalid character '\u00e2' after object key"),
     (b"'", 400, "invalid character '\\'' looking for beginning of value"),
     (b'{"model": "tiny" "prompt": 1}', 400, "invalid character '\"' after object key:value pair"),
     (b'{"model":"tiny","prompt":1}', 400,
@@ -310,6 +315,12 @@ def test_a_runaway_template_is_refused_and_the_server_keeps_serving(fake, engine
         else:
             assert resp.json() == {"error": "template: execution exceeds 200000 steps"}
     assert post(fake, {"model": "tiny", "prompt": "hi", "stream": False}).status_code == 200
+
+
+def test_bytes_that_are_not_utf8_inside_a_string_become_one_replacement_character_each(fake, engine):
+    """Go's decoder replaces each invalid byte with U+FFFD (Python's "replace" would give one for a cut sequence)."""
+    body = b'{"model":"test","prompt":"a\xff\xe2\x82b","template":"{{ .Prompt }}","_debug_render_only":true}'
+    assert post(fake, body).json()["_debug_info"]["rendered_template"] == "a\ufffd\ufffd\ufffdb"
 
 
 @pytest.mark.parametrize("body,status", [

@@ -8,8 +8,9 @@ so a 90-byte request could take the service down. Every schema therefore goes th
    count (minLength/maxLength, minItems/maxItems, minProperties/maxProperties, and `{m,n}` in patterns) → 400
    naming the limit;
 2. conversion *and* llama.cpp's own parse of the result in a separate worker process, capped in time and in
-   address space: nothing a schema does there can stall the event loop, exhaust the service's memory or crash
-   it (a worker that overruns is killed and replaced) → 400;
+   address space (1 GiB over what the worker's code takes once loaded): nothing a schema does there can stall
+   the event loop, exhaust the service's memory or crash it (a worker that overruns is killed and replaced)
+   → 400;
 3. a cap on the grammar's size (llama.cpp parses it again for every request that uses it);
 4. a cache of the grammars built, bounded in bytes (least recently used first out).
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import resource
 import sys
@@ -35,8 +37,10 @@ MAX_SCHEMA_DEPTH = 32                # nested objects and arrays in the schema
 MAX_REPETITION = 1000                # any repetition count (llama.cpp's parser refuses deeper optional nesting)
 MAX_GRAMMAR_BYTES = 256 << 10        # the GBNF text (llama.cpp parses ~2 MB/s, for every request using it)
 CONVERT_SECONDS = 5.0                # conversion and parse, in the worker
-WORKER_MEMORY_BYTES = 1 << 30        # the worker's address space
+WORKER_MEMORY_BYTES = 1 << 30        # the worker's address space for a conversion, over what its code takes
 CACHE_BYTES = 16 << 20               # grammars kept, in bytes of schema and grammar text
+# The worker needs one thread and no accelerator (a GBNF parse touches no model).
+_WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 _REPETITIONS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties",
                 "minContains", "maxContains")
@@ -79,6 +83,9 @@ def check_schema(text: str) -> Any:
 
 
 # -- the worker process ---------------------------------------------------------------------------------
+_OUT_OF_MEMORY = "format: the schema needs more memory to convert than the limit allows"
+
+
 def _convert(schema_text: str) -> str:
     """In the worker: the schema's GBNF, checked by llama.cpp's parser (ValueError if it cannot be)."""
     import llama_cpp
@@ -87,7 +94,7 @@ def _convert(schema_text: str) -> str:
     try:
         grammar = json_schema_to_gbnf(schema_text)
     except MemoryError:
-        raise ValueError("the schema needs more memory to convert than the limit allows") from None
+        raise
     except Exception as exc:   # noqa: BLE001   (the converter raises assorted errors on schemas it cannot express)
         raise ValueError(f"invalid JSON schema in format: {exc}") from None
     if len(grammar) > MAX_GRAMMAR_BYTES:
@@ -100,17 +107,32 @@ def _convert(schema_text: str) -> str:
     return grammar
 
 
+def _address_space() -> int:
+    """This process's address space now, in bytes (Linux; 0 where it cannot be read)."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) << 10 for line in status if line.startswith("VmSize:"))
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
 def worker(memory_bytes: int = WORKER_MEMORY_BYTES) -> None:
     """`python -m service.grammar [MEMORY_BYTES]`: converts schemas, one JSON line in ({"schema": ...}), one out
-    ({"grammar": ...} or {"error": ...}), within its address-space cap."""
-    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    ({"grammar": ...}, {"error": ...}, or {"error": ..., "exhausted": true} after a MemoryError, when the parent
+    replaces it), with MEMORY_BYTES of address space over what its code takes."""
+    import llama_cpp  # noqa: F401   loaded before the cap: the cap is the conversion's, whatever the build loads
+    from llama_cpp.llama_grammar import json_schema_to_gbnf  # noqa: F401
+
+    cap = _address_space() + memory_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     for line in sys.stdin:
+        out: dict[str, Any]
         try:
             out = {"grammar": _convert(json.loads(line)["schema"])}
         except ValueError as exc:
             out = {"error": str(exc)}
         except MemoryError:
-            out = {"error": "the schema needs more memory to convert than the limit allows"}
+            out = {"error": _OUT_OF_MEMORY, "exhausted": True}
         sys.stdout.write(json.dumps(out) + "\n")
         sys.stdout.flush()
 
@@ -147,7 +169,8 @@ class Grammars:
             if self._worker is None or self._worker.returncode is not None:
                 self._worker = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "service.grammar", str(self._worker_memory), stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE, limit=4 * MAX_GRAMMAR_BYTES + (1 << 16))
+                    stdout=asyncio.subprocess.PIPE, limit=4 * MAX_GRAMMAR_BYTES + (1 << 16),
+                    env={**os.environ, **_WORKER_ENV})
             worker = self._worker
             assert worker.stdin is not None and worker.stdout is not None
             self.conversions += 1
@@ -167,6 +190,9 @@ class Grammars:
                 log.warning("format: the grammar worker failed (%s); it is replaced", exc)
                 await self._restart()
                 raise invalid("invalid JSON schema in format", "format") from None
+            if out.get("exhausted"):          # a process that ran out of memory is not trusted again
+                log.warning("format: a schema exhausted the grammar worker's memory; it is replaced")
+                await self._restart()
             if "error" in out:
                 raise invalid(out["error"], "format")
             return out["grammar"]

@@ -5,6 +5,7 @@ import asyncio
 import json
 import os
 import resource
+import signal
 import time
 
 import pytest
@@ -98,19 +99,59 @@ def test_a_conversion_over_the_time_limit_is_refused_and_its_worker_replaced():
         run(g.close())
 
 
-@pytest.mark.parametrize("memory, message", [
-    (60 << 20, "the schema needs more memory to convert than the limit allows"),   # a MemoryError it catches
-    (150 << 20, "invalid JSON schema in format"),                                   # the worker dies at its cap
-])
-def test_a_worker_at_its_memory_cap_is_a_400_and_is_replaced(memory, message):
-    g = grammar.Grammars(worker_memory=memory)
+# ~3 MB of grammar (optional properties make the converter's output quadratic): ~10 MiB to build, under 0.5 s.
+BIG = {"type": "object", "properties": {f"p{i}": {"type": "string", "maxLength": 1000} for i in range(400)}}
+SMALL = {"type": "string", "maxLength": 12}
+
+
+def _proc(pid: int, file: str, field: str) -> int:
+    """A number from /proc/PID/limits (the soft limit) or /proc/PID/status."""
+    with open(f"/proc/{pid}/{file}") as f:
+        line = next(x for x in f if x.startswith(field))
+    return int(line[len(field):].split()[0])
+
+
+def test_the_workers_cap_is_its_budget_over_what_its_code_takes():
+    """llama.cpp and its libraries are loaded before the cap (a CUDA build maps gigabytes): the budget is the
+    conversion's own. The worker runs one thread."""
+    g = grammar.Grammars()
     try:
-        assert refused(g, {"type": "string", "maxLength": 12}) == message
+        assert compile_(g, SMALL)
+        pid = g.worker_pid
+        cap, size = _proc(pid, "limits", "Max address space"), _proc(pid, "status", "VmSize:") << 10
+        assert size > 64 << 20                                  # llama_cpp and numpy are in it
+        assert grammar.WORKER_MEMORY_BYTES - (32 << 20) < cap - size <= grammar.WORKER_MEMORY_BYTES
+        assert _proc(pid, "status", "Threads:") == 1
+    finally:
+        run(g.close())
+
+
+def test_a_schema_that_exhausts_the_workers_memory_is_a_400_and_the_worker_is_replaced():
+    g = grammar.Grammars(worker_memory=4 << 20)
+    try:
+        assert compile_(g, SMALL)                               # the budget is enough for a small schema
         first = g.worker_pid
-        g._worker_memory = grammar.WORKER_MEMORY_BYTES
-        if first is not None:                                               # alive after a caught MemoryError
-            run(g.close())
-        assert compile_(g, {"type": "string", "maxLength": 12})              # a new worker serves the next one
+        assert refused(g, BIG) == "format: the schema needs more memory to convert than the limit allows"
+        assert g.worker_pid is None                             # a worker that ran out of memory is not kept
+        assert compile_(g, {"type": "string", "maxLength": 13})
+        assert g.worker_pid not in (None, first)
+    finally:
+        run(g.close())
+    g = grammar.Grammars()                                      # within the default budget: the size limit
+    try:
+        assert "makes a grammar of" in refused(g, BIG)
+    finally:
+        run(g.close())
+
+
+def test_a_worker_that_dies_is_a_400_and_is_replaced():
+    g = grammar.Grammars()
+    try:
+        assert compile_(g, SMALL)
+        first = g.worker_pid
+        os.kill(first, signal.SIGKILL)                          # as the kernel does past a hard limit
+        assert refused(g, {"type": "string", "maxLength": 13}) == "invalid JSON schema in format"
+        assert compile_(g, {"type": "string", "maxLength": 14})
         assert g.worker_pid not in (None, first)
     finally:
         run(g.close())

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from common import logs
+
 log = logging.getLogger(__name__)
 
 _provider: Any = None
@@ -48,11 +50,17 @@ def server_interceptors() -> list[Any]:
 
 
 def client_interceptors() -> list[Any]:
-    """For the gateway's channel: a CLIENT span per RPC, its context sent as `traceparent` metadata."""
+    """For the gateway's channel: a CLIENT span per RPC, its context sent as `traceparent` metadata, tagged with
+    the id of the request it is made for (common.logs.request_id, set per HTTP request)."""
     if _provider is None:
         return []
     from opentelemetry.instrumentation.grpc import aio_client_interceptors, filters
-    return list(aio_client_interceptors(tracer_provider=_provider, filter_=filters.negate(filters.health_check())))
+
+    def tag(span: Any, _request: Any) -> None:
+        if (rid := logs.request_id.get()) != "-":
+            span.set_attribute("gengate.request_id", rid)
+    return list(aio_client_interceptors(tracer_provider=_provider, filter_=filters.negate(filters.health_check()),
+                                        request_hook=tag))
 
 
 def tag_request(request_id: str) -> None:

@@ -9,6 +9,7 @@ Tiers, by folder and marker (`make test-fast` runs the first two, with no model 
 Tests that take long whatever the machine (a minute of idling, a soak) are also marked `slow`."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -113,9 +114,15 @@ def fake(models) -> Stack:
 
 @pytest.fixture(autouse=True)
 def _fresh_script(request):
-    """Every test on the fake stack starts from the default script, so one test's slow script never leaks."""
+    """Every test on the fake stack starts from the default script, so one test's slow script never leaks, and
+    once the streams of the test before have ended (its counters would otherwise be reset under them)."""
     if "fake" in request.fixturenames:
-        request.getfixturevalue("fake").engine.reset()
+        engine = request.getfixturevalue("fake").engine
+        deadline = time.monotonic() + 10
+        while engine.active and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.active == 0, "a stream of the test before is still running on the scripted engine"
+        engine.reset()
 
 
 @pytest.fixture

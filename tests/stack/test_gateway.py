@@ -218,11 +218,18 @@ def test_oversize_body_is_413(fake, engine):
     assert engine.started == 0
 
 
-SHAPES = {   # each dialect's error body, as a function of (status type, message)
-    "/api/generate": lambda kind, msg, body: body == {"error": msg},
-    "/v1/chat/completions": lambda kind, msg, body: body["error"]["message"] == msg and body["error"]["type"],
-    "/v1/responses": lambda kind, msg, body: body["error"]["message"] == msg and body["error"]["type"],
-    "/v1/messages": lambda kind, msg, body: body["type"] == "error" and body["error"] == {"type": kind, "message": msg},
+# Each dialect's whole error body for (status, message): Ollama's own; its OpenAI layer's (openai.NewError: 400
+# invalid_request_error, 404 not_found_error, anything else api_error); Anthropic's, with its request id.
+SHAPES = {
+    "/api/generate": lambda status, msg, body: body == {"error": msg},
+    "/v1/chat/completions": lambda status, msg, body: body == {"error": {"message": msg, "type": "api_error",
+                                                                         "param": None, "code": None}},
+    "/v1/responses": lambda status, msg, body: body == {"error": {"message": msg, "type": "api_error",
+                                                                  "param": None, "code": None}},
+    "/v1/messages": lambda status, msg, body: body == {
+        "type": "error", "request_id": body.get("request_id"),
+        "error": {"type": {413: "request_too_large", 503: "overloaded_error"}[status], "message": msg}}
+        and body["request_id"].startswith("req_"),
 }
 
 
@@ -230,9 +237,7 @@ SHAPES = {   # each dialect's error body, as a function of (status type, message
 def test_oversize_bodies_and_the_drain_answer_in_each_dialects_shape(fake, engine, path):
     resp = post(fake, b'{"model":"tiny","prompt":"' + b"x" * (17 << 20) + b'"}', path=path)
     assert resp.status_code == 413, resp.text
-    assert SHAPES[path]("request_too_large", resp.json()["error"]["message"] if path != "/api/generate"
-                        else resp.json()["error"], resp.json())
-    assert "request body too large" in resp.text
+    assert SHAPES[path](413, f"request body too large (limit {16 << 20} bytes)", resp.json()), resp.text
     drain = fake._runner.app[DRAIN]
     drain.since = 1.0
     try:
@@ -241,7 +246,7 @@ def test_oversize_bodies_and_the_drain_answer_in_each_dialects_shape(fake, engin
     finally:
         drain.since = None
     assert (resp.status_code, resp.headers.get("retry-after")) == (503, "1")
-    assert SHAPES[path]("overloaded_error", "server is shutting down", resp.json())
+    assert SHAPES[path](503, "server is shutting down", resp.json()), resp.text
     assert engine.started == 0
 
 

@@ -39,8 +39,11 @@ def test_a_request_is_one_trace_from_the_callers_traceparent_to_the_service(trac
     gateway_span = next(s for s in spans if s.name == "POST /api/generate")
     assert gateway_span.parent.span_id == 0x00f067aa0ba902b7                 # the caller's span
     service_span = next(s for s in spans if s.kind.name == "SERVER" and s.name.startswith("/gengate"))
-    assert gateway_span.attributes["gengate.request_id"] == "trace-1"
-    assert service_span.attributes["gengate.request_id"] == "trace-1"
+    client_span = next(s for s in spans if s.kind.name == "CLIENT")
+    assert client_span.parent.span_id == gateway_span.context.span_id
+    assert service_span.parent.span_id == client_span.context.span_id
+    for span in (gateway_span, client_span, service_span):
+        assert span.attributes["gengate.request_id"] == "trace-1", span.name
     assert gateway_span.attributes["http.response.status_code"] == 200
 
 

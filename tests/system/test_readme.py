@@ -37,10 +37,12 @@ def test_the_readmes_model_lifecycle_snippet_runs_as_written(real, tmp_path, mon
     snippet = README[README.index(lead) + len(lead):]
     snippet = snippet[:snippet.index("```")].replace("http://127.0.0.1:11434", real.url)
     store = ModelStore(real.service.store.root)
+    added = []                                                           # the session's store, as it was after
     for name in ("gemma3:270m", "all-minilm"):                           # as make setup leaves the store
         installed = ModelStore(ServiceSettings().models).get(names.parse(name))
         if installed is not None and store.get(names.parse(name)) is None:
             store.import_file(name, installed.path)
+            added.append(name)
     monkeypatch.chdir(tmp_path)
     write_tiny_llama(tmp_path / "model.gguf", f16=True)                 # the snippet's "./model.gguf"
     client = ollama.Client(host=real.url)
@@ -51,6 +53,6 @@ def test_the_readmes_model_lifecycle_snippet_runs_as_written(real, tmp_path, mon
         assert "SYSTEM You are a pirate." in client.show("pirate").modelfile
         assert client.show("mine:q4").details.quantization_level == "Q4_K_M"
     finally:
-        for name in ("pirate", "mine", "mine:q4"):
+        for name in ("pirate", "mine", "mine:q4", *added):
             with contextlib.suppress(ollama.ResponseError):
                 client.delete(name)

@@ -56,7 +56,15 @@ def test_both_processes_export_one_trace_per_request_to_an_otlp_collector(real_m
     assert {("gengate-gateway", "POST /api/generate"),
             ("gengate-gateway", "/gengate.v1.GenerateService/Generate"),
             ("gengate-service", "/gengate.v1.GenerateService/Generate")} <= names, names
-    for _, span in ours:
-        if span.name == "POST /api/generate" or span.kind == span.SPAN_KIND_SERVER:
-            ids = {a.value.string_value for a in span.attributes if a.key == "gengate.request_id"}
-            assert ids == {"otlp-1"}, span.name
+    kinds = {(name, span.name): span for name, span in ours}
+    http = kinds[("gengate-gateway", "POST /api/generate")]
+    client = kinds[("gengate-gateway", "/gengate.v1.GenerateService/Generate")]
+    server = kinds[("gengate-service", "/gengate.v1.GenerateService/Generate")]
+    assert (http.kind, client.kind, server.kind) == (http.SPAN_KIND_SERVER, http.SPAN_KIND_CLIENT,
+                                                     http.SPAN_KIND_SERVER)
+    # One chain: the caller's span → the gateway's HTTP span → its RPC → the service's handling of it.
+    assert http.parent_span_id.hex() == "00f067aa0ba902b7"
+    assert client.parent_span_id == http.span_id and server.parent_span_id == client.span_id
+    for span in (http, client, server):
+        ids = {a.value.string_value for a in span.attributes if a.key == "gengate.request_id"}
+        assert ids == {"otlp-1"}, span.name

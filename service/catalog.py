@@ -32,7 +32,7 @@ from typing import IO, Any
 
 from common import names
 from service.errors import GenerateError, Kind
-from service.gguf import LICENSE_TEXT
+from service.gguf import LICENSE_TEXT, GGUFError
 from service.store import DigestMismatch, ModelEntry, ModelStore
 
 PULL_UNKNOWN = "pull model manifest: file does not exist"
@@ -224,7 +224,10 @@ async def pull(store: ModelStore, name: str) -> AsyncGenerator[Progress, None]:
 def _licence(store: ModelStore, digest: str) -> tuple[str, ...]:
     """The licence layer of a catalog model: the text its GGUF carries (a converted checkpoint's LICENSE), read
     from the blob itself, so it is right whatever other models share or once shared the blob."""
-    text = store.metadata(store.blob_path(digest)).get(LICENSE_TEXT)
+    try:
+        text = store.metadata(store.blob_path(digest)).get(LICENSE_TEXT)
+    except GGUFError:                    # not for the pull to judge: loading the model says what is wrong
+        return ()
     return (text,) if isinstance(text, str) and text else ()
 
 

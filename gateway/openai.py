@@ -139,7 +139,7 @@ def _think(body: dict[str, Any]) -> pb.Think | None:
 # -- chat ------------------------------------------------------------------------------------
 def _arguments(text: Any, param: str) -> struct_pb2.Struct:
     try:
-        value = json.loads(text) if isinstance(text, str) else text
+        value = transcode.loads(text, param) if isinstance(text, str) else text
     except json.JSONDecodeError:
         value = None
     if value is None and text in ("", None):

@@ -80,7 +80,7 @@ def _input(value: Any) -> list[pb.Message]:
             out.append(message)
         elif kind == "function_call":
             try:
-                arguments = json.loads(item.get("arguments") or "{}")
+                arguments = transcode.loads(item.get("arguments") or "{}", f"{param}.arguments")
             except (TypeError, ValueError) as exc:
                 raise BadRequest(f"failed to parse function call arguments: {exc}", f"{param}.arguments") from None
             if not isinstance(arguments, dict):

@@ -124,6 +124,37 @@ def _clean(value: Any) -> Any:
     return value
 
 
+MAX_DEPTH = 32            # objects and arrays nested in one JSON value (a body, or a JSON text inside one)
+DEPTH_ERROR = "exceeded max depth"      # Go's decoder's words for it (its own limit is 10000)
+
+
+def check_depth(value: Any) -> Any:
+    """`value`, once known to nest objects and arrays at most MAX_DEPTH deep (BadRequest otherwise). Walked
+    without recursion, before anything else (protobuf's Struct, or Python's own stack) meets it."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        items = node.values() if isinstance(node, dict) else (v for _, v in node) if isinstance(node, _Pairs) \
+            else node if isinstance(node, list) else None
+        if items is None:
+            continue
+        if depth > MAX_DEPTH:
+            raise BadRequest(DEPTH_ERROR)
+        stack.extend((item, depth + 1) for item in items if isinstance(item, (dict, list)))
+    return value
+
+
+def loads(text: str, param: str | None = None) -> Any:
+    """A JSON text found inside a body (tool-call arguments), nested at most MAX_DEPTH deep (BadRequest naming
+    `param` otherwise); ValueError if it is not JSON."""
+    try:
+        return check_depth(json.loads(text))
+    except RecursionError:
+        raise BadRequest(DEPTH_ERROR, param) from None
+    except BadRequest:
+        raise BadRequest(DEPTH_ERROR, param) from None
+
+
 def _reject_constant(name: str) -> Any:
     raise json.JSONDecodeError("Expecting value", name, 0)
 
@@ -142,10 +173,10 @@ def decode_object(body: bytes, struct: str) -> list[tuple[str, Any]]:
         value, _ = decoder.raw_decode(text, start)
         if value is None:
             return []
-        value = _clean(value)
+        value = _clean(check_depth(value))
     except RecursionError:
         # Nesting deeper than Python's stack allows (Go's decoder stops at 10000 levels, with these words).
-        raise BadRequest("exceeded max depth") from None
+        raise BadRequest(DEPTH_ERROR) from None
     except json.JSONDecodeError as exc:
         if exc.doc != text:  # NaN / Infinity: not JSON
             exc = json.JSONDecodeError("Expecting value", text, text.find(exc.doc, start))
@@ -160,7 +191,7 @@ def json_object(body: bytes, struct: str = "object") -> dict[str, Any]:
     try:
         return _plain(_Pairs(decode_object(body, struct)))
     except RecursionError:
-        raise BadRequest("exceeded max depth") from None
+        raise BadRequest(DEPTH_ERROR) from None
 
 
 def _plain(value: Any) -> Any:
@@ -182,7 +213,7 @@ def _fields(pairs: list[tuple[str, Any]], known: set[str]) -> dict[str, Any]:
             try:
                 out[name] = _plain(value)
             except RecursionError:
-                raise BadRequest("exceeded max depth") from None
+                raise BadRequest(DEPTH_ERROR) from None
     return out
 
 
@@ -327,7 +358,7 @@ def _bind(body: bytes, message, struct: str, fields: Fields):
     try:
         return _bind_values(_fields(decode_object(body, struct), set(fields)), message, fields)
     except RecursionError:
-        raise BadRequest("exceeded max depth") from None
+        raise BadRequest(DEPTH_ERROR) from None
 
 
 Fields = Mapping[str, tuple[str, Callable[[Any, str], Any]]]

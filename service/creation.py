@@ -20,10 +20,12 @@ shared by the next create that needs it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import os
 import tempfile
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +36,11 @@ from common.modelfile import MESSAGE_ROLES
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import model_pb2 as mpb
 from service import catalog, prompt, quantize
+from service.admission import ModelJobs
 from service.catalog import Progress
 from service.errors import GenerateError, Kind, invalid
 from service.gguf import GGUFError, check_tensors, kind_of, read_metadata
-from service.store import ModelStore, parse_digest
+from service.store import WORK_PREFIX, ModelStore, lock_alive, parse_digest
 
 NO_SOURCE = "neither 'from' or 'files' was specified"
 ZERO_DIGEST = "0" * 19                   # what Ollama puts in the digest of a quantizing step
@@ -62,8 +65,9 @@ def _text_digest(value: Any) -> str:
 class Creation:
     """Runs CreateModel requests against the store."""
 
-    def __init__(self, store: ModelStore, threads: int = 0):
+    def __init__(self, store: ModelStore, jobs: ModelJobs, threads: int = 0):
         self._store = store
+        self._jobs = jobs
         self._threads = threads
 
     def check(self, req: mpb.CreateModelRequest) -> names.ModelName:
@@ -83,21 +87,29 @@ class Creation:
 
     async def create(self, req: mpb.CreateModelRequest) -> AsyncGenerator[Progress, None]:
         target = self.check(req)
-        layers: dict[str, Any]
+        with self._store.hold() as hold:
+            async for step in self._create(req, target, hold):
+                yield step
+        await asyncio.to_thread(self._store.prune)
+
+    async def _create(self, req: mpb.CreateModelRequest, target: names.ModelName,
+                      hold: Callable[[str], None]) -> AsyncGenerator[Progress, None]:
+        layers: dict[str, Any] = {}
         source = getattr(req, "from")
+        for digest in [*req.files.values(), *req.adapters.values()]:
+            with contextlib.suppress(GenerateError):
+                hold(parse_digest(digest))
         if source:
-            layers = {}
             async for step in self._from(source, layers):
                 yield step
         else:
-            layers = {}
             async for step in self._files(req, layers):
                 yield step
         if not source and "projector" in layers:
             await asyncio.to_thread(self._check_projector, layers)
         for name in sorted(req.adapters):
             digest = self._blob(req.adapters[name], "adapters")
-            if kind_of(self._checked(digest)) != "adapter":
+            if kind_of(await self._checked(digest)) != "adapter":
                 raise invalid(f"{name} is not a LoRA adapter", "adapters")
             layers.setdefault("adapters", [])
             if digest not in layers["adapters"]:
@@ -106,6 +118,7 @@ class Creation:
         if req.quantize:
             async for step in self._quantize(req.quantize, layers):
                 yield step
+            hold(layers["digest"])
         async for step in self._text_layers(req, layers):
             yield step
         yield Progress("writing manifest")
@@ -122,7 +135,7 @@ class Creation:
         record = self._store.record(parsed)
         if record is None or not self._store.has_blob(record["digest"]):
             # As Ollama pulls a model it does not have from its registry: from gengate's catalog.
-            async for step in catalog.pull(self._store, source.strip()):
+            async for step in catalog.pull(self._store, source.strip(), self._jobs):
                 if step.status != "success":
                     yield step
             record = self._store.record(parsed)
@@ -141,7 +154,7 @@ class Creation:
         for name in sorted(req.files):
             yield Progress("parsing GGUF")
             digest = self._blob(req.files[name], "files")
-            kind = kind_of(self._checked(digest))
+            kind = kind_of(await self._checked(digest))
             if kind == "model":
                 if "digest" in layers:
                     raise invalid("more than one model among the files", "files")
@@ -174,12 +187,16 @@ class Creation:
             raise GenerateError(Kind.INVALID_ARGUMENT, f'blob "sha256:{digest}" not found: upload it first', field)
         return digest
 
-    def _checked(self, digest: str) -> dict[str, Any]:
-        """The GGUF metadata of an uploaded blob, after checking its tensor table stays inside the file."""
+    async def _checked(self, digest: str) -> dict[str, Any]:
+        """The GGUF metadata of an uploaded blob, after checking its tensor table stays inside the file (off the
+        event loop: the file is the client's)."""
         path = self._store.blob_path(digest)
-        try:
+
+        def read() -> dict[str, Any]:
             check_tensors(path)
             return read_metadata(path)
+        try:
+            return await asyncio.to_thread(read)
         except GGUFError:
             raise invalid("supplied file was not in GGUF format", "files") from None
 
@@ -189,22 +206,31 @@ class Creation:
         if file_type is None:
             raise invalid(quantize.UNSUPPORTED.format(wanted), "quantize")
         source = self._store.blob_path(layers["digest"])
-        current = int(read_metadata(source).get("general.file_type", -1))
+        current = int((await asyncio.to_thread(read_metadata, source)).get("general.file_type", -1))
         if current == file_type:
             return
         if current not in quantize.SOURCES:
             raise invalid(quantize.NOT_FROM_FLOAT, "quantize")
         step = f"quantizing {quantize.SOURCES[current]} model to {wanted}"
-        with tempfile.TemporaryDirectory(prefix="quantize-", dir=self._store.root) as tmp:
-            output = Path(tmp) / "model.gguf"
-            try:
-                async for done, total in quantize.quantize(source, output, file_type, current, self._threads):
-                    yield Progress(step, ZERO_DIGEST, total, done)
-            except RuntimeError as exc:
-                raise GenerateError(Kind.INTERNAL, f"quantizing failed: {exc}") from None
-            yield Progress("verifying conversion")
-            with open(output, "rb") as f:
-                digest, _ = self._store.write_blob(f)
+        async for ahead in self._jobs.turn():
+            yield Progress(catalog.waiting_status(ahead))
+        try:
+            with tempfile.TemporaryDirectory(prefix=WORK_PREFIX, dir=self._store.root) as tmp:
+                alive = lock_alive(Path(tmp))
+                try:
+                    output = Path(tmp) / "model.gguf"
+                    try:
+                        async for done, total in quantize.quantize(source, output, file_type, current,
+                                                                   self._threads):
+                            yield Progress(step, ZERO_DIGEST, total, done)
+                    except RuntimeError as exc:
+                        raise GenerateError(Kind.INTERNAL, f"quantizing failed: {exc}") from None
+                    yield Progress("verifying conversion")
+                    digest = await asyncio.to_thread(self._store.write_file, output)
+                finally:
+                    os.close(alive)
+        finally:
+            self._jobs.done()
         layers["digest"] = digest
         yield _layer(digest, created=True)
 

@@ -105,6 +105,15 @@ class LoadError(RuntimeError):
     """A model that cannot be loaded, for a reason its message states for clients (it names no files)."""
 
 
+class RequestError(ValueError):
+    """A request the engine cannot run as asked, for a reason its message states for clients (the request's
+    mistake: the service answers it as an invalid argument, naming `field`)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
 @dataclasses.dataclass(frozen=True)
 class Bitmap:
     """A decoded image: RGB pixels, row by row, and the digest that identifies it."""

@@ -26,7 +26,8 @@ from service import images, tools
 from service import prompt as prompts
 from service import request as checks
 from service.admission import Admission
-from service.engine import Finish, ImageChunk, Images, TokenLogprob, lay_out
+from service.chat_templates import ChatTemplates
+from service.engine import Finish, ImageChunk, Images, Piece, RequestError, TokenLogprob, lay_out
 from service.errors import GenerateError, Kind, invalid
 from service.grammar import Grammars
 from service.metrics import Metrics
@@ -133,6 +134,16 @@ def _model_template_errors(from_request: bool):
         raise
 
 
+async def _request_errors(items: AsyncGenerator[Piece | Finish, None]) -> AsyncGenerator[Piece | Finish, None]:
+    """The engine's stream, its RequestErrors (the request's own mistakes) as invalid arguments."""
+    async with contextlib.aclosing(items):
+        try:
+            async for item in items:
+                yield item
+        except RequestError as exc:
+            raise invalid(str(exc), exc.field) from None
+
+
 def _tool_call(call: dict[str, Any]) -> pb.ToolCall:
     arguments = struct_pb2.Struct()
     arguments.update(call["arguments"])
@@ -150,20 +161,21 @@ class Generation:
     """Runs Generate and Chat requests against the model store and the loaded-model pool."""
 
     def __init__(self, settings: ServiceSettings, store: ModelStore, pool: ModelPool, admission: Admission,
-                 metrics: Metrics, grammars: Grammars):
+                 metrics: Metrics, grammars: Grammars, chat_templates: ChatTemplates):
         self._settings = settings
         self.grammars = grammars
+        self.chat_templates = chat_templates
         self._store = store
         self._pool = pool
         self._admission = admission
         self._metrics = metrics
 
-    def lookup(self, model: str) -> Model:
+    async def lookup(self, model: str) -> Model:
         name = checks.parse_model(model)
         entry = self._store.get(name)
         if entry is None or not entry.path.exists():
             raise GenerateError(Kind.MODEL_NOT_FOUND, f"model '{model}' not found", "model")
-        return Model(entry, self._store.metadata(entry.path))
+        return Model(entry, await self._store.read_metadata(entry.path))
 
     def _think(self, req, model: Model, raw: bool = False) -> tuple[bool | None, str, tuple[str, str] | None]:
         """(think, level, tags): Ollama's thinking rules (spec §4.1 step 9)."""
@@ -196,7 +208,7 @@ class Generation:
         start = time.perf_counter_ns()
         checks.check_fields(req, self._settings.max_prompt_bytes,
                             {f: getattr(req, f) for f in ("prompt", "system", "suffix", "template")})
-        model = self.lookup(req.model)
+        model = await self.lookup(req.model)
         reply = lambda **fields: pb.GenerateResponse(model=req.model, created_at=_now(), **fields)
         keep_alive = checks.keep_alive_ns(req)
         if not req.prompt and keep_alive == 0:
@@ -220,8 +232,8 @@ class Generation:
             if not req.prompt:
                 yield reply(done=True, done_reason=pb.DONE_REASON_LOAD)
                 return
-            # Templates and tokenizers run in a worker thread: the event loop keeps serving.
-            text = await asyncio.to_thread(self._render, req, model, lease, think, level)
+            # Templates render off the event loop (Go in a thread, Jinja in a worker process).
+            text = await self._render(req, model, lease, think, level)
             if req.debug_render_only:
                 yield reply(debug_info=pb.DebugInfo(rendered_template=text, image_count=len(req.images)))
                 return
@@ -241,7 +253,8 @@ class Generation:
                         context = [] if req.raw else await asyncio.to_thread(self._tokens, lease, said + event.response)
                         yield reply(response=event.text, thinking=event.thinking, **event.metrics(), context=context)
 
-    def _render(self, req: pb.GenerateRequest, model: Model, lease: Lease, think: bool | None, level: str) -> str:
+    async def _render(self, req: pb.GenerateRequest, model: Model, lease: Lease, think: bool | None,
+                      level: str) -> str:
         runner = lease.runner
         prompt = images.place(req.prompt, 0, len(req.images))
         if req.raw:
@@ -252,11 +265,12 @@ class Generation:
             turns=() if req.context else model.entry.messages)     # Ollama: MESSAGEs only without context
         bos, eos = self._special(model, lease)
         with _model_template_errors(bool(req.template)):
-            text = prompts.render(inp, chat_template=model.chat_template, bos=bos, eos=eos)
+            text = await prompts.render(inp, chat_template=model.chat_template, bos=bos, eos=eos,
+                                        jinja=self.chat_templates)
         if req.context:
             if len(req.context) > 4 * runner.n_ctx_train or any(not 0 <= t < runner.n_vocab for t in req.context):
                 raise invalid("invalid context: token id out of range", "context")
-            text = runner.detokenize(list(req.context)) + text
+            text = await asyncio.to_thread(runner.detokenize, list(req.context)) + text
         return text
 
     # -- Chat ---------------------------------------------------------------------------------------
@@ -266,7 +280,7 @@ class Generation:
                             {f"messages[{i}].content": m.content for i, m in enumerate(req.messages)})
         if not req.model.strip():
             raise invalid("model is required", "model")
-        model = self.lookup(req.model)
+        model = await self.lookup(req.model)
         reply = lambda message=None, **fields: pb.ChatResponse(
             model=req.model, created_at=_now(), message=message or pb.Message(role="assistant"), **fields)
         keep_alive = checks.keep_alive_ns(req)
@@ -310,10 +324,10 @@ class Generation:
                     messages.insert(0, {"role": "system", "content": note})
                 offered = []
             bos, eos = self._special(model, lease)
-            text = await asyncio.to_thread(
-                _model_template_errors(False)(prompts.render_chat), messages, tools=offered,
-                go_template=model.entry.template, chat_template=model.chat_template, bos=bos, eos=eos, think=think,
-                think_level=level)
+            with _model_template_errors(False):
+                text = await prompts.render_chat(
+                    messages, tools=offered, go_template=model.entry.template, chat_template=model.chat_template,
+                    bos=bos, eos=eos, think=think, think_level=level, jinja=self.chat_templates)
             tag = None if choice == "required" else tools.tool_tag(model.entry.template or model.chat_template or "")
             calls = tools.ToolCallParser(tag, {t.function.name for t in offered_tools}) if offered_tools else None
             events = self._decode(req, lease, text, sampling, tags if think else None, start, loaded, pictures)
@@ -336,7 +350,7 @@ class Generation:
                             {f"input[{i}]": text for i, text in enumerate(req.input)})
         if not req.model.strip():
             raise invalid("model is required", "model")
-        model = self.lookup(req.model)
+        model = await self.lookup(req.model)
         if req.dimensions < 0:
             raise invalid("dimensions must be at least 0", "dimensions")
         load = self._load_options(req, model)
@@ -436,7 +450,7 @@ class Generation:
         finish: Finish | None = None
         last: int | None = None
         counted = 0                          # tokens counted in the metrics so far (a cancelled stream keeps them)
-        items = lease.runner.generate(tokens, sampling, placed)
+        items = _request_errors(lease.runner.generate(tokens, sampling, placed))
         async with contextlib.aclosing(items):
             async for item in items:
                 if isinstance(item, Finish):

@@ -2,17 +2,30 @@
 
 llama.cpp trusts a GGUF's tensor table; a crafted file with offsets or sizes past its end reads out of bounds
 (the CVE-2026-7482 class). Files that come from clients (blob uploads, create) are checked here first.
+
+Reading is bounded by the file itself: every string and array length is checked against the bytes that remain
+before anything is read or walked (an array of fixed-size values is skipped in one seek), arrays nest at most
+MAX_NESTING deep, and at most MAX_WALKED variable-size values (strings, arrays) are walked in all. A file whose
+metadata cannot fit in its size is a GGUFError at once, whatever it declares.
 """
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 from typing import Any, BinaryIO
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_SIZES = {kind: struct.calcsize(fmt) for kind, fmt in _SCALARS.items()}
 _STRING, _ARRAY = 8, 9
+# The fewest bytes one value of a kind takes (a string: its length; an array: its type and count).
+_MIN_SIZE = {**_SIZES, _STRING: 8, _ARRAY: 12}
 # Arrays longer than this (token lists, merges) are summarised by their length.
 _MAX_ARRAY = 64
+MAX_STRING = 1 << 26                 # one metadata string
+MAX_NESTING = 4                      # arrays of arrays
+MAX_WALKED = 1 << 22                 # strings and arrays walked in one file (a 256k vocabulary and its merges fit)
+MAX_KEYS = 1 << 16                   # metadata keys
 # The full licence text a converted checkpoint carries (GGUF's general.license is only an SPDX id): the blob holds
 # its own licence, so a catalog pull finds it whatever else the store holds. Shown as /api/show's `license`.
 LICENSE_TEXT = "gengate.license.text"
@@ -22,22 +35,94 @@ class GGUFError(ValueError):
     """The file is not a readable GGUF file."""
 
 
-def _read(f: BinaryIO, fmt: str) -> Any:
-    size = struct.calcsize(fmt)
-    data = f.read(size)
-    if len(data) != size:
-        raise GGUFError("truncated GGUF metadata")
-    return struct.unpack(fmt, data)[0]
+class _Reader:
+    """A GGUF file read front to back, every length checked against the bytes left."""
 
+    def __init__(self, f: BinaryIO, size: int):
+        self.f = f
+        self.size = size
+        self.walked = 0
 
-def _string(f: BinaryIO) -> str:
-    length = _read(f, "<Q")
-    if length > 1 << 26:
-        raise GGUFError("GGUF string too long")
-    data = f.read(length)
-    if len(data) != length:
-        raise GGUFError("truncated GGUF metadata")
-    return data.decode("utf-8", errors="replace")
+    def left(self) -> int:
+        return self.size - self.f.tell()
+
+    def need(self, n: int, what: str) -> None:
+        if n > self.left():
+            raise GGUFError(f"GGUF {what} runs past the end of the file")
+
+    def read(self, fmt: str) -> Any:
+        size = struct.calcsize(fmt)
+        data = self.f.read(size)
+        if len(data) != size:
+            raise GGUFError("truncated GGUF metadata")
+        return struct.unpack(fmt, data)[0]
+
+    def string(self) -> str:
+        length = self.read("<Q")
+        if length > MAX_STRING:
+            raise GGUFError("GGUF string too long")
+        self.need(length, "string")
+        return self.f.read(length).decode("utf-8", errors="replace")
+
+    def _walk(self) -> None:
+        self.walked += 1
+        if self.walked > MAX_WALKED:
+            raise GGUFError("GGUF metadata has too many values")
+
+    def value(self, kind: int, depth: int = 0) -> Any:
+        if kind == 6:
+            return _f32(self.read("<f"))
+        if kind in _SCALARS:
+            return self.read(_SCALARS[kind])
+        if kind == _STRING:
+            self._walk()
+            return self.string()
+        if kind == _ARRAY:
+            self._walk()
+            if depth >= MAX_NESTING:
+                raise GGUFError("GGUF arrays nested too deep")
+            item_kind, count = self.read("<I"), self.read("<Q")
+            if item_kind not in _MIN_SIZE:
+                raise GGUFError(f"unknown GGUF value type {item_kind}")
+            if count > self.left() // _MIN_SIZE[item_kind]:
+                raise GGUFError("GGUF array runs past the end of the file")
+            if count <= _MAX_ARRAY:
+                return [self.value(item_kind, depth + 1) for _ in range(count)]
+            if item_kind in _SIZES:
+                self.f.seek(count * _SIZES[item_kind], os.SEEK_CUR)
+            else:
+                for _ in range(count):
+                    self.skip(item_kind, depth + 1)
+            return {"array_length": count}
+        raise GGUFError(f"unknown GGUF value type {kind}")
+
+    def skip(self, kind: int, depth: int) -> None:
+        if kind == _STRING:
+            self._walk()
+            length = self.read("<Q")
+            self.need(length, "string")
+            self.f.seek(length, os.SEEK_CUR)
+        else:
+            self.value(kind, depth)
+
+    def header(self) -> tuple[int, int]:
+        """(tensor count, metadata key count), after the magic and version."""
+        if self.f.read(4) != b"GGUF":
+            raise GGUFError("not a GGUF file")
+        version = self.read("<I")
+        if version < 2:
+            raise GGUFError(f"unsupported GGUF version {version}")
+        n_tensors, n_kv = self.read("<Q"), self.read("<Q")
+        if n_kv > MAX_KEYS or n_kv > self.left() // (8 + 4):
+            raise GGUFError("GGUF metadata runs past the end of the file")
+        return n_tensors, n_kv
+
+    def metadata(self, n_kv: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key = self.string()
+            out[key] = self.value(self.read("<I"))
+        return out
 
 
 def _f32(value: float) -> float:
@@ -50,45 +135,13 @@ def _f32(value: float) -> float:
     return value
 
 
-def _value(f: BinaryIO, kind: int) -> Any:
-    if kind == 6:
-        return _f32(_read(f, "<f"))
-    if kind in _SCALARS:
-        return _read(f, _SCALARS[kind])
-    if kind == _STRING:
-        return _string(f)
-    if kind == _ARRAY:
-        item_kind, count = _read(f, "<I"), _read(f, "<Q")
-        if count > 1 << 32:
-            raise GGUFError("GGUF array too long")
-        if count > _MAX_ARRAY:
-            for _ in range(count):
-                _skip(f, item_kind)
-            return {"array_length": count}
-        return [_value(f, item_kind) for _ in range(count)]
-    raise GGUFError(f"unknown GGUF value type {kind}")
-
-
-def _skip(f: BinaryIO, kind: int) -> None:
-    if kind in _SCALARS:
-        f.seek(struct.calcsize(_SCALARS[kind]), 1)
-    elif kind == _STRING:
-        f.seek(_read(f, "<Q"), 1)
-    else:
-        _value(f, kind)
-
-
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The GGUF key/value pairs; long arrays become {"array_length": n}."""
+    """The GGUF key/value pairs; long arrays become {"array_length": n}. Reads the file (slow for a crafted one:
+    call it off the event loop)."""
     with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise GGUFError("not a GGUF file")
-        version = _read(f, "<I")
-        if version < 2:
-            raise GGUFError(f"unsupported GGUF version {version}")
-        _read(f, "<Q")  # tensor count
-        count = _read(f, "<Q")
-        return {_string(f): _value(f, _read(f, "<I")) for _ in range(count)}
+        reader = _Reader(f, os.fstat(f.fileno()).st_size)
+        _, n_kv = reader.header()
+        return reader.metadata(n_kv)
 
 
 MAX_TENSORS = 1 << 20
@@ -99,30 +152,22 @@ def check_tensors(path: str | Path) -> None:
     that lies inside the file."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    size = Path(path).stat().st_size
     with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise GGUFError("not a GGUF file")
-        if _read(f, "<I") < 2:
-            raise GGUFError("unsupported GGUF version")
-        n_tensors, n_kv = _read(f, "<Q"), _read(f, "<Q")
-        if n_tensors > MAX_TENSORS:
+        size = os.fstat(f.fileno()).st_size
+        reader = _Reader(f, size)
+        n_tensors, n_kv = reader.header()
+        if n_tensors > MAX_TENSORS or n_tensors > reader.left() // (8 + 4 + 8 + 4 + 8):
             raise GGUFError("too many tensors")
-        alignment = 32
-        for _ in range(n_kv):
-            key, kind = _string(f), _read(f, "<I")
-            value = _value(f, kind)
-            if key == "general.alignment":
-                alignment = value
+        alignment = reader.metadata(n_kv).get("general.alignment", 32)
         if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
             raise GGUFError("bad alignment")
         tensors = []
         for _ in range(n_tensors):
-            name, n_dims = _string(f), _read(f, "<I")
+            name, n_dims = reader.string(), reader.read("<I")
             if not 1 <= n_dims <= 4:
                 raise GGUFError(f"tensor {name}: {n_dims} dimensions")
-            dims = [_read(f, "<Q") for _ in range(n_dims)]
-            kind, offset = _read(f, "<I"), _read(f, "<Q")
+            dims = [reader.read("<Q") for _ in range(n_dims)]
+            kind, offset = reader.read("<I"), reader.read("<Q")
             try:
                 block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
             except (ValueError, KeyError):

@@ -68,9 +68,14 @@ __all__ = ["TemplateError", "Template", "parse"]
 
 
 
-# Limits on one execution: output characters, nodes walked, and fmt widths (Go's own 1e6 bound).
+# Limits on one execution: output characters, nodes walked, and fmt widths (Go's own 1e6 bound). Memory counts
+# every string a function makes, not only the output: one string at most MAX_OUTPUT characters, all of them
+# together at most ALLOCATION_FACTOR times that; a function call costs a step more for every STEP_CHARS characters
+# it is given (comparing or copying long strings is work).
 MAX_OUTPUT = 16 << 20
 MAX_STEPS = 200_000
+ALLOCATION_FACTOR = 4
+STEP_CHARS = 16 << 10
 _FMT_MAX = 1_000_000
 
 class TemplateError(Exception):
@@ -1844,6 +1849,9 @@ class _Func:
         return self.kinds[i] if i < self.fixed else (self.var_kind or "any")
 
 
+# The functions whose result is a string at least as long as their string arguments.
+_MAKES_STRINGS = frozenset({"print", "printf", "println", "html", "js", "urlquery", "json"})
+
 # kinds: "value" (reflect.Value: nil literal rejected), "any" (interface{}), "string"
 _FUNCS: dict[str, _Func] = {
     "and": _Func(lambda *a: a, ("value",), "value"),
@@ -1916,6 +1924,7 @@ class _State:
         self.text = text
         self.out: list[str] = _Output(max_output)
         self.steps, self.max_steps = 0, max_steps
+        self.max_value, self.allocated, self.max_allocated = max_output, 0, ALLOCATION_FACTOR * max_output
         # [name, value, iface]: iface tells whether Go would hold the value in an interface{}
         # (an element of a map or slice of any) rather than as its concrete type; it only
         # matters for the type named in "can't evaluate field X in type T".
@@ -2203,8 +2212,15 @@ class _State:
         argv = [self.eval_arg(dot, kind(k), arg) for k, arg in enumerate(argn)]
         if final is not _MISSING:
             argv.append(self.validate(final, kind(len(argn))))
+        given = sum(len(a) for a in argv if isinstance(a, (str, bytes)))
+        self.steps += given // STEP_CHARS
+        if self.steps > self.max_steps:
+            raise _ExecError(f"template: execution exceeds {self.max_steps} steps")
+        if given > self.max_value and name in _MAKES_STRINGS:
+            self.at(node)
+            self.errorf(f"error calling {name}: a value would exceed {self.max_value} characters")
         try:
-            return fn(*argv)
+            value = fn(*argv)
         except _FuncError as exc:
             self.at(node)
             self.errorf(f"error calling {name}: {exc}")
@@ -2213,6 +2229,13 @@ class _State:
         except Exception as exc:  # noqa: BLE001 - e.g. a method or __str__ of the caller's object failed
             self.at(node)
             self.errorf(f"error calling {name}: {exc}")
+        if isinstance(value, (str, bytes)):
+            self.allocated += len(value)
+            if len(value) > self.max_value or self.allocated > self.max_allocated:
+                self.at(node)
+                self.errorf(f"error calling {name}: the template's values exceed "
+                            f"{self.max_value if len(value) > self.max_value else self.max_allocated} characters")
+        return value
 
     def validate(self, value: Any, kind: str) -> Any:
         if kind == "string" and not isinstance(value, str):

@@ -18,15 +18,14 @@ The limits are the README's ("Limits"). `compile("json")` is llama.cpp's JSON gr
 """
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import json
 import logging
-import os
 import re
-import resource
 import sys
 from typing import Any
 
+from service import workers
 from service.cache import BoundedCache
 from service.errors import invalid
 
@@ -39,8 +38,7 @@ MAX_GRAMMAR_BYTES = 256 << 10        # the GBNF text (llama.cpp parses ~2 MB/s, 
 CONVERT_SECONDS = 5.0                # conversion and parse, in the worker
 WORKER_MEMORY_BYTES = 1 << 30        # the worker's address space for a conversion, over what its code takes
 CACHE_BYTES = 16 << 20               # grammars kept, in bytes of schema and grammar text
-# The worker needs one thread and no accelerator (a GBNF parse touches no model).
-_WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+MAX_OPTIONAL_RUN = 16                # optional parts in a row in a pattern (see pattern_problem)
 
 _REPETITIONS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties",
                 "minContains", "maxContains")
@@ -76,10 +74,123 @@ def check_schema(text: str) -> Any:
                     if max(int(low), int(high or 0)) > MAX_REPETITION:
                         raise invalid(f"format: a pattern repeats more than the limit of {MAX_REPETITION} times",
                                       "format")
+                problem = pattern_problem(pattern)
+                if problem:
+                    raise invalid(f"format: {problem}", "format")
             stack.extend((value, depth + 1) for value in node.values() if isinstance(value, (dict, list)))
         else:
             stack.extend((value, depth + 1) for value in node if isinstance(value, (dict, list)))
     return schema
+
+
+# -- patterns whose grammar llama.cpp cannot sample in reasonable time ----------------------------------
+@dataclasses.dataclass
+class _Alternative:
+    """One alternative of a regex group, read so far: its optional parts in a row, and the longest such run."""
+
+    nullable: bool = True             # every part can match nothing
+    weight: int = 0                   # optional parts, when every part is optional
+    run: int = 0                      # optional parts in a row at its end
+    longest: int = 0                  # the longest run of optional parts
+
+    def add(self, nullable: bool, weight: int) -> None:
+        if nullable:
+            self.run += weight
+            self.weight += weight
+            self.longest = max(self.longest, self.run)
+        else:
+            self.nullable, self.run = False, 0
+
+
+_QUANTIFIER_AT = re.compile(r"\{(\d+)(,(\d*))?\}")
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Why llama.cpp's grammar matcher would choke on this pattern, or None. It keeps one parse stack for each way
+    to skip optional parts and compares them pairwise for every candidate token, so a token's cost grows with the
+    cube of the optional parts in a row: `(a?){100}` takes seconds a token, `(a?){1000}` hours, and a part that can
+    match nothing repeated without bound (`(a?)*`, `(a|)+`) never ends. Read without recursion (a pattern is client
+    input)."""
+    groups: list[list[_Alternative]] = [[_Alternative()]]
+    last: tuple[bool, int] | None = None              # the last atom read (nullable, weight), until its quantifier
+    i, n = 0, len(pattern)
+
+    def flush() -> None:
+        nonlocal last
+        if last is not None:
+            groups[-1][-1].add(*last)
+            last = None
+
+    while i < n:
+        c = pattern[i]
+        if c in "*+?{":
+            low, high, end = _quantifier(pattern, i)
+            if end == i:                               # a "{" that is no quantifier: a literal
+                flush()
+                last, i = (False, 1), i + 1
+                continue
+            if end < n and pattern[end] == "?":        # lazy: the same language
+                end += 1
+            if last is not None:
+                nullable, weight = last
+                if nullable and high is None:
+                    return ("a pattern repeats without bound a part that can match nothing (near "
+                            f"{pattern[max(0, i - 12):end]!r})")
+                last = (nullable or low == 0, weight * max(high or 1, 1) if nullable else 1)
+            i = end
+            continue
+        flush()
+        if c == "\\":
+            last, i = (False, 1), i + 2
+        elif c == "[":
+            j = i + 1 + (i + 1 < n and pattern[i + 1] == "^")
+            j += j < n and pattern[j] == "]"
+            while j < n and pattern[j] != "]":
+                j += 2 if pattern[j] == "\\" else 1
+            last, i = (False, 1), j + 1
+        elif c == "(":
+            groups.append([_Alternative()])
+            i += 1
+            if pattern.startswith("?:", i):
+                i += 2
+        elif c == "|":
+            groups[-1].append(_Alternative())
+            i += 1
+        elif c == ")" and len(groups) > 1:
+            alternatives = groups.pop()
+            longest = max(a.longest for a in alternatives)
+            if longest > MAX_OPTIONAL_RUN:
+                return _too_many(longest)
+            empty = [a.weight for a in alternatives if a.nullable]
+            last, i = (bool(empty), max(max(empty, default=0), 1)), i + 1
+        elif c in "^$":
+            i += 1
+        else:
+            last, i = (False, 1), i + 1
+    flush()
+    longest = max(a.longest for group in groups for a in group)
+    return _too_many(longest) if longest > MAX_OPTIONAL_RUN else None
+
+
+def _too_many(run: int) -> str:
+    return f"a pattern has {run} optional parts in a row, over the limit of {MAX_OPTIONAL_RUN}"
+
+
+def _quantifier(pattern: str, i: int) -> tuple[int, int | None, int]:
+    """(min, max or None for unbounded, end) of the quantifier at i; end == i when there is none."""
+    c = pattern[i]
+    if c == "*":
+        return 0, None, i + 1
+    if c == "+":
+        return 1, None, i + 1
+    if c == "?":
+        return 0, 1, i + 1
+    match = _QUANTIFIER_AT.match(pattern, i)
+    if match is None:
+        return 0, 0, i
+    low = int(match.group(1))
+    high = low if match.group(2) is None else (int(match.group(3)) if match.group(3) else None)
+    return low, high, match.end()
 
 
 # -- the worker process ---------------------------------------------------------------------------------
@@ -107,34 +218,20 @@ def _convert(schema_text: str) -> str:
     return grammar
 
 
-def _address_space() -> int:
-    """This process's address space now, in bytes (Linux; 0 where it cannot be read)."""
+def _handle(request: dict[str, Any]) -> dict[str, Any]:
     try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) << 10 for line in status if line.startswith("VmSize:"))
-    except (OSError, StopIteration, ValueError):
-        return 0
+        return {"grammar": _convert(request["schema"])}
+    except ValueError as exc:
+        return {"error": str(exc)}
 
 
 def worker(memory_bytes: int = WORKER_MEMORY_BYTES) -> None:
-    """`python -m service.grammar [MEMORY_BYTES]`: converts schemas, one JSON line in ({"schema": ...}), one out
-    ({"grammar": ...}, {"error": ...}, or {"error": ..., "exhausted": true} after a MemoryError, when the parent
-    replaces it), with MEMORY_BYTES of address space over what its code takes."""
+    """`python -m service.grammar [MEMORY_BYTES]`: converts schemas ({"schema": ...} → {"grammar": ...} or
+    {"error": ...}), with MEMORY_BYTES of address space over what its code takes (service.workers)."""
     import llama_cpp  # noqa: F401   loaded before the cap: the cap is the conversion's, whatever the build loads
     from llama_cpp.llama_grammar import json_schema_to_gbnf  # noqa: F401
 
-    cap = _address_space() + memory_bytes
-    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    for line in sys.stdin:
-        out: dict[str, Any]
-        try:
-            out = {"grammar": _convert(json.loads(line)["schema"])}
-        except ValueError as exc:
-            out = {"error": str(exc)}
-        except MemoryError:
-            out = {"error": _OUT_OF_MEMORY, "exhausted": True}
-        sys.stdout.write(json.dumps(out) + "\n")
-        sys.stdout.flush()
+    workers.serve(_handle, memory_bytes)
 
 
 class Grammars:
@@ -143,11 +240,14 @@ class Grammars:
     def __init__(self, cache_bytes: int = CACHE_BYTES, timeout: float = CONVERT_SECONDS,
                  worker_memory: int = WORKER_MEMORY_BYTES):
         self._cache: BoundedCache[str, str] = BoundedCache(cache_bytes, lambda spec, grammar: len(spec) + len(grammar))
-        self._timeout = timeout
-        self._worker_memory = worker_memory
-        self._worker: asyncio.subprocess.Process | None = None
-        self._turn = asyncio.Lock()          # one conversion at a time: its time limit is its own
-        self.conversions = 0                 # observability: schemas converted (cache misses)
+        # One conversion at a time: its time limit is its own.
+        self._workers = workers.WorkerPool("service.grammar", size=1, timeout=timeout, memory_bytes=worker_memory,
+                                           line_limit=4 * MAX_GRAMMAR_BYTES + (1 << 16))
+
+    @property
+    def conversions(self) -> int:
+        """Schemas sent to the worker (cache misses)."""
+        return self._workers.calls
 
     async def compile(self, spec: str) -> str:
         """The GBNF for "json" or a JSON Schema (as text); GenerateError INVALID_ARGUMENT when it cannot be."""
@@ -158,50 +258,20 @@ class Grammars:
         if cached is not None:
             return cached
         check_schema(spec)
-        # The conversion is a task of its own that holds the worker until it ends or times out: a request that
-        # goes away does not leave the next one waiting on (and timed out by) its conversion.
-        grammar = await asyncio.shield(asyncio.ensure_future(self._convert(spec)))
+        try:
+            out = await self._workers.call({"schema": spec})
+        except workers.WorkerTimeout:
+            raise invalid(f"format: the schema took longer than the limit of {self._workers.timeout:g} s to "
+                          "convert", "format") from None
+        except workers.WorkerExhausted:
+            raise invalid(_OUT_OF_MEMORY, "format") from None
+        except workers.WorkerError:                       # the worker died (a crash, its memory cap)
+            raise invalid("invalid JSON schema in format", "format") from None
+        if "error" in out:
+            raise invalid(out["error"], "format")
+        grammar = out["grammar"]
         self._cache.put(spec, grammar)
         return grammar
-
-    async def _convert(self, spec: str) -> str:
-        async with self._turn:
-            if self._worker is None or self._worker.returncode is not None:
-                self._worker = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "service.grammar", str(self._worker_memory), stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE, limit=4 * MAX_GRAMMAR_BYTES + (1 << 16),
-                    env={**os.environ, **_WORKER_ENV})
-            worker = self._worker
-            assert worker.stdin is not None and worker.stdout is not None
-            self.conversions += 1
-            try:
-                worker.stdin.write(json.dumps({"schema": spec}).encode() + b"\n")
-                await worker.stdin.drain()
-                line = await asyncio.wait_for(worker.stdout.readline(), self._timeout)
-                if not line:
-                    raise EOFError("the worker exited")
-                out = json.loads(line)
-            except TimeoutError:
-                log.warning("format: converting a schema took over %ss; its worker is replaced", self._timeout)
-                await self._restart()
-                raise invalid(f"format: the schema took longer than the limit of {self._timeout:g} s to convert",
-                              "format") from None
-            except (OSError, EOFError, ValueError) as exc:     # the worker died (a crash, its memory cap)
-                log.warning("format: the grammar worker failed (%s); it is replaced", exc)
-                await self._restart()
-                raise invalid("invalid JSON schema in format", "format") from None
-            if out.get("exhausted"):          # a process that ran out of memory is not trusted again
-                log.warning("format: a schema exhausted the grammar worker's memory; it is replaced")
-                await self._restart()
-            if "error" in out:
-                raise invalid(out["error"], "format")
-            return out["grammar"]
-
-    async def _restart(self) -> None:
-        worker, self._worker = self._worker, None
-        if worker is not None and worker.returncode is None:
-            worker.kill()
-            await worker.wait()
 
     @property
     def cached_bytes(self) -> int:
@@ -209,10 +279,11 @@ class Grammars:
 
     @property
     def worker_pid(self) -> int | None:
-        return self._worker.pid if self._worker is not None else None
+        pids = self._workers.pids
+        return pids[0] if pids else None
 
     async def close(self) -> None:
-        await self._restart()
+        await self._workers.close()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 the store, the catalog and the pool. (Errors, request ids, metrics and access logs: service.observe.)"""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
@@ -18,6 +19,7 @@ from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import model_pb2 as mpb
 from gengate.v1 import model_pb2_grpc as mpb_grpc
 from service import catalog
+from service.admission import ModelJobs
 from service.creation import Creation
 from service.errors import GenerateError, Kind, invalid
 from service.gguf import LICENSE_TEXT
@@ -60,13 +62,15 @@ def _streamed(replies: AsyncIterator[Any], stream: bool) -> AsyncIterator[Any]:
 
 
 class ModelServicer(mpb_grpc.ModelServiceServicer):
-    def __init__(self, store: ModelStore, pool: ModelPool, max_blob_bytes: int = 64 << 30, threads: int = 0):
+    def __init__(self, store: ModelStore, pool: ModelPool, max_blob_bytes: int = 64 << 30, threads: int = 0,
+                 jobs: ModelJobs | None = None):
         self._store = store
         self._pool = pool
         self._max_blob_bytes = max_blob_bytes
-        self._creation = Creation(store, threads)
+        self._jobs = jobs or ModelJobs()
+        self._creation = Creation(store, self._jobs, threads)
 
-    def _model(self, text: str, *, required: str = "model is required", invalid_text: str | None = None,
+    async def _model(self, text: str, *, required: str = "model is required", invalid_text: str | None = None,
                missing: str | None = None) -> Model:
         if not text.strip():
             raise invalid(required, "model")
@@ -77,7 +81,7 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
         entry = self._store.get(name)
         if entry is None or not entry.path.exists():
             raise GenerateError(Kind.MODEL_NOT_FOUND, missing or f"model '{text}' not found", "model")
-        return Model(entry, self._store.metadata(entry.path))
+        return Model(entry, await self._store.read_metadata(entry.path))
 
     async def ListModels(self, request, context):
         models = []
@@ -85,7 +89,7 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
             if not entry.path.exists():
                 log.warning("model %s: its file is missing from the store", entry.name.short)
                 continue
-            model = Model(entry, self._store.metadata(entry.path))
+            model = Model(entry, await self._store.read_metadata(entry.path))
             models.append(mpb.ModelSummary(
                 name=entry.name.short, model=entry.name.short, modified_at=_modified(entry.modified_at),
                 size=entry.size, digest=entry.digest, details=mpb.ModelDetails(**model.details()),
@@ -93,7 +97,7 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
         return mpb.ListModelsResponse(models=models)
 
     async def ShowModel(self, request, context):
-        model = self._model(request.model)
+        model = await self._model(request.model)
         entry = model.entry
         template = entry.template or model.chat_template or ""
         reply = mpb.ShowModelResponse(
@@ -104,13 +108,13 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
             capabilities=model.capabilities(), modified_at=_modified(entry.modified_at),
             license="\n".join(entry.license) or str(model.metadata.get("general.license", "")))
         if entry.projector is not None:
-            reply.projector_info.CopyFrom(_info(self._store.metadata(entry.projector), request.verbose))
+            reply.projector_info.CopyFrom(_info(await self._store.read_metadata(entry.projector), request.verbose))
         return reply
 
     async def ListRunningModels(self, request, context):
         running = []
         for loaded in self._pool.loaded():
-            model = Model(loaded.entry, self._store.metadata(loaded.entry.path))
+            model = Model(loaded.entry, await self._store.read_metadata(loaded.entry.path))
             if loaded.expires_at is not None:
                 expires = loaded.expires_at
             else:
@@ -130,16 +134,17 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
                 names.parse(value)
             except names.InvalidName:
                 raise invalid(f'{field} "{value}" is invalid', field) from None
-        source = self._model(request.source, required=f'source "{request.source}" is invalid',
+        source = await self._model(request.source, required=f'source "{request.source}" is invalid',
                              missing=f'model "{request.source}" not found')
         self._store.copy(source.entry.name, names.parse(request.destination))
         return mpb.CopyModelResponse()
 
     async def DeleteModel(self, request, context):
-        model = self._model(request.model, required=f'name "{request.model}" is invalid',
+        model = await self._model(request.model, required=f'name "{request.model}" is invalid',
                             invalid_text=f'name "{request.model}" is invalid')
         await self._pool.unload(model.entry)
         self._store.delete(model.entry.name)
+        await asyncio.to_thread(self._store.prune)
         return mpb.DeleteModelResponse()
 
     async def GetVersion(self, request, context):
@@ -152,7 +157,7 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
         except names.InvalidName:
             raise invalid("invalid model name", "model") from None
         stream = request.stream if request.HasField("stream") else True
-        async with contextlib.aclosing(catalog.pull(self._store, request.model.strip())) as steps:
+        async with contextlib.aclosing(catalog.pull(self._store, request.model.strip(), self._jobs)) as steps:
             async for step in _streamed(steps, stream):
                 yield mpb.PullModelResponse(**dataclasses.asdict(step))
 
@@ -173,6 +178,7 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
         digest = parse_digest(request.digest)
         if not self._store.has_blob(digest):
             raise GenerateError(Kind.MODEL_NOT_FOUND, f'blob "sha256:{digest}" not found', "digest")
+        self._store.touch(digest)              # its create is coming: it waits for it afresh
         return mpb.CheckBlobResponse(size=self._store.blob_path(digest).stat().st_size)
 
     async def CreateBlob(self, request_iterator, context):
@@ -181,6 +187,7 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
             raise invalid("missing request body")
         digest = parse_digest(first.digest)
         if self._store.has_blob(digest):
+            self._store.touch(digest)
             return mpb.CreateBlobResponse(created=False, size=self._store.blob_path(digest).stat().st_size)
 
         async def chunks() -> AsyncIterator[bytes]:

@@ -3,21 +3,19 @@
 Precedence, as in Ollama: raw → the prompt verbatim; a request `template` or a
 `suffix` → that Go template (or the model's) executed directly; otherwise the model's
 Go TEMPLATE if it has one, else the GGUF chat template (Jinja, rendered sandboxed),
-else the prompt itself. A `context` from an earlier reply is prepended as text.
+else the prompt itself. A `context` from an earlier reply is prepended as text. Go templates render here (their
+interpreter bounds its steps, output and memory), Jinja ones in workers (service.chat_templates).
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import datetime as dt
-import functools
 from typing import Any
-
-import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from service import gotemplate
 from service.cache import BoundedCache
-from service.errors import GenerateError, Kind, invalid
+from service.chat_templates import ChatTemplates
+from service.errors import invalid
 from service.tools import go_values
 
 
@@ -30,18 +28,6 @@ class PromptInput:
     think: bool | None = None        # None: not set by the request
     think_level: str = ""
     turns: tuple[dict[str, str], ...] = ()   # the model's MESSAGEs, between the system message and the prompt
-
-
-def _raise_exception(message: str) -> None:
-    raise jinja2.exceptions.TemplateError(message)
-
-
-@functools.lru_cache(maxsize=16)
-def _jinja(source: str) -> jinja2.Template:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, loader=jinja2.BaseLoader())
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = lambda fmt: dt.datetime.now().strftime(fmt)
-    return env.from_string(source)
 
 
 # Parsed Go templates: a request may send its own (up to GENGATE_MAX_PROMPT_BYTES), so bounded in bytes of source.
@@ -67,26 +53,17 @@ def parse_go_template(source: str) -> gotemplate.Template:
         raise invalid(str(exc), "template") from exc
 
 
-def render_chat_template(source: str, messages: list[dict[str, Any]], *, bos: str, eos: str, **extra: Any) -> str:
-    """Renders a GGUF (Jinja) chat template in a sandbox."""
-    try:
-        return _jinja(source).render(messages=messages, add_generation_prompt=True,
-                                     bos_token=bos, eos_token=eos, **extra)
-    except jinja2.exceptions.SecurityError as exc:
-        raise GenerateError(Kind.INTERNAL, f"chat template rejected by the sandbox: {exc}") from exc
-    except jinja2.exceptions.TemplateError as exc:
-        raise GenerateError(Kind.INTERNAL, f"chat template error: {exc}") from exc
-
-
-def render(inp: PromptInput, *, chat_template: str | None, bos: str, eos: str) -> str:
-    """The prompt text for a non-raw request."""
+async def render(inp: PromptInput, *, chat_template: str | None, bos: str, eos: str,
+                 jinja: ChatTemplates) -> str:
+    """The prompt text for a non-raw request (a Go template renders in a thread, a Jinja one in `jinja`'s
+    workers)."""
     messages = ([{"role": "system", "content": inp.system}] if inp.system else []) + \
         [dict(m) for m in inp.turns] + [{"role": "user", "content": inp.prompt}]
     if inp.template is not None:
-        return execute_go(inp.template, inp, messages)
+        return await asyncio.to_thread(execute_go, inp.template, inp, messages)
     if chat_template:
         extra = {} if inp.think is None else {"enable_thinking": bool(inp.think)}
-        return render_chat_template(chat_template, messages, bos=bos, eos=eos, **extra)
+        return await jinja.render(chat_template, messages, bos=bos, eos=eos, **extra)
     return inp.prompt
 
 
@@ -118,29 +95,35 @@ def _execute(template: gotemplate.Template, data: dict[str, Any]) -> str:
         raise invalid("template: nesting too deep", "template") from None
 
 
-def render_chat(messages: list[dict[str, Any]], *, tools: list[dict[str, Any]], go_template: str | None,
-                chat_template: str | None, bos: str, eos: str, think: bool | None, think_level: str) -> str:
+async def render_chat(messages: list[dict[str, Any]], *, tools: list[dict[str, Any]], go_template: str | None,
+                      chat_template: str | None, bos: str, eos: str, think: bool | None, think_level: str,
+                      jinja: ChatTemplates) -> str:
     """The prompt for a conversation (Ollama's chat path): the model's Go template, else its
     GGUF chat template, else the contents one per line."""
-    think_vars = {"Think": bool(think), "ThinkLevel": think_level, "IsThinkSet": think is not None}
     if go_template is not None:
-        template = parse_go_template(go_template)
-        fields = {f.lower() for f in template.fields()}
-        system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-        if "messages" in fields:
-            go_messages = [{"Role": m["role"], "Content": m["content"], "Thinking": m.get("thinking", ""),
-                            "ToolCalls": go_values(m.get("tool_calls", [])), "ToolName": m.get("tool_name", ""),
-                            "ToolCallID": m.get("tool_call_id", "")}
-                           for m in messages]
-            return _execute(template, {"System": system, "Messages": go_messages, "Tools": go_values(tools),
-                                       "Response": "", **think_vars})
-        return _legacy_turns(go_template, messages, think_vars)
+        return await asyncio.to_thread(_render_go_chat, go_template, messages, tools, think, think_level)
     if chat_template:
         extra: dict[str, Any] = {"tools": tools} if tools else {}
         if think is not None:
             extra["enable_thinking"] = bool(think)
-        return render_chat_template(chat_template, messages, bos=bos, eos=eos, **extra)
+        return await jinja.render(chat_template, messages, bos=bos, eos=eos, **extra)
     return "\n".join(m["content"] for m in messages)
+
+
+def _render_go_chat(go_template: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
+                    think: bool | None, think_level: str) -> str:
+    think_vars = {"Think": bool(think), "ThinkLevel": think_level, "IsThinkSet": think is not None}
+    template = parse_go_template(go_template)
+    fields = {f.lower() for f in template.fields()}
+    if "messages" in fields:
+        system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+        go_messages = [{"Role": m["role"], "Content": m["content"], "Thinking": m.get("thinking", ""),
+                        "ToolCalls": go_values(m.get("tool_calls", [])), "ToolName": m.get("tool_name", ""),
+                        "ToolCallID": m.get("tool_call_id", "")}
+                       for m in messages]
+        return _execute(template, {"System": system, "Messages": go_messages, "Tools": go_values(tools),
+                                   "Response": "", **think_vars})
+    return _legacy_turns(go_template, messages, think_vars)
 
 
 def _legacy_turns(source: str, messages: list[dict[str, Any]], think_vars: dict[str, Any]) -> str:

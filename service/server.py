@@ -5,7 +5,9 @@ import asyncio
 import dataclasses
 import hmac
 import logging
+import os
 import signal
+import threading
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,7 +19,8 @@ from gengate.v1 import generate_pb2_grpc as pb_grpc
 from gengate.v1 import model_pb2 as mpb
 from gengate.v1 import model_pb2_grpc as mpb_grpc
 from service import request as checks
-from service.admission import Admission
+from service.admission import Admission, ModelJobs
+from service.chat_templates import ChatTemplates
 from service.engine import Engine
 from service.engines import make_engine
 from service.errors import GenerateError
@@ -106,6 +109,7 @@ class Service:
         """Unloads the models and stops the grammar worker (after the server stopped)."""
         await self.pool.close()
         await self.generation.grammars.close()
+        await self.generation.chat_templates.close()
 
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -117,6 +121,7 @@ def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
     if engine is None:
         engine = make_engine(settings.engine, settings.num_parallel, settings.batch_invariant)
     store = ModelStore(settings.models)
+    store.heal()
     pool = ModelPool(engine, keep_alive_ns(settings.keep_alive), settings.max_loaded_models, settings.load_timeout)
     metrics = Metrics()
     metrics.loaded.set_function(lambda: len(pool.loaded()))
@@ -130,7 +135,7 @@ def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
         return sum(u for u, _ in cells) / total if total else 0.0
     metrics.kv_usage.set_function(kv_usage)
     generation = Generation(settings, store, pool, Admission(settings.num_parallel, settings.max_queue, metrics),
-                            metrics, Grammars())
+                            metrics, Grammars(), ChatTemplates(size=settings.num_parallel))
     limits = [("grpc.max_receive_message_length", settings.max_message_bytes),
               ("grpc.max_send_message_length", settings.max_message_bytes),
               # Accept the gateway's keepalive pings (every 60 s) during a call that sends nothing for minutes (a long
@@ -149,7 +154,8 @@ def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
     server = grpc.aio.server(options=limits, interceptors=interceptors)
     pb_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(generation), server)
     mpb_grpc.add_ModelServiceServicer_to_server(
-        ModelServicer(store, pool, settings.max_blob_bytes, settings.num_threads), server)
+        ModelServicer(store, pool, settings.max_blob_bytes, settings.num_threads,
+                      ModelJobs(settings.model_jobs, settings.max_model_jobs_queue)), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
@@ -173,7 +179,7 @@ async def warm_up(service: Service, settings: ServiceSettings) -> None:
         await service.set_serving(True)
         return
     try:
-        model = service.generation.lookup(settings.default_model)
+        model = await service.generation.lookup(settings.default_model)
         options = checks.load_options(pb.GenerateRequest(), model.entry.parameters,
                                       default_ctx=settings.context_length, n_ctx_train=model.n_ctx_train,
                                       default_threads=settings.num_threads)
@@ -186,6 +192,31 @@ async def warm_up(service: Service, settings: ServiceSettings) -> None:
         return
     await service.set_serving(True)
     log.info("default model %s loaded: SERVING", settings.default_model)
+
+
+EXIT_GRACE_SECONDS = 5.0
+
+
+def _exit(message: str, *args: object) -> None:
+    stuck = [t.name for t in threading.enumerate() if t is not threading.current_thread()
+             and t is not threading.main_thread()]
+    log.error(message + "; abandoning threads: %s", *args, ", ".join(stuck) or "none")
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(1)
+
+
+def _exit_now(sig: signal.Signals) -> None:
+    _exit("%s again while draining: exiting now", sig.name)
+
+
+def exit_after(seconds: float) -> threading.Timer:
+    """Ends the process `seconds` from now if it has not ended by then (exit status 1, with a log line naming what
+    was left running)."""
+    timer = threading.Timer(seconds, _exit, ("still running %gs after SIGTERM: exiting", seconds))
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 async def serve(settings: ServiceSettings, engine: Engine | None = None) -> None:
@@ -204,8 +235,12 @@ async def serve(settings: ServiceSettings, engine: Engine | None = None) -> None
     warm = asyncio.create_task(warm_up(service, settings))
     await stop.wait()
     # Drain: NOT_SERVING at once, new RPCs refused (UNAVAILABLE), in-flight ones get
-    # drain_seconds to finish and are then cancelled; decoding ends before the process does.
+    # drain_seconds to finish and are then cancelled; decoding ends before the process does. Whatever cannot be
+    # stopped (a thread stuck in C code) is abandoned EXIT_GRACE_SECONDS later; a second signal exits at once.
     log.info("SIGTERM: draining for up to %ss", settings.drain_seconds)
+    exit_after(settings.drain_seconds + EXIT_GRACE_SECONDS)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _exit_now, sig)
     await service.health.enter_graceful_shutdown()
     warm.cancel()
     await service.server.stop(grace=settings.drain_seconds)

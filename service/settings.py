@@ -36,6 +36,10 @@ class ServiceSettings:
     max_images: int = setting(16, "GENGATE_MAX_IMAGES", "most images one request may carry (400 above)")
     max_image_pixels: int = setting(4096 * 4096, "GENGATE_MAX_IMAGE_PIXELS",
                                     "largest image accepted, in pixels (width × height; 400 above)")
+    model_jobs: int = setting(1, "GENGATE_MODEL_JOBS",
+                              "quantizations and checkpoint conversions that run at once (further ones wait)")
+    max_model_jobs_queue: int = setting(16, "GENGATE_MAX_MODEL_JOBS_QUEUE",
+                                        "quantizations and conversions allowed to wait (503 beyond)")
     max_blob_bytes: int = setting(64 << 30, "GENGATE_MAX_BLOB_BYTES",
                                   "largest blob an upload may write (POST /api/blobs, CreateBlob)")
     max_message_bytes: int = setting(16 << 20, "GENGATE_MAX_MESSAGE_BYTES", "largest gRPC message either way")

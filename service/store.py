@@ -6,20 +6,32 @@ system message, parameters, MESSAGE turns, licenses) and the blobs of its LoRA a
 Models made from another share its blobs. A blob is written to a temporary file while it is hashed and only
 renamed into place once its digest is known (and matches the one expected), so a reader never sees half a
 blob, and an interrupted write leaves nothing behind.
+
+The store heals (`heal`, at start-up): the temporary files of writes that a killed process left (a writer holds
+a lock on its file, so another process's live upload is never taken for one) and quantizers' work folders go,
+and so do blobs no model uses (`prune`, also after every create and delete). An uploaded blob waits
+UNUSED_BLOB_SECONDS for the create that uses it (checking or uploading it again restarts the wait), and a blob a
+running create or pull holds (`hold`) is never pruned.
 Filled from the command line by `python -m service.store_cli` (service/store_cli.py).
 """
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import dataclasses
 import datetime as dt
 import errno
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
+import shutil
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,8 +42,12 @@ from common.modelfile import MESSAGE_ROLES
 from service.errors import GenerateError, Kind, invalid
 from service.gguf import read_metadata
 
+log = logging.getLogger(__name__)
 _DIGEST = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
 _CHUNK = 1 << 20
+UNUSED_BLOB_SECONDS = 3600.0         # how long a blob no model uses is kept (an upload waiting for its create)
+PARTIAL_PREFIX = ".partial-"         # a blob being written
+WORK_PREFIX = "quantize-"            # a quantizer's work folder
 
 
 class Readable(Protocol):
@@ -119,6 +135,7 @@ class ModelStore:
         self._manifest = self.root / "manifest.json"
         self._metadata: dict[Path, dict[str, Any]] = {}
         self._lock = threading.Lock()
+        self._held: collections.Counter[str] = collections.Counter()     # digests running creates and pulls hold
 
     # -- blobs -------------------------------------------------------------------
     def blob_path(self, digest: str) -> Path:
@@ -127,6 +144,60 @@ class ModelStore:
 
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
+
+    def touch(self, digest: str) -> None:
+        """Restarts an unused blob's wait (a client checked or uploaded it: its create is coming)."""
+        with contextlib.suppress(OSError):
+            os.utime(self.blob_path(digest))
+
+    @contextmanager
+    def hold(self) -> Iterator[Callable[[str], None]]:
+        """For a create or a pull: the blobs passed to the function it yields are not pruned until it ends."""
+        held: list[str] = []
+
+        def add(digest: str) -> None:
+            with self._lock:
+                self._held[digest] += 1
+            held.append(digest)
+        try:
+            yield add
+        finally:
+            with self._lock:
+                self._held.subtract(held)
+                self._held += collections.Counter()         # drops the zeros
+
+    def heal(self) -> None:
+        """Removes what killed writers left (temporary blobs, quantizers' work folders), then prunes."""
+        for path in [*(self._blobs.glob(PARTIAL_PREFIX + "*") if self._blobs.is_dir() else ()),
+                     *(self.root.glob(WORK_PREFIX + "*") if self.root.is_dir() else ())]:
+            if _abandoned(path):
+                log.info("store: removing %s, left by a write that did not finish", path.name)
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+        self.prune()
+
+    def prune(self, unused_seconds: float = UNUSED_BLOB_SECONDS) -> list[str]:
+        """Removes the blobs no model uses that have waited `unused_seconds` and that nothing holds; their
+        digests."""
+        if not self._blobs.is_dir():
+            return []
+        removed = []
+        now = time.time()
+        with self._lock:
+            used = {d for r in self._read().values() for d in _blobs_of(r)} | set(self._held)
+            for path in self._blobs.glob("sha256-*"):
+                digest = path.name[len("sha256-"):]
+                try:
+                    if digest in used or now - path.stat().st_mtime < unused_seconds:
+                        continue
+                    path.unlink()
+                except OSError:
+                    continue
+                self._metadata.pop(path, None)
+                removed.append(digest)
+        if removed:
+            log.info("store: pruned %d blob(s) no model uses", len(removed))
+        return removed
 
     def write_blob(self, source: Readable, expected_sha256: str | None = None,
                    progress: Callable[[int], None] | None = None) -> tuple[str, int]:
@@ -138,6 +209,11 @@ class ModelStore:
                 if progress is not None:
                     progress(writer.size)
             return writer.commit(expected_sha256)
+
+    def write_file(self, path: Path) -> str:
+        """A local file copied into a blob; its digest."""
+        with open(path, "rb") as f:
+            return self.write_blob(f)[0]
 
     async def write_blob_async(self, chunks: AsyncIterator[bytes], expected_sha256: str, max_bytes: int) -> int:
         """An upload: `chunks` as they arrive, hashed and written (off the event loop); its size. DigestMismatch
@@ -195,11 +271,16 @@ class ModelStore:
         return [self._entry(r) for r in self._read().values()]
 
     def metadata(self, path: Path) -> dict[str, Any]:
-        """The GGUF metadata of a blob (read once)."""
+        """The GGUF metadata of a blob (read once; reading a file can take a while: see `read_metadata`)."""
         with self._lock:
             if path not in self._metadata:
                 self._metadata[path] = read_metadata(path)
             return self._metadata[path]
+
+    async def read_metadata(self, path: Path) -> dict[str, Any]:
+        """`metadata`, read off the event loop when it is not known yet."""
+        cached = self._metadata.get(path)
+        return cached if cached is not None else await asyncio.to_thread(self.metadata, path)
 
     def add(self, name: str, digest: str, **layers: Any) -> ModelEntry:
         """Adds (or replaces) a model: its weights blob and its layers (`adapters` and `projector` by digest)."""
@@ -268,7 +349,8 @@ class _BlobWriter:
         self._store = store
         with _writable():
             store._blobs.mkdir(parents=True, exist_ok=True)
-            self._file = tempfile.NamedTemporaryFile(dir=store._blobs, delete=False, prefix=".partial-")
+            self._file = tempfile.NamedTemporaryFile(dir=store._blobs, delete=False, prefix=PARTIAL_PREFIX)
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)     # this write is alive (see ModelStore.heal)
         self._hash = hashlib.sha256()
         self.size = 0
 
@@ -296,6 +378,28 @@ class _BlobWriter:
             os.chmod(self._file.name, 0o644)        # readable by a service running as another user
             os.replace(self._file.name, self._store.blob_path(digest))
         return digest, self.size
+
+
+def lock_alive(path: Path) -> int:
+    """Marks a work folder as in use for as long as the returned descriptor stays open (see ModelStore.heal)."""
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _abandoned(path: Path) -> bool:
+    """Whether no live process holds the write lock of this temporary file or work folder."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _blobs_of(record: dict[str, Any]) -> list[str]:

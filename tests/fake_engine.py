@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 from collections.abc import AsyncGenerator, Sequence
 
 from service.engine import Bitmap, Engine, Finish, ImageChunk, Images, LoadOptions, Piece, Runner, Sampling
@@ -23,6 +24,11 @@ class Script:
     delays: Sequence[float] | None = None    # per piece, instead of `delay`
     fail_after: int | None = None            # raise after this many pieces
     error: Exception = dataclasses.field(default_factory=lambda: RuntimeError("engine exploded"))
+    wedge: bool = False                      # generate and close wait on a thread that never returns (stuck C code)
+
+
+# What a wedged engine waits for: never set.
+_NEVER = threading.Event()
 
 
 class FakeRunner(Runner):
@@ -68,6 +74,9 @@ class FakeRunner(Runner):
         if sampling.num_predict >= 0:
             pieces = pieces[:sampling.num_predict]
         try:
+            if script.wedge:
+                engine.wedged = True
+                await asyncio.to_thread(_NEVER.wait)
             for i, text in enumerate(pieces):
                 if script.fail_after is not None and i == script.fail_after:
                     raise script.error
@@ -89,6 +98,8 @@ class FakeRunner(Runner):
         return [float(len(tokens)), float(sum(tokens) % 97), 1.0]
 
     async def close(self) -> None:
+        if self._engine.wedged:
+            await asyncio.to_thread(_NEVER.wait)
         self._engine.unloaded += 1
 
 
@@ -101,6 +112,7 @@ class FakeEngine(Engine):
         self.script = Script()
         self.started = self.closed = self.active = self.tokens_emitted = 0
         self.loads = self.unloaded = 0
+        self.wedged = False
         self.prompts: list[str] = []
         self.load_gate: asyncio.Event | None = None   # when set, loads wait for it
         self.load_errors: list[BaseException] = []     # raised by the next loads, one each

@@ -57,10 +57,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ctypes
 import logging
 import os
+import select
 import threading
+import time
 from collections.abc import AsyncGenerator, Sequence
 
 import llama_cpp
@@ -75,12 +78,14 @@ from service.engine import (
     Images,
     LoadOptions,
     Piece,
+    RequestError,
     Runner,
     Sampling,
     coalesce,
 )
-from service.engines import llama, vision
+from service.engines import grammar_sampler, llama, vision
 from service.engines.embedding import EmbeddingRunner
+from service.engines.grammar_sampler import GrammarSampler, GrammarSamplers
 from service.gguf import read_metadata
 
 log = logging.getLogger(__name__)
@@ -115,7 +120,8 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 class _Request:
     """One generation: set up on the event loop, run by the decode thread."""
 
-    def __init__(self, prompt: list[int], sampling: Sampling, loop: asyncio.AbstractEventLoop, images: Images):
+    def __init__(self, prompt: list[int], sampling: Sampling, loop: asyncio.AbstractEventLoop, images: Images,
+                 sampler: GrammarSampler | None = None):
         self.prompt = prompt
         self.images = images              # position → image chunk
         self.s = sampling
@@ -130,6 +136,8 @@ class _Request:
         self.shifted = False              # the context shifted: the prompt KV is no longer a clean cache
         self.decoding: llama.Decoding | None = None
         self.next_token = -1              # sampled, to be decoded in the next step
+        self.sampler = sampler            # its grammar's worker (service.engines.grammar_sampler)
+        self.awaiting = False             # its next token is being sampled there
 
 
 class _Embed:
@@ -146,6 +154,7 @@ class BatchRunner(llama.LlamaRunner):
 
     def __init__(self, model: internals.LlamaModel, ctx: internals.LlamaContext, *, n_seq: int, n_ctx: int,
                  chunk: int, metadata: dict, reuse: bool, projector: vision.Projector | None = None,
+                 path: str = "",
                  invariant: bool = False):
         self._model = model
         self._invariant = invariant
@@ -182,8 +191,13 @@ class BatchRunner(llama.LlamaRunner):
             n_tokens=0, token=self._b_token.ctypes.data_as(int_p), embd=None,
             pos=self._b_pos.ctypes.data_as(int_p), n_seq_id=self._b_nseq.ctypes.data_as(int_p),
             seq_id=self._b_seq_ptrs, logits=self._b_logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)))
-        # Shared with the event loop (under _cond).
+        # Requests with a grammar sample in worker processes of their own.
+        self._samplers = GrammarSamplers(path, self.n_vocab, idle=n_seq)
+        # Shared with the event loop (under _cond); the pipe wakes the decode thread while it waits on samplers.
         self._cond = threading.Condition()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._inbox: list[_Request] = []
         self._embeds: collections.deque[_Embed] = collections.deque()
         self._closing = False
@@ -221,12 +235,15 @@ class BatchRunner(llama.LlamaRunner):
         if images and (self._projector is None or any(
                 prompt[i:i + c.n_tokens] != [c.placeholder] * c.n_tokens for i, c in images.items())):
             raise ValueError("images need a vision model and their placeholders in the prompt")
-        req = _Request(list(prompt), sampling, asyncio.get_running_loop(), dict(images or {}))
+        sampler = await self._open_sampler(sampling) if sampling.grammar else None
+        req = _Request(list(prompt), sampling, asyncio.get_running_loop(), dict(images or {}), sampler)
         with self._cond:
             if self._closing:
+                if sampler is not None:
+                    self._samplers.release(sampler)
                 raise RuntimeError("the model is being unloaded")
             self._inbox.append(req)
-            self._cond.notify()
+            self._notify()
         done = False
         after: object = None
         try:
@@ -246,9 +263,22 @@ class BatchRunner(llama.LlamaRunner):
             if not done:
                 req.cancelled = True
                 with self._cond:
-                    self._cond.notify()
+                    self._notify()
             # The sequence is free (and its KV removed) before the stream's close returns.
             await asyncio.shield(req.released)
+
+    async def _open_sampler(self, sampling: Sampling) -> GrammarSampler:
+        """The request's grammar worker (opened off the event loop, in bounded time); one the request no longer
+        waits for goes back once it is open."""
+        opening = asyncio.ensure_future(asyncio.to_thread(self._samplers.open, sampling, self.n_ctx))
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            def give_back(f: asyncio.Future) -> None:
+                if not f.cancelled() and f.exception() is None:
+                    self._samplers.release(f.result())
+            opening.add_done_callback(give_back)
+            raise
 
     async def embed(self, tokens: list[int]) -> list[float]:
         job = _Embed(list(tokens), asyncio.get_running_loop())
@@ -256,14 +286,22 @@ class BatchRunner(llama.LlamaRunner):
             if self._closing:
                 raise RuntimeError("the model is being unloaded")
             self._embeds.append(job)
-            self._cond.notify()
+            self._notify()
         return await job.result
 
     async def close(self) -> None:
         with self._cond:
             self._closing = True
-            self._cond.notify()
+            self._notify()
         await asyncio.to_thread(self._thread.join)
+
+    def _notify(self) -> None:
+        """Wakes the decode thread (holding _cond), whether it waits on _cond or on samplers."""
+        self._cond.notify()
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass
 
     # -- the decode thread -----------------------------------------------------------
     def _main(self) -> None:
@@ -286,7 +324,8 @@ class BatchRunner(llama.LlamaRunner):
                 try:
                     for job in embeds:
                         self._embed(job)
-                    self._iterate()
+                    if not self._iterate():
+                        self._await_samplers()
                 except Exception as exc:          # a bug or a failed decode: fail what is in flight, keep serving
                     log.exception("batch decode failed")
                     self._abort_all(exc)
@@ -306,6 +345,9 @@ class BatchRunner(llama.LlamaRunner):
             for job in embeds:
                 self._resolve(job, gone)
             self._flush()
+            self._samplers.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
             if self._projector is not None:
                 self._projector.close()
             self._ctx.close()
@@ -356,14 +398,46 @@ class BatchRunner(llama.LlamaRunner):
     def _busy(self) -> bool:
         return bool(self._waiting or self._prefilling or self._running)
 
-    def _iterate(self) -> None:
+    def _iterate(self) -> bool:
+        """One round of work; False when nothing could be done but wait for samplers."""
         self._reap()
+        self._collect()
         self._admit()
-        if self._running:
-            self._step()
-        if self._prefilling:
+        stepped = self._step() if self._running else False
+        prefilled = bool(self._prefilling)
+        if prefilled:
             self._prefill()
         self._kv_used = sum(r.n_past for r in self._running.values()) + sum(r.n_past for r in self._prefilling)
+        return stepped or prefilled or not self._running
+
+    def _collect(self) -> None:
+        """Takes the tokens that grammar samplers have sampled; ends a request whose token is overdue."""
+        now = time.monotonic()
+        for req in [r for r in self._running.values() if r.awaiting]:
+            assert req.sampler is not None
+            try:
+                token = req.sampler.poll()
+                if token is None and req.sampler.overdue(now):
+                    raise RequestError("format: sampling one token under the grammar took longer than the limit of "
+                                       f"{grammar_sampler.TOKEN_SECONDS:g} s", "format")
+            except RequestError as exc:
+                log.warning("a request's grammar sampler failed: %s", exc)
+                self._fail(req, exc)
+                continue
+            if token is not None:
+                req.awaiting = False
+                self._accept(req, token, req.sampler.logits)
+
+    def _await_samplers(self) -> None:
+        """Waits (without spinning) until a sampler answers, a request arrives or is cancelled, or a token is
+        overdue."""
+        waiting = [r.sampler for r in self._running.values() if r.awaiting and r.sampler is not None]
+        if not waiting:
+            return
+        timeout = max(0.0, min(s.sent_at for s in waiting) + grammar_sampler.TOKEN_SECONDS - time.monotonic())
+        select.select([self._wake_r, *(s.fileno() for s in waiting)], [], [], timeout + 0.01)
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_r, 4096)
 
     def kv_cells(self) -> tuple[int, int]:
         return (self._kv_used if self._busy() else 0), self.n_seq * self.n_ctx
@@ -382,7 +456,8 @@ class BatchRunner(llama.LlamaRunner):
         while self._waiting and self._free:
             req = self._waiting.popleft()
             try:
-                req.decoding = llama.Decoding(req.s, self.vocab, self.n_ctx, len(req.prompt))
+                req.decoding = llama.Decoding(req.s, self.vocab, self.n_ctx, len(req.prompt),
+                                              local=req.sampler is None)
             except Exception as exc:              # a grammar llama.cpp refuses
                 self._fail(req, exc)
                 continue
@@ -424,10 +499,12 @@ class BatchRunner(llama.LlamaRunner):
         if rc != 0:
             raise RuntimeError(f"llama_decode failed ({rc})")
 
-    def _step(self) -> None:
-        """Decodes one token for every running sequence, in one batch, and samples each."""
-        reqs = [self._running[seq] for seq in sorted(self._running)]
+    def _step(self) -> bool:
+        """Decodes one token for every running sequence whose token is ready, in one batch, and samples each."""
+        reqs = [self._running[seq] for seq in sorted(self._running) if not self._running[seq].awaiting]
         n = len(reqs)
+        if not n:
+            return False
         self._b_token[:n] = [r.next_token for r in reqs]
         self._b_pos[:n] = [r.n_past for r in reqs]
         self._b_seq[:n] = [r.seq for r in reqs]
@@ -437,6 +514,7 @@ class BatchRunner(llama.LlamaRunner):
         for i, req in enumerate(reqs):
             req.n_past += 1
             self._sample(req, i)
+        return True
 
     def _prefill(self) -> None:
         """Evaluates one chunk of the oldest prompt (text, or one image); its last chunk gives the first token."""
@@ -487,6 +565,10 @@ class BatchRunner(llama.LlamaRunner):
         """Samples the request's next token from batch row `index` and streams what it completes."""
         decoding = req.decoding
         assert decoding is not None
+        if req.sampler is not None:           # the request's grammar worker samples it; _collect takes it
+            req.sampler.submit(ctypes.cast(llama_cpp.llama_get_logits_ith(self._ctx.ctx, index), ctypes.c_void_p))
+            req.awaiting = True
+            return
         logits = lambda: np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, index),
                                                shape=(self.n_vocab,))
         if decoding.greedy:                 # the largest logit (the first of equals, as llama.cpp's greedy)
@@ -495,6 +577,13 @@ class BatchRunner(llama.LlamaRunner):
             # A grammar can take milliseconds to apply: that sampler lets the event loop run meanwhile.
             sample = llama_cpp.llama_sampler_sample if req.s.grammar is not None else llama.sample_holding_gil
             token = sample(decoding.sampler, self._ctx.ctx, index)
+        self._accept(req, token, logits)
+
+    def _accept(self, req: _Request, token: int, logits) -> None:
+        """Takes the request's sampled token: streams what it completes, and ends the request or queues the token
+        for the next step."""
+        decoding = req.decoding
+        assert decoding is not None
         self.decoded += 1
         piece, reason = decoding.on_token(token, logits)
         if piece is not None:
@@ -545,6 +634,9 @@ class BatchRunner(llama.LlamaRunner):
             self._cached[seq] = req.prompt[:keep]
             self._free.add(seq)
             req.seq = -1
+        if req.sampler is not None:
+            self._samplers.release(req.sampler)
+            req.sampler, req.awaiting = None, False
         if close and req.decoding is not None:
             req.decoding.close()
         self._held -= 1
@@ -633,6 +725,6 @@ class BatchEngine(Engine):
             reuse = not (llama_cpp.llama_model_n_swa(m) or llama_cpp.llama_model_is_recurrent(m)
                          or llama_cpp.llama_model_is_hybrid(m))
             return BatchRunner(model, ctx, n_seq=n_seq, n_ctx=n_ctx, chunk=chunk, metadata=read_metadata(path),
-                               reuse=reuse, projector=sight, invariant=self.invariant)
+                               reuse=reuse, projector=sight, invariant=self.invariant, path=path)
 
         return await asyncio.to_thread(build)

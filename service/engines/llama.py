@@ -21,8 +21,7 @@ import numpy as np
 from llama_cpp import _internals as internals
 
 from service.detokenizer import Detokenizer
-from service.engine import Finish, LoadOptions, Piece, Runner, Sampling, TokenLogprob
-from service.errors import invalid
+from service.engine import Finish, LoadOptions, Piece, RequestError, Runner, Sampling, TokenLogprob
 
 Reason = Literal["stop", "length"]
 _backend = threading.Lock()
@@ -167,7 +166,7 @@ class Vocab:
             grammar = llama_cpp.llama_sampler_init_grammar(self._vocab, s.grammar.encode("utf-8"), b"root")
             if not grammar:             # service.grammar checked it; llama.cpp still has the last word
                 llama_cpp.llama_sampler_free(chain)
-                raise invalid("invalid JSON schema in format", "format")
+                raise RequestError("invalid JSON schema in format", "format")
             add(grammar)
         if s.temperature < 0:
             add(llama_cpp.llama_sampler_init_dist(s.seed))
@@ -212,12 +211,13 @@ class Decoding:
     """One request's generation, token by token: its sampler, the tokens it has produced, the text it may
     send (never a broken UTF-8 character, never a stop sequence), its log-probabilities, and its end."""
 
-    def __init__(self, s: Sampling, vocab: Vocab, n_ctx: int, prompt_len: int):
+    def __init__(self, s: Sampling, vocab: Vocab, n_ctx: int, prompt_len: int, local: bool = True):
+        """`local`: the sampler chain is built here (else the request samples elsewhere: a grammar's worker)."""
         self.s = s
         self.vocab = vocab
         self.prompt_len = prompt_len
         self.limit = s.num_predict if s.num_predict >= 0 else 10 * n_ctx
-        self.sampler = vocab.sampler(s, n_ctx)
+        self.sampler = vocab.sampler(s, n_ctx) if local else None
         # Plain greedy decoding (no grammar, no penalty): the token is the logits' argmax, taken without the
         # sampler chain, which first copies every logit into a candidate array (~40 µs a token for SmolLM2).
         self.greedy = (s.temperature == 0 and s.grammar is None and s.repeat_penalty == 1

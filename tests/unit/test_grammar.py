@@ -93,7 +93,7 @@ def test_a_conversion_over_the_time_limit_is_refused_and_its_worker_replaced():
     g = grammar.Grammars(timeout=0.000001)
     try:
         assert "took longer than the limit" in refused(g, {"type": "string", "maxLength": 10})
-        g._timeout = 30.0
+        g._workers.timeout = 30.0
         assert compile_(g, {"type": "string", "maxLength": 10})            # a new worker serves the next one
     finally:
         run(g.close())

@@ -76,9 +76,9 @@ class Prompts:
 
 def model_path() -> Path:
     from common import names
-    from service import catalog
+    from service.models import catalog
+    from service.models.store import ModelStore
     from service.settings import ServiceSettings
-    from service.store import ModelStore
     store = ModelStore(ServiceSettings().models)
     entry = store.get(names.parse(MODEL)) or catalog.install(store, MODEL)
     return entry.path
@@ -262,7 +262,7 @@ class RawLlamaCpp:
 # -- the batch engine in process (no gRPC, no gateway), in a child process of its own ------------------------
 ENGINE_CHILD = r"""
 import asyncio, json, sys, time
-from service.engine import Finish, LoadOptions, Sampling
+from service.engines.base import Finish, LoadOptions, Sampling
 from service.engines.batch import BatchEngine
 path, threads, ctx, tokens, n, invariant = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), \
     int(sys.argv[5]), sys.argv[6] == "1"

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.engine import (  # noqa: E402
+from service.engines.base import (  # noqa: E402
     Engine,
     Finish,
     Images,
@@ -203,7 +203,7 @@ async def http_streams(url: str, n: int, tokens: int) -> tuple[int, float, list[
 
 async def measure(args) -> dict:
     from bench.procs import Server, free_port, wait_ready
-    from service.store import ModelStore
+    from service.models.store import ModelStore
     from tests.tiny_gguf import write_tiny_llama
 
     store_dir = Path(tempfile.mkdtemp(prefix="gengate-paced-"))

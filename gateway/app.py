@@ -20,8 +20,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common import channel, tracing
 from common.logs import request_id as request_id_var
-from gateway import anthropic, ollama, openai, openapi, responses, security
+from gateway import openapi, security
+from gateway.anthropic import routes as anthropic
+from gateway.ollama import routes as ollama
+from gateway.openai import routes as openai
 from gateway.relay import OLLAMA, SHUTTING_DOWN, dialect_of, json_response
+from gateway.responses import routes as responses
 from gateway.settings import GatewaySettings
 from gateway.state import (
     BODIES,

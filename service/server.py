@@ -18,21 +18,21 @@ from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import generate_pb2_grpc as pb_grpc
 from gengate.v1 import model_pb2 as mpb
 from gengate.v1 import model_pb2_grpc as mpb_grpc
-from service import request as checks
-from service.admission import Admission, ModelJobs
-from service.chat_templates import ChatTemplates
-from service.engine import Engine
+from service.api.generate import GenerateServicer
+from service.api.models import ModelServicer
+from service.api.observe import Observe
+from service.chat.jinja import ChatTemplates
 from service.engines import make_engine
+from service.engines.base import Engine
+from service.engines.pool import ModelPool
 from service.errors import GenerateError
-from service.generation import Generation
-from service.grammar import Grammars
+from service.generation import request as checks
+from service.generation.admission import Admission, ModelJobs
+from service.generation.grammar import Grammars
+from service.generation.pipeline import Generation
 from service.metrics import Metrics
-from service.model_servicer import ModelServicer
-from service.observe import Observe
-from service.pool import ModelPool
-from service.servicer import GenerateServicer
+from service.models.store import ModelStore
 from service.settings import ServiceSettings
-from service.store import ModelStore
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerateService"].full_name

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from common import names
-from service import catalog
-from service.catalog import DEFAULT_MODEL
+from service.models import catalog
+from service.models.catalog import DEFAULT_MODEL
+from service.models.store import ModelStore
 from service.settings import ServiceSettings
-from service.store import ModelStore
 from tests.fake_engine import FakeEngine
 from tests.harness import Stack
 from tests.tiny_gguf import write_tiny_llama

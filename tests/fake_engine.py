@@ -11,7 +11,7 @@ import dataclasses
 import threading
 from collections.abc import AsyncGenerator, Sequence
 
-from service.engine import Bitmap, Engine, Finish, ImageChunk, Images, LoadOptions, Piece, Runner, Sampling
+from service.engines.base import Bitmap, Engine, Finish, ImageChunk, Images, LoadOptions, Piece, Runner, Sampling
 
 IMAGE_TOKENS = 4
 

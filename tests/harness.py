@@ -16,7 +16,7 @@ from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from gengate.v1 import generate_pb2_grpc as pb_grpc
 from service import server as service_server
-from service.engine import Engine
+from service.engines.base import Engine
 from service.settings import ServiceSettings
 
 

@@ -2,7 +2,7 @@
 runner for embedding models (embedding.py)."""
 from __future__ import annotations
 
-from service.engine import Engine
+from service.engines.base import Engine
 
 
 def make_engine(name: str, num_parallel: int, invariant: bool = False) -> Engine:

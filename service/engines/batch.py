@@ -70,7 +70,8 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
 
-from service.engine import (
+from service.engines import grammar_sampler, llama, vision
+from service.engines.base import (
     Bitmap,
     Engine,
     Finish,
@@ -83,10 +84,9 @@ from service.engine import (
     Sampling,
     coalesce,
 )
-from service.engines import grammar_sampler, llama, vision
 from service.engines.embedding import EmbeddingRunner
 from service.engines.grammar_sampler import GrammarSampler, GrammarSamplers
-from service.gguf import read_metadata
+from service.models.gguf import read_metadata
 
 log = logging.getLogger(__name__)
 

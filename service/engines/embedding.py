@@ -15,8 +15,8 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
 
-from service.engine import Finish, Images, LoadOptions, Piece, Sampling
 from service.engines import llama
+from service.engines.base import Finish, Images, LoadOptions, Piece, Sampling
 
 
 class EmbeddingRunner(llama.LlamaRunner):

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from service import workers
-from service.engine import RequestError, Sampling
+from service.engines.base import RequestError, Sampling
 
 log = logging.getLogger(__name__)
 

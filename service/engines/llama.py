@@ -20,8 +20,8 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
 
-from service.detokenizer import Detokenizer
-from service.engine import Finish, LoadOptions, Piece, RequestError, Runner, Sampling, TokenLogprob
+from service.engines.base import Finish, LoadOptions, Piece, RequestError, Runner, Sampling, TokenLogprob
+from service.engines.detokenizer import Detokenizer
 
 Reason = Literal["stop", "length"]
 _backend = threading.Lock()
@@ -164,7 +164,7 @@ class Vocab:
                                                    s.presence_penalty))
         if s.grammar is not None:
             grammar = llama_cpp.llama_sampler_init_grammar(self._vocab, s.grammar.encode("utf-8"), b"root")
-            if not grammar:             # service.grammar checked it; llama.cpp still has the last word
+            if not grammar:             # service.generation.grammar checked it; llama.cpp still has the last word
                 llama_cpp.llama_sampler_free(chain)
                 raise RequestError("invalid JSON schema in format", "format")
             add(grammar)

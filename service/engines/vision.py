@@ -23,7 +23,7 @@ from typing import Any
 import llama_cpp
 from llama_cpp import mtmd_cpp as mtmd
 
-from service.engine import Bitmap, ImageChunk, LoadError
+from service.engines.base import Bitmap, ImageChunk, LoadError
 
 PROBE_SECONDS = 120
 _REASON = "reason: "                 # how the probe's process says why it refused

@@ -22,7 +22,7 @@ import llama_cpp
 import pytest
 
 from gengate.v1 import generate_pb2 as pb
-from service.engine import Sampling
+from service.engines.base import Sampling
 from service.engines.batch import BatchEngine, chunk_end
 from tests.conftest import REAL
 from tests.harness import Stack

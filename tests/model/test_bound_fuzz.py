@@ -14,12 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common import names
-from service import gotemplate, grammar
-from service.chat_templates import ChatTemplates
-from service.engine import RequestError, Sampling
+from service.chat import gotemplate
+from service.chat.jinja import ChatTemplates
 from service.engines import grammar_sampler
+from service.engines.base import RequestError, Sampling
 from service.errors import GenerateError
-from service.store import ModelStore
+from service.generation import grammar
+from service.models.store import ModelStore
 from tests.conftest import REAL
 
 pytestmark = pytest.mark.fuzz

@@ -15,9 +15,9 @@ import pytest
 from safetensors.numpy import load_file
 
 from common import names
-from service import catalog
+from service.models import catalog
+from service.models.store import ModelStore
 from service.settings import ServiceSettings
-from service.store import ModelStore
 
 MINILM = "all-minilm"
 

@@ -12,11 +12,11 @@ import pytest
 
 from common import names
 from gengate.v1 import generate_pb2 as pb
-from service import catalog
-from service.catalog import CATALOG, Packaged
-from service.gguf import read_metadata
+from service.models import catalog
+from service.models.catalog import CATALOG, Packaged
+from service.models.gguf import read_metadata
+from service.models.store import ModelStore
 from service.settings import ServiceSettings
-from service.store import ModelStore
 from tests.conftest import REAL
 
 GEMMA = "gemma3:270m"

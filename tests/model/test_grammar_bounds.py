@@ -12,10 +12,10 @@ import httpx
 import pytest
 
 from common import names
-from service.engine import Finish, LoadOptions, Piece, RequestError, Sampling
 from service.engines import grammar_sampler
+from service.engines.base import Finish, LoadOptions, Piece, RequestError, Sampling
 from service.engines.batch import BatchEngine
-from service.store import ModelStore
+from service.models.store import ModelStore
 from tests.conftest import REAL
 
 # A flat run of 100 optional parts: llama.cpp keeps ~100 parse stacks after the opening quote and compares them

@@ -93,7 +93,7 @@ def test_model_service_over_grpc(real):
 
 def test_show_prefers_model_over_an_empty_name_and_never_leaks_paths(real, models, tmp_path):
     from common import names
-    from service.store import ModelStore
+    from service.models.store import ModelStore
     from tests.tiny_gguf import write_tiny_llama
     assert httpx.post(real.url + "/api/show", json={"model": "tiny", "name": ""}).status_code == 200
     assert httpx.post(real.url + "/api/show", json={"name": "tiny"}).status_code == 200
@@ -115,7 +115,7 @@ def test_copy_on_a_read_only_store_is_a_clear_400(client, real, monkeypatch):
     import errno
     import os
 
-    from service import store
+    from service.models import store
 
     def read_only(*args):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))

@@ -10,8 +10,8 @@ import httpx
 import ollama
 import pytest
 
-from service import quantize
-from service.store import UNUSED_BLOB_SECONDS, ModelStore, _BlobWriter
+from service.models import quantize
+from service.models.store import UNUSED_BLOB_SECONDS, ModelStore, _BlobWriter
 from tests.fake_engine import FakeEngine
 from tests.harness import Stack
 from tests.tiny_gguf import write_tiny_llama

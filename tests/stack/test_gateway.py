@@ -11,8 +11,8 @@ import httpx
 import ollama
 import pytest
 
-from gateway import transcode
 from gateway.errors import BadRequest, http_status
+from gateway.ollama import wire as transcode
 from gateway.state import DRAIN
 from gengate.v1 import generate_pb2 as pb
 from tests.fake_engine import Script

@@ -21,10 +21,10 @@ from common import modelfile, names
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import model_pb2 as mpb
 from gengate.v1 import model_pb2_grpc as mpb_grpc
-from service import catalog
 from service.engines.batch import BatchEngine
-from service.gguf import LICENSE_TEXT
-from service.store import ModelStore
+from service.models import catalog
+from service.models.gguf import LICENSE_TEXT
+from service.models.store import ModelStore
 from tests.fake_engine import FakeEngine
 from tests.harness import Stack
 from tests.tiny_gguf import write_tiny_llama, write_tiny_lora

@@ -87,5 +87,5 @@ def test_every_service_line_a_request_causes_carries_its_id(fake, engine, caplog
             "model": "tiny", "prompt": "hi", "stream": False, "options": {"num_ctx": 96}})
     assert resp.status_code == 200
     caused = [r for r in caplog.records if r.name.startswith("service")]
-    assert {r.name for r in caused} == {"service.pool", "service.access"}    # the load (num_ctx changed), the access
+    assert {r.name for r in caused} == {"service.engines.pool", "service.access"}    # the load (num_ctx changed), the access
     assert {r.request_id for r in caused} == {"load-1"}

@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import json_format
 
 from gengate.v1 import generate_pb2 as pb
-from service.tools import ToolCallParser, tool_tag
+from service.chat.tools import ToolCallParser, tool_tag
 from tests.conftest import TOOLS_GO, TOOLS_JINJA
 
 WEATHER = {"type": "function", "function": {

@@ -24,9 +24,9 @@ import pytest
 from PIL import Image
 
 from gengate.v1 import generate_pb2 as pb
-from service.engine import Sampling
+from service.engines.base import Sampling
 from service.engines.batch import BatchEngine
-from service.images import decode
+from service.generation.images import decode
 from tests.fake_engine import IMAGE_TOKENS, FakeEngine
 from tests.harness import Stack
 from tests.tiny_gguf import write_tiny_llama
@@ -175,7 +175,7 @@ def test_cancelling_between_image_chunks_frees_the_sequence(seeing):
     generate(seeing, model="tiny-vision", prompt="warm", options={"num_predict": 1})
     runner = runner_of(seeing, "tiny-vision:latest")
     parts, tokens = [], runner.tokenize("<|user|>", add_bos=True)
-    from service.engine import lay_out
+    from service.engines.base import lay_out
     for seed in range(40):
         parts += tokens + runner.tokenize_image(decode(random_png(seed=seed), "x", 1 << 20))
         tokens = runner.tokenize(" and", add_bos=False)
@@ -248,7 +248,7 @@ def _aborting_projector(tmp_path):
 
 
 def test_a_projector_that_fails_at_load_is_a_500_and_the_service_lives(seeing, models, tmp_path):
-    from service.store import ModelStore
+    from service.models.store import ModelStore
     store = ModelStore(models)
     tiny = write_tiny_llama(tmp_path / "t.gguf")
     store.import_file("broken-vision", tiny, projector=_aborting_projector(tmp_path))     # bypasses create's check

@@ -16,7 +16,7 @@ from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import generate_pb2_grpc as pb_grpc
 from gengate.v1 import model_pb2 as mpb
 from gengate.v1 import model_pb2_grpc as mpb_grpc
-from service.store import UNUSED_BLOB_SECONDS, ModelStore
+from service.models.store import UNUSED_BLOB_SECONDS, ModelStore
 from tests.system.test_faults import ROOT, Pair
 from tests.system.test_processes import free_port, wait_for
 

@@ -16,7 +16,7 @@ import pytest
 import cli
 from common import names
 from gengate.v1 import generate_pb2 as pb
-from service.store import ModelStore
+from service.models.store import ModelStore
 from tests.conftest import REAL
 from tests.tiny_gguf import write_tiny_llama, write_tiny_lora
 from tests.tiny_mmproj import write_tiny_mmproj

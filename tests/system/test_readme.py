@@ -30,8 +30,8 @@ def test_the_readmes_model_lifecycle_snippet_runs_as_written(real, tmp_path, mon
     import ollama
 
     from common import names
+    from service.models.store import ModelStore
     from service.settings import ServiceSettings
-    from service.store import ModelStore
     from tests.tiny_gguf import write_tiny_llama
     lead = "With the official Python client, unchanged:\n\n```python\n"
     snippet = README[README.index(lead) + len(lead):]

@@ -1,4 +1,4 @@
-"""Tests for service.gotemplate, the pure-Python Go text/template used for Ollama templates.
+"""Tests for service.chat.gotemplate, the pure-Python Go text/template used for Ollama templates.
 
 The GO_* tables were produced by running Go's own text/template (Go 1.19, with
 ``Option("missingkey=zero")`` and Ollama's function map) on the same templates and data;
@@ -14,8 +14,8 @@ import json
 
 import pytest
 
-from service import gotemplate
-from service.gotemplate import TemplateError, parse
+from service.chat import gotemplate
+from service.chat.gotemplate import TemplateError, parse
 
 GO_RENDERINGS = [
     ('a  {{- .A -}}  b',

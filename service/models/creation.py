@@ -35,12 +35,13 @@ from common import golang, names
 from common.modelfile import MESSAGE_ROLES
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import model_pb2 as mpb
-from service import catalog, prompt, quantize
-from service.admission import ModelJobs
-from service.catalog import Progress
+from service.chat import prompt
 from service.errors import GenerateError, Kind, invalid
-from service.gguf import GGUFError, check_tensors, kind_of, read_metadata
-from service.store import WORK_PREFIX, ModelStore, lock_alive, parse_digest
+from service.generation.admission import ModelJobs
+from service.models import catalog, quantize
+from service.models.catalog import Progress
+from service.models.gguf import GGUFError, check_tensors, kind_of, read_metadata
+from service.models.store import WORK_PREFIX, ModelStore, lock_alive, parse_digest
 
 NO_SOURCE = "neither 'from' or 'files' was specified"
 ZERO_DIGEST = "0" * 19                   # what Ollama puts in the digest of a quantizing step

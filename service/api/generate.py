@@ -1,6 +1,6 @@
 """The GenerateService servicer: a thin adapter from gRPC to the Generate pipeline.
 
-Request ids, errors, metrics and the access log are service.observe's, for every RPC.
+Request ids, errors, metrics and the access log are service.api.observe's, for every RPC.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import grpc
 
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import generate_pb2_grpc as pb_grpc
-from service.generation import Generation
+from service.generation.pipeline import Generation
 
 
 class GenerateServicer(pb_grpc.GenerateServiceServicer):

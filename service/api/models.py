@@ -1,5 +1,5 @@
 """The ModelService servicer: Ollama's tags, show, ps, copy, delete, version, pull, push, create and blobs over
-the store, the catalog and the pool. (Errors, request ids, metrics and access logs: service.observe.)"""
+the store, the catalog and the pool. (Errors, request ids, metrics and access logs: service.api.observe.)"""
 from __future__ import annotations
 
 import asyncio
@@ -18,14 +18,14 @@ from common import names
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import model_pb2 as mpb
 from gengate.v1 import model_pb2_grpc as mpb_grpc
-from service import catalog
-from service.admission import ModelJobs
-from service.creation import Creation
+from service.engines.pool import FOREVER_NS, ModelPool
 from service.errors import GenerateError, Kind, invalid
-from service.gguf import LICENSE_TEXT
-from service.model import Model
-from service.pool import FOREVER_NS, ModelPool
-from service.store import DigestMismatch, ModelStore, parse_digest
+from service.generation.admission import ModelJobs
+from service.models import catalog
+from service.models.creation import Creation
+from service.models.gguf import LICENSE_TEXT
+from service.models.model import Model
+from service.models.store import DigestMismatch, ModelStore, parse_digest
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@
     word-start "x" -> "\u2581x", special (CONTROL) tokens unchanged;
   * special ids and add_bos / add_eos / add_sep follow gguf.SpecialVocab for a "[CLS] $A [SEP]" template;
     the pooling type comes from the sentence-transformers Pooling module;
-  * the checkpoint's LICENSE text goes under service.gguf.LICENSE_TEXT (general.license is only its SPDX id).
+  * the checkpoint's LICENSE text goes under service.models.gguf.LICENSE_TEXT (general.license is only its SPDX id).
 Checked against the upstream converter: the same 101 tensors byte for byte, the same bert.* and tokenizer.*
 keys. The output is deterministic (same input files, same gguf version: a byte-identical GGUF), which is what
 lets the catalog pin its SHA-256.
@@ -24,7 +24,7 @@ import gguf
 import numpy as np
 from safetensors.numpy import load_file
 
-from service.gguf import LICENSE_TEXT
+from service.models.gguf import LICENSE_TEXT
 
 # tensors llama.cpp's BertModel converter skips (embeddings-only use)
 _SKIP = ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias")

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from PIL import Image, UnidentifiedImageError
 
-from service.engine import Bitmap
+from service.engines.base import Bitmap
 from service.errors import invalid
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")

@@ -4,7 +4,7 @@ Precedence, as in Ollama: raw → the prompt verbatim; a request `template` or a
 `suffix` → that Go template (or the model's) executed directly; otherwise the model's
 Go TEMPLATE if it has one, else the GGUF chat template (Jinja, rendered sandboxed),
 else the prompt itself. A `context` from an earlier reply is prepended as text. Go templates render here (their
-interpreter bounds its steps, output and memory), Jinja ones in workers (service.chat_templates).
+interpreter bounds its steps, output and memory), Jinja ones in workers (service.chat.jinja).
 """
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import asyncio
 import dataclasses
 from typing import Any
 
-from service import gotemplate
 from service.cache import BoundedCache
-from service.chat_templates import ChatTemplates
+from service.chat import gotemplate
+from service.chat.jinja import ChatTemplates
+from service.chat.tools import go_values
 from service.errors import invalid
-from service.tools import go_values
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,9 +21,9 @@ from typing import Any
 from aiohttp import web
 
 from common import enums
-from gateway import body as fields
-from gateway import relay, transcode
+from gateway import fields, relay
 from gateway.errors import BadRequest
+from gateway.ollama import wire as transcode
 from gateway.relay import Dialect, route
 from gateway.state import SERVICE
 from gengate.v1 import generate_pb2 as pb

@@ -226,7 +226,7 @@ def _handle(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def worker(memory_bytes: int = WORKER_MEMORY_BYTES) -> None:
-    """`python -m service.grammar [MEMORY_BYTES]`: converts schemas ({"schema": ...} → {"grammar": ...} or
+    """`python -m service.generation.grammar [MEMORY_BYTES]`: converts schemas ({"schema": ...} → {"grammar": ...} or
     {"error": ...}), with MEMORY_BYTES of address space over what its code takes (service.workers)."""
     import llama_cpp  # noqa: F401   loaded before the cap: the cap is the conversion's, whatever the build loads
     from llama_cpp.llama_grammar import json_schema_to_gbnf  # noqa: F401
@@ -241,8 +241,8 @@ class Grammars:
                  worker_memory: int = WORKER_MEMORY_BYTES):
         self._cache: BoundedCache[str, str] = BoundedCache(cache_bytes, lambda spec, grammar: len(spec) + len(grammar))
         # One conversion at a time: its time limit is its own.
-        self._workers = workers.WorkerPool("service.grammar", size=1, timeout=timeout, memory_bytes=worker_memory,
-                                           line_limit=4 * MAX_GRAMMAR_BYTES + (1 << 16))
+        self._workers = workers.WorkerPool("service.generation.grammar", size=1, timeout=timeout,
+                                           memory_bytes=worker_memory, line_limit=4 * MAX_GRAMMAR_BYTES + (1 << 16))
 
     @property
     def conversions(self) -> int:

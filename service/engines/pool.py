@@ -14,9 +14,9 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from service.engine import Engine, LoadError, LoadOptions, Runner
+from service.engines.base import Engine, LoadError, LoadOptions, Runner
 from service.errors import GenerateError, Kind
-from service.store import ModelEntry
+from service.models.store import ModelEntry
 
 log = logging.getLogger(__name__)
 

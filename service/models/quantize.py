@@ -25,7 +25,7 @@ TICK_SECONDS = 0.25
 
 
 def main() -> None:
-    """`python -m service.quantize SOURCE TARGET FILE_TYPE THREADS`: the quantizer's process."""
+    """`python -m service.models.quantize SOURCE TARGET FILE_TYPE THREADS`: the quantizer's process."""
     import ctypes
 
     import llama_cpp
@@ -45,7 +45,7 @@ async def quantize(source: Path, target: Path, file_type: int, source_type: int,
     total = source.stat().st_size
     expected = max(1.0, total * _BITS.get(file_type, 8.0) / _BITS.get(source_type, 16.0))
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service.quantize", str(source), str(target), str(file_type),
+        sys.executable, "-m", "service.models.quantize", str(source), str(target), str(file_type),
         str(threads or os.cpu_count() or 1), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     try:
         while process.returncode is None:

@@ -13,7 +13,8 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from gateway import relay, transcode
+from gateway import relay
+from gateway.ollama import wire as transcode
 from gateway.relay import OLLAMA, route
 from gateway.state import SERVICE, SETTINGS
 from gengate.v1 import generate_pb2 as pb

@@ -44,7 +44,7 @@ class Sampling:
     frequency_penalty: float = 0.0
     num_predict: int = -1
     stop: tuple[str, ...] = ()
-    grammar: str | None = None           # a GBNF grammar the output must match (service.grammar builds it)
+    grammar: str | None = None           # a GBNF grammar the output must match (service.generation.grammar builds it)
     logprobs: bool = False
     top_logprobs: int = 0
     num_keep: int = 4                    # tokens kept at the start when the context shifts

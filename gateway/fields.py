@@ -6,8 +6,8 @@ import base64
 import binascii
 from typing import Any
 
-from gateway import transcode
 from gateway.errors import BadRequest
+from gateway.ollama import wire as transcode
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)

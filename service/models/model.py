@@ -5,11 +5,11 @@ import dataclasses
 from typing import Any
 
 from common import golang, modelfile
-from service import prompt as prompts
+from service.chat import prompt as prompts
+from service.chat.gotemplate import go_number
+from service.chat.thinking import thinking_tags
 from service.errors import GenerateError
-from service.gotemplate import go_number
-from service.store import ModelEntry
-from service.thinking import thinking_tags
+from service.models.store import ModelEntry
 
 NON_GENERATIVE = {"bert", "nomic-bert", "jina-bert-v2", "t5encoder"}
 # llama.cpp's general.file_type values.

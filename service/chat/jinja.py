@@ -64,7 +64,7 @@ def _render(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    """`python -m service.chat_templates MEMORY_BYTES`: renders ({"source", "variables"} → {"text"} or
+    """`python -m service.chat.jinja MEMORY_BYTES`: renders ({"source", "variables"} → {"text"} or
     {"error"}), one at a time."""
     import jinja2.sandbox  # noqa: F401   loaded before the cap
 
@@ -76,7 +76,7 @@ class ChatTemplates:
     """The service's pool of render workers."""
 
     def __init__(self, size: int = 2, timeout: float = RENDER_SECONDS, memory_bytes: int = RENDER_MEMORY_BYTES):
-        self._workers = workers.WorkerPool("service.chat_templates", size=size, timeout=timeout,
+        self._workers = workers.WorkerPool("service.chat.jinja", size=size, timeout=timeout,
                                            memory_bytes=memory_bytes, line_limit=MAX_LINE)
 
     @property

@@ -22,20 +22,21 @@ from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from common import enums
 from gengate.v1 import generate_pb2 as pb
-from service import images, tools
-from service import prompt as prompts
-from service import request as checks
-from service.admission import Admission
-from service.chat_templates import ChatTemplates
-from service.engine import Finish, ImageChunk, Images, Piece, RequestError, TokenLogprob, lay_out
+from service.chat import prompt as prompts
+from service.chat import tools
+from service.chat.jinja import ChatTemplates
+from service.chat.thinking import ThinkingParser
+from service.engines.base import Finish, ImageChunk, Images, Piece, RequestError, TokenLogprob, lay_out
+from service.engines.pool import Lease, ModelPool
 from service.errors import GenerateError, Kind, invalid
-from service.grammar import Grammars
+from service.generation import images
+from service.generation import request as checks
+from service.generation.admission import Admission
+from service.generation.grammar import Grammars
 from service.metrics import Metrics
-from service.model import Model
-from service.pool import Lease, ModelPool
+from service.models.model import Model
+from service.models.store import ModelStore
 from service.settings import ServiceSettings
-from service.store import ModelStore
-from service.thinking import ThinkingParser
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class Generation:
         return think, level, tags
 
     async def _sampling(self, req, model: Model):
-        """The request's decoding settings, with its `format` built into a grammar (service.grammar)."""
+        """The request's decoding settings, with its `format` built into a grammar (service.generation.grammar)."""
         spec = checks.json_format(req)
         return checks.sampling(req, model.entry.parameters, await self.grammars.compile(spec) if spec else None)
 

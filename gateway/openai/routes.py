@@ -30,9 +30,10 @@ from aiohttp import web
 from google.protobuf import struct_pb2
 
 from common import enums, names
-from gateway import anthropic, relay, transcode
-from gateway import body as fields
+from gateway import fields, relay
+from gateway.anthropic import routes as anthropic
 from gateway.errors import BadRequest
+from gateway.ollama import wire as transcode
 from gateway.relay import Dialect, route
 from gateway.state import SERVICE
 from gengate.v1 import generate_pb2 as pb

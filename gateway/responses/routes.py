@@ -20,10 +20,10 @@ from typing import Any
 from aiohttp import web
 
 from common import enums
-from gateway import body as fields
-from gateway import relay, transcode
+from gateway import fields, relay
 from gateway.errors import BadRequest
-from gateway.openai import OPENAI, tool_choice
+from gateway.ollama import wire as transcode
+from gateway.openai.routes import OPENAI, tool_choice
 from gateway.relay import route
 from gateway.state import SERVICE
 from gengate.v1 import generate_pb2 as pb

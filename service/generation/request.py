@@ -12,9 +12,9 @@ from typing import Any
 
 from common import enums, golang, names
 from gengate.v1 import generate_pb2 as pb
-from service import grammar
-from service.engine import LoadOptions, Sampling
+from service.engines.base import LoadOptions, Sampling
 from service.errors import GenerateError, Kind, invalid
+from service.generation import grammar
 
 _LOAD_FIELDS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
 _SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_last_n", "repeat_penalty",

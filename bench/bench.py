@@ -163,11 +163,11 @@ def summarize(rounds: list[list[Stream]]) -> dict:
 
 
 @contextlib.asynccontextmanager
-async def gengate(engine: str, parallel: int, threads: int, ctx: int, invariant: bool = False):
+async def gengate(parallel: int, threads: int, ctx: int, invariant: bool = False):
     server = Server()
     grpc_port, http_port = free_port(), free_port()
     env = {**os.environ, "GENGATE_GRPC_ADDR": f"127.0.0.1:{grpc_port}", "GENGATE_HTTP_ADDR": f"127.0.0.1:{http_port}",
-           "GENGATE_SERVICE_ADDR": f"127.0.0.1:{grpc_port}", "GENGATE_ENGINE": engine,
+           "GENGATE_SERVICE_ADDR": f"127.0.0.1:{grpc_port}",
            "GENGATE_NUM_PARALLEL": str(parallel), "GENGATE_MAX_QUEUE": "256", "GENGATE_KEEP_ALIVE": "-1",
            "GENGATE_CONTEXT_LENGTH": str(ctx), "GENGATE_NUM_THREADS": str(threads), "GENGATE_DEFAULT_MODEL": MODEL,
            "GENGATE_LOG_LEVEL": "WARNING", "GENGATE_METRICS_ADDR": "", "GENGATE_GATEWAY_METRICS_ADDR": "",
@@ -346,7 +346,8 @@ async def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="rounds per measurement; the median is reported")
     ap.add_argument("--ctx", type=int, default=4096, help="context per sequence (num_ctx / llama-server -c / -np)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for every system")
-    ap.add_argument("--simple", action="store_true", help="also the simple engine (one request at a time)")
+    ap.add_argument("--simple", action="store_true",
+                    help="also gengate with one request at a time (GENGATE_NUM_PARALLEL=1)")
     ap.add_argument("--fa-off", action="store_true", help="also llama-server with flash attention off")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the serving ceiling (bench/paced.py)")
     ap.add_argument("--json", type=Path, default=ROOT / ".cache" / "bench.json", help="raw results written here")
@@ -371,7 +372,7 @@ async def main() -> None:
         urls = {}
         for layout in ("fast", "invariant"):
             urls[layout], single_server = await stack.enter_async_context(
-                gengate("batch", 1, args.threads, args.ctx, invariant=layout == "invariant"))
+                gengate(1, args.threads, args.ctx, invariant=layout == "invariant"))
             await concurrent(gateway_stream, urls[layout], 1, prompts)
         for _ in range(3 * args.rounds + 2):        # one stream is quick: more rounds, a steadier median
             bench_tg.append(llama_bench_tg(LLAMA_BENCH, gguf, args.threads))
@@ -401,8 +402,7 @@ async def main() -> None:
             for name, kind in systems:
                 if kind == "gengate":
                     urls[name], servers[name] = await stack.enter_async_context(gengate(
-                        "simple" if name == "simple" else "batch", n, args.threads, args.ctx,
-                        invariant=name == "invariant"))
+                        1 if name == "simple" else n, args.threads, args.ctx, invariant=name == "invariant"))
                     clients[name] = gateway_stream
                 elif kind == "engine":
                     inproc = EngineInProcess(gguf, args.threads, args.ctx, n)

@@ -35,7 +35,7 @@ from typing import Any
 import grpc
 
 from common import channel as common_channel
-from common import enums, golang, modelfile
+from common import enums, golang, modelfile, requests
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import generate_pb2_grpc as pb_grpc
 from gengate.v1 import model_pb2 as mpb
@@ -98,33 +98,6 @@ def human_time(when: float | None, now: float | None = None, zero: str = "Never"
     if delta < 0:
         return human_duration(-delta) + " from now"
     return human_duration(delta) + " ago"
-
-
-def go_duration(ns: int) -> str:
-    """Go's time.Duration.String(): "1.234s", "12.5ms", "2m3.5s", "0s"."""
-    if ns == 0:
-        return "0s"
-    sign, ns = ("-" if ns < 0 else ""), abs(ns)
-
-    def fixed(value: int, unit: int) -> str:
-        whole, frac = divmod(value, unit)
-        digits = f"{frac:0{len(str(unit)) - 1}d}".rstrip("0")
-        return f"{whole}.{digits}" if digits else str(whole)
-
-    if ns < 1_000:
-        return f"{sign}{ns}ns"
-    if ns < 1_000_000:
-        return f"{sign}{fixed(ns, 1_000)}µs"
-    if ns < 1_000_000_000:
-        return f"{sign}{fixed(ns, 1_000_000)}ms"
-    hours, rest = divmod(ns, 3_600_000_000_000)
-    minutes, rest = divmod(rest, 60_000_000_000)
-    text = f"{fixed(rest, 1_000_000_000)}s"
-    if hours or minutes:
-        text = f"{minutes}m{text}"
-    if hours:
-        text = f"{hours}h{text}"
-    return sign + text
 
 
 def print_table(header: list[str], rows: list[list[str]]) -> None:
@@ -211,14 +184,11 @@ def build_request(args: argparse.Namespace, prompt: str) -> pb.GenerateRequest:
     elif args.format:
         request.format.json_schema = args.format
     if args.keepalive is not None:
-        try:
-            ns = int(args.keepalive) * 1_000_000_000       # plain seconds, or a Go duration ("5m", "-1s")
-        except ValueError:
-            try:
-                ns = golang.parse_duration(args.keepalive)
-            except ValueError as exc:
-                raise CLIError(str(exc)) from None
-        request.keep_alive.FromNanoseconds(ns)
+        try:               # plain seconds, or a Go duration ("5m", "-1s")
+            ns = requests.keep_alive_ns(args.keepalive, whole_seconds=True)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        request.keep_alive.FromNanoseconds(ns or 0)
     if args.think_level:
         request.think.level = enums.THINK_LEVELS[args.think_level]
     elif args.think is not None:
@@ -264,18 +234,18 @@ def print_stats(reply: pb.GenerateResponse) -> None:
     total, load = reply.total_duration.ToNanoseconds(), reply.load_duration.ToNanoseconds()
     prompt_ns, eval_ns = reply.prompt_eval_duration.ToNanoseconds(), reply.eval_duration.ToNanoseconds()
     if total > 0:
-        lines.append(f"total duration:       {go_duration(total)}")
+        lines.append(f"total duration:       {golang.format_duration(total)}")
     if load > 0:
-        lines.append(f"load duration:        {go_duration(load)}")
+        lines.append(f"load duration:        {golang.format_duration(load)}")
     if reply.prompt_eval_count > 0:
         lines.append(f"prompt eval count:    {reply.prompt_eval_count} token(s)")
     if prompt_ns > 0:
-        lines.append(f"prompt eval duration: {go_duration(prompt_ns)}")
+        lines.append(f"prompt eval duration: {golang.format_duration(prompt_ns)}")
         lines.append(f"prompt eval rate:     {reply.prompt_eval_count / (prompt_ns / 1e9):.2f} tokens/s")
     if reply.eval_count > 0:
         lines.append(f"eval count:           {reply.eval_count} token(s)")
     if eval_ns > 0:
-        lines.append(f"eval duration:        {go_duration(eval_ns)}")
+        lines.append(f"eval duration:        {golang.format_duration(eval_ns)}")
         lines.append(f"eval rate:            {reply.eval_count / (eval_ns / 1e9):.2f} tokens/s")
     if lines:
         print("\n".join(lines), file=sys.stderr, flush=True)

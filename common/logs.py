@@ -1,7 +1,8 @@
 """Logging for both processes: text or JSON lines, each with the request id of the request it belongs to.
 
 The id lives in a context variable, set once per request (the gateway's observe middleware, the service's
-interceptor); the record factory adds it to every record, so no log call has to pass it.
+interceptor); the record factory that `tag_records` installs (each process's app or server builder calls it) adds
+it to every record, whatever handler formats it, so no log call has to pass it.
 """
 from __future__ import annotations
 
@@ -13,17 +14,18 @@ import time
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
-_factory = logging.getLogRecordFactory()
+def tag_records() -> None:
+    """From now on every log record carries the request id of the context it was made in (idempotent)."""
+    factory = logging.getLogRecordFactory()
+    if getattr(factory, "tags_request_ids", False):
+        return
 
-
-def _record(*args, **kwargs) -> logging.LogRecord:
-    record = _factory(*args, **kwargs)
-    record.request_id = request_id.get()
-    return record
-
-
-# Every record carries the request id of the context it was made in (whatever handler formats it).
-logging.setLogRecordFactory(_record)
+    def record(*args, **kwargs) -> logging.LogRecord:
+        made = factory(*args, **kwargs)
+        made.request_id = request_id.get()
+        return made
+    record.tags_request_ids = True          # type: ignore[attr-defined]
+    logging.setLogRecordFactory(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -38,6 +40,7 @@ class JsonFormatter(logging.Formatter):
 
 def configure(level: str, fmt: str) -> None:
     """fmt: "text" or "json"."""
+    tag_records()
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))

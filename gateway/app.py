@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from common import channel, tracing
+from common import channel, logs, tracing
 from common.logs import request_id as request_id_var
 from gateway import openapi, security
 from gateway.anthropic import routes as anthropic
@@ -188,6 +188,7 @@ async def _channel(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
+    logs.tag_records()
     server_log = logging.getLogger("aiohttp.server")
     if _CLIENT_ERRORS not in server_log.filters:
         server_log.addFilter(_CLIENT_ERRORS)

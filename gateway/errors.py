@@ -1,4 +1,5 @@
-"""The gateway's one error table: gRPC status code -> HTTP status (decisions.md §2)."""
+"""The gateway's one error table: gRPC status code -> HTTP status (docs/differences.md lists where it differs
+from Ollama's)."""
 from __future__ import annotations
 
 import grpc

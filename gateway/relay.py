@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Protocol
@@ -25,6 +24,7 @@ from typing import Any, Protocol
 import grpc
 from aiohttp import web
 
+from common import golang
 from gateway import errors, security
 from gateway.errors import BadRequest
 from gateway.state import BODIES, CLIENT_GONE, DRAIN, REQUEST_ID, SETTINGS
@@ -35,17 +35,9 @@ JSON = "application/json; charset=utf-8"
 SHUTTING_DOWN = "server is shutting down"
 
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))     # one, not one per call (json.dumps)
-
-
 def dumps(obj: Any) -> bytes:
-    """JSON as Go's json.Marshal writes it (<, >, & and U+2028/9 escaped), as Ollama sends it."""
-    text = _ENCODER.encode(obj)
-    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
-                    ("\u2029", "\\u2029")):
-        if ch in text:
-            text = text.replace(ch, esc)
-    return text.encode("utf-8", errors="replace")
+    """JSON as Go's json.Marshal writes it, as Ollama sends it (common.golang.marshal)."""
+    return golang.marshal(obj).encode("utf-8", errors="replace")
 
 
 def sse_event(event: str, data: Any) -> bytes:

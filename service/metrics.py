@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import prometheus_client as prom
+from prometheus_client.core import CounterMetricFamily
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -32,9 +33,30 @@ class Metrics:
         self.engine = prom.Info("gengate_engine", "The decoding engine and its layout (fast, or the batch-invariant "
                                 "one of GENGATE_BATCH_INVARIANT)", registry=r)
 
+    def count_decoding(self, stats: object) -> None:
+        """Exports an engine's counts (its DecodeStats: read when scraped)."""
+        self.registry.register(_DecodeCollector(stats))
+
     def serve(self, addr: str):
         """Starts the /metrics HTTP server on addr (host:port); returns it (its port: .server_port)."""
         host, _, port = addr.rpartition(":")
         server, _thread = prom.start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1",
                                                  registry=self.registry)
         return server
+
+
+class _DecodeCollector(prom.registry.Collector):
+    """The engine's DecodeStats as counters: batching efficiency is sampled / steps, prefix-cache hits
+    cached_tokens."""
+
+    FAMILIES = (("gengate_engine_tokens_sampled", "Tokens sampled by the engine", "sampled"),
+                ("gengate_engine_decode_steps", "Decode steps (one batch for every running sequence)", "steps"),
+                ("gengate_engine_prefill_chunks", "Prompt chunks and images evaluated", "prefill_chunks"),
+                ("gengate_prompt_tokens_cached", "Prompt tokens whose KV a sequence still held", "cached_tokens"))
+
+    def __init__(self, stats: object):
+        self._stats = stats
+
+    def collect(self):
+        for name, documentation, field in self.FAMILIES:
+            yield CounterMetricFamily(name, documentation, value=getattr(self._stats, field))

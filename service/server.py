@@ -1,73 +1,46 @@
-"""Builds and runs the grpc.aio server."""
+"""The service's composition root: builds the grpc.aio server from the settings (store, pool, engine, the
+pipelines, the servicers) and runs it, with its drain on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
 import logging
 import os
 import signal
 import threading
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from common import golang, tracing
+from common import logs, requests, tracing
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import generate_pb2_grpc as pb_grpc
 from gengate.v1 import model_pb2 as mpb
 from gengate.v1 import model_pb2_grpc as mpb_grpc
+from service.api.auth import BearerToken
 from service.api.generate import GenerateServicer
 from service.api.models import ModelServicer
 from service.api.observe import Observe
 from service.chat.jinja import ChatTemplates
-from service.engines import make_engine
+from service.engines import vision
 from service.engines.base import Engine
+from service.engines.batch import BatchEngine
 from service.engines.pool import ModelPool
 from service.errors import GenerateError
-from service.generation import request as checks
-from service.generation.admission import Admission, ModelJobs
+from service.generation.admission import Admission
 from service.generation.grammar import Grammars
+from service.generation.models import Models
 from service.generation.pipeline import Generation
 from service.metrics import Metrics
+from service.models.jobs import ModelJobs
 from service.models.store import ModelStore
 from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerateService"].full_name
 MODEL_SERVICE_NAME = mpb.DESCRIPTOR.services_by_name["ModelService"].full_name
-
-
-class BearerToken(grpc.aio.ServerInterceptor):
-    """Requires `authorization: Bearer <GENGATE_API_KEY>` on gengate's services (health and
-    reflection stay open for probes). Compared in constant time."""
-
-    OPEN = ("/grpc.health.", "/grpc.reflection.")
-
-    def __init__(self, key: str):
-        self._expected = f"Bearer {key}".encode()
-
-    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
-        handler = await continuation(details)
-        given = dict(details.invocation_metadata or ()).get("authorization", "")
-        if handler is None or details.method.startswith(self.OPEN) \
-                or hmac.compare_digest(given.encode(), self._expected):
-            return handler
-
-        async def deny(request, context):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unauthorized")
-
-        async def deny_stream(request, context):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unauthorized")
-            yield
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(deny_stream, handler.request_deserializer,
-                                                        handler.response_serializer)
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(deny, handler.request_deserializer,
-                                                        handler.response_serializer)
-        return grpc.unary_unary_rpc_method_handler(deny, handler.request_deserializer, handler.response_serializer)
 
 
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
@@ -85,28 +58,27 @@ def enable_reflection(names: tuple[str, ...], server: grpc.aio.Server) -> None:
             response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)}),))
 
 
-def keep_alive_ns(text: str) -> int:
-    """GENGATE_KEEP_ALIVE: a Go duration or an integer number of seconds."""
-    try:
-        return int(text) * 1_000_000_000
-    except ValueError:
-        return golang.parse_duration(text)
-
-
 @dataclasses.dataclass
 class Service:
     """A built (not yet started) service."""
 
     server: grpc.aio.Server
     port: int
-    pool: ModelPool
+    models: Models
     generation: Generation
-    store: ModelStore
     health: health.aio.HealthServicer
     metrics: Metrics
 
+    @property
+    def pool(self) -> ModelPool:
+        return self.models.pool
+
+    @property
+    def store(self) -> ModelStore:
+        return self.models.store
+
     async def close(self) -> None:
-        """Unloads the models and stops the grammar worker (after the server stopped)."""
+        """Unloads the models and stops the worker processes (after the server stopped)."""
         await self.pool.close()
         await self.generation.grammars.close()
         await self.generation.chat_templates.close()
@@ -118,23 +90,30 @@ class Service:
 
 
 def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
+    logs.tag_records()
     if engine is None:
-        engine = make_engine(settings.engine, settings.num_parallel, settings.batch_invariant)
+        engine = BatchEngine(settings.num_parallel, invariant=settings.batch_invariant)
     store = ModelStore(settings.models)
     store.heal()
-    pool = ModelPool(engine, keep_alive_ns(settings.keep_alive), settings.max_loaded_models, settings.load_timeout)
+    keep_alive = requests.keep_alive_ns(settings.keep_alive, whole_seconds=True)
+    assert keep_alive is not None
+    pool = ModelPool(engine, keep_alive, settings.max_loaded_models, settings.load_timeout)
     metrics = Metrics()
     metrics.loaded.set_function(lambda: len(pool.loaded()))
-    metrics.engine.info({"engine": settings.engine if engine.layout else type(engine).__name__,
-                         "layout": engine.layout or "none"})
-    log.info("engine: %s, layout %s", settings.engine, engine.layout or "none")
+    name = "batch" if isinstance(engine, BatchEngine) else type(engine).__name__
+    metrics.engine.info({"engine": name, "layout": engine.layout or "none"})
+    if engine.stats is not None:
+        metrics.count_decoding(engine.stats)
+    log.info("engine: %s, layout %s", name, engine.layout or "none")
 
     def kv_usage() -> float:
         cells = [m.runner.kv_cells() for m in pool.loaded()]
         total = sum(c for _, c in cells)
         return sum(u for u, _ in cells) / total if total else 0.0
     metrics.kv_usage.set_function(kv_usage)
-    generation = Generation(settings, store, pool, Admission(settings.num_parallel, settings.max_queue, metrics),
+    models = Models(settings, store, pool, ModelJobs(settings.model_jobs, settings.max_model_jobs_queue),
+                    vision.problem)
+    generation = Generation(settings, models, Admission(settings.num_parallel, settings.max_queue, metrics),
                             metrics, Grammars(), ChatTemplates(size=settings.num_parallel))
     limits = [("grpc.max_receive_message_length", settings.max_message_bytes),
               ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -153,24 +132,21 @@ def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
         interceptors.append(BearerToken(settings.api_key))
     server = grpc.aio.server(options=limits, interceptors=interceptors)
     pb_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(generation), server)
-    mpb_grpc.add_ModelServiceServicer_to_server(
-        ModelServicer(store, pool, settings.max_blob_bytes, settings.num_threads,
-                      ModelJobs(settings.model_jobs, settings.max_model_jobs_queue)), server)
+    mpb_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         enable_reflection((SERVICE_NAME, MODEL_SERVICE_NAME, health_name), server)
     if settings.tls_cert:
-        read = lambda path: open(path, "rb").read()
         credentials = grpc.ssl_server_credentials(
-            [(read(settings.tls_key), read(settings.tls_cert))],
-            root_certificates=read(settings.tls_client_ca) if settings.tls_client_ca else None,
+            [(Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())],
+            root_certificates=Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None,
             require_client_auth=bool(settings.tls_client_ca))
         port = server.add_secure_port(settings.grpc_addr, credentials)
     else:
         port = server.add_insecure_port(settings.grpc_addr)
-    return Service(server, port, pool, generation, store, health_servicer, metrics)
+    return Service(server, port, models, generation, health_servicer, metrics)
 
 
 async def warm_up(service: Service, settings: ServiceSettings) -> None:
@@ -179,11 +155,7 @@ async def warm_up(service: Service, settings: ServiceSettings) -> None:
         await service.set_serving(True)
         return
     try:
-        model = await service.generation.lookup(settings.default_model)
-        options = checks.load_options(pb.GenerateRequest(), model.entry.parameters,
-                                      default_ctx=settings.context_length, n_ctx_train=model.n_ctx_train,
-                                      default_threads=settings.num_threads)
-        await service.pool.ensure(model.entry, options)
+        await service.models.ensure(settings.default_model)
     except GenerateError as exc:
         log.error("default model %s: %s; health stays NOT_SERVING", settings.default_model, exc.message)
         return

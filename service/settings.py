@@ -25,9 +25,6 @@ class ServiceSettings:
                                      "models loaded at once; the least recently used idle one makes room")
     load_timeout: float = setting(300.0, "GENGATE_LOAD_TIMEOUT",
                                   "seconds a request waits for its model to load before it fails (0: no limit)")
-    engine: str = setting("batch", "GENGATE_ENGINE",
-                          "decoding engine: batch (requests share one context, decoded together) or simple "
-                          "(one request at a time)")
     max_prompt_bytes: int = setting(1 << 20, "GENGATE_MAX_PROMPT_BYTES",
                                     "longest prompt, system, suffix or template accepted (400 above)")
     batch_invariant: bool = setting(False, "GENGATE_BATCH_INVARIANT",

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 
+from common import requests
 from gateway import relay
 from gateway.ollama import wire as transcode
 from gateway.relay import OLLAMA, route
@@ -48,20 +49,16 @@ class NdjsonFramer:
         return relay.dumps({"error": message}) + b"\n"
 
 
-def _streaming(req: Any) -> bool:
-    return req.stream if req.HasField("stream") else True
-
-
 @route(OLLAMA, transcode.generate_request)
 async def generate(request: web.Request, req: pb.GenerateRequest) -> web.StreamResponse:
     return await relay.stream(request, request.config_dict[SERVICE].generate.Generate, req,
-                              NdjsonFramer(transcode.generate_response), OLLAMA, streaming=_streaming(req))
+                              NdjsonFramer(transcode.generate_response), OLLAMA, streaming=requests.streams(req))
 
 
 @route(OLLAMA, transcode.chat_request)
 async def chat(request: web.Request, req: pb.ChatRequest) -> web.StreamResponse:
     return await relay.stream(request, request.config_dict[SERVICE].generate.Chat, req,
-                              NdjsonFramer(transcode.chat_response), OLLAMA, streaming=_streaming(req))
+                              NdjsonFramer(transcode.chat_response), OLLAMA, streaming=requests.streams(req))
 
 
 @route(OLLAMA, transcode.embed_request)
@@ -115,19 +112,19 @@ async def delete(request: web.Request, req: mpb.DeleteModelRequest) -> web.Respo
 @route(OLLAMA, transcode.pull_request)
 async def pull(request: web.Request, req: mpb.PullModelRequest) -> web.StreamResponse:
     return await relay.stream(request, request.config_dict[SERVICE].models.PullModel, req,
-                              NdjsonFramer(transcode.progress_response), OLLAMA, streaming=_streaming(req))
+                              NdjsonFramer(transcode.progress_response), OLLAMA, streaming=requests.streams(req))
 
 
 @route(OLLAMA, transcode.push_request)
 async def push(request: web.Request, req: mpb.PushModelRequest) -> web.StreamResponse:
     return await relay.stream(request, request.config_dict[SERVICE].models.PushModel, req,
-                              NdjsonFramer(transcode.progress_response), OLLAMA, streaming=_streaming(req))
+                              NdjsonFramer(transcode.progress_response), OLLAMA, streaming=requests.streams(req))
 
 
 @route(OLLAMA, transcode.create_request)
 async def create(request: web.Request, req: mpb.CreateModelRequest) -> web.StreamResponse:
     return await relay.stream(request, request.config_dict[SERVICE].models.CreateModel, req,
-                              NdjsonFramer(transcode.progress_response), OLLAMA, streaming=_streaming(req))
+                              NdjsonFramer(transcode.progress_response), OLLAMA, streaming=requests.streams(req))
 
 
 @route(OLLAMA)

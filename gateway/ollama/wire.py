@@ -18,15 +18,14 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
-from common import enums
-from common.golang import parse_duration, quote
+from common import enums, requests
+from common.golang import quote
 from gateway.errors import BadRequest
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import model_pb2 as mpb
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
-MAX_DURATION_NS = 315_576_000_000 * 1_000_000_000
 _B64 = re.compile(r"[A-Za-z0-9+/]")
 _THINK_VALUES = '"high", "medium", "low", "max", true, or false'
 
@@ -260,21 +259,15 @@ def _base64(text: str) -> bytes:
 
 def _keep_alive(value: Any, field: str):
     from google.protobuf import duration_pb2
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+    try:
+        ns = requests.keep_alive_ns(value)
+    except TypeError:
         go = {"bool": "bool", "array": "[]interface {}", "object": "map[string]interface {}"}[_kind(value)]
-        raise BadRequest(f"Unsupported type: '{go}'")
-    if isinstance(value, str):
-        try:
-            ns = parse_duration(value)
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
-    else:
-        ns = int(value * 1_000_000_000) if math.isfinite(value * 1e9) else (
-            MAX_DURATION_NS if value > 0 else -MAX_DURATION_NS)
-    # google.protobuf.Duration spans ±10 000 years; anything longer means "forever" anyway.
-    ns = int(max(-MAX_DURATION_NS, min(MAX_DURATION_NS, ns)))
+        raise BadRequest(f"Unsupported type: '{go}'") from None
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
     duration = duration_pb2.Duration()
-    duration.FromNanoseconds(ns)             # seconds and nanos of one sign, as the Duration spec demands
+    duration.FromNanoseconds(ns or 0)        # seconds and nanos of one sign, as the Duration spec demands
     return duration
 
 
@@ -331,7 +324,7 @@ def _options(value: Any, field: str) -> pb.Options:
                 raise BadRequest(f'option "{key}" must be of type boolean')
             options.use_mmap = item
         elif key == "stop":
-            stops = [item] if isinstance(item, str) else item   # decisions.md §8: a string or a list
+            stops = [item] if isinstance(item, str) else item   # a string, or a list of them
             if not isinstance(stops, list):
                 raise BadRequest(f'option "{key}" must be of type array')
             if not all(isinstance(s, str) for s in stops):

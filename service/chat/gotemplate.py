@@ -62,6 +62,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
+from common import golang
 from common.golang import quote
 
 __all__ = ["TemplateError", "Template", "parse"]
@@ -1087,72 +1088,6 @@ class _Parser:
 
 # --------------------------------------------------------------------------- Go formatting
 
-def _float_digits(f: float) -> tuple[str, int]:
-    """Shortest round-trip decimal digits of |f| and the point position: |f| = 0.DIGITS × 10**dp."""
-    r = repr(abs(f))
-    mant, _, exp = r.partition("e")
-    ip, _, fp = mant.partition(".")
-    full = ip + fp
-    stripped = full.lstrip("0")
-    digits = stripped.rstrip("0")
-    if not digits:
-        return "0", 1
-    dp = len(ip) + (int(exp) if exp else 0) - (len(full) - len(stripped))
-    return digits, dp
-
-
-def _fmt_e_shortest(digits: str, dp: int, upper: bool = False) -> str:
-    exp = dp - 1
-    s = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
-    sign = "-" if exp < 0 else "+"
-    return s + ("E" if upper else "e") + sign + f"{abs(exp):02d}"
-
-
-def _fmt_f_shortest(digits: str, dp: int) -> str:
-    if dp <= 0:
-        return "0." + "0" * (-dp) + digits
-    if dp >= len(digits):
-        return digits + "0" * (dp - len(digits))
-    return digits[:dp] + "." + digits[dp:]
-
-
-def _fmt_float_body(f: float, verb: str, prec: int | None) -> str:
-    """|f| formatted like strconv.FormatFloat for verb (g, G, e, E, f, F), no sign."""
-    a = abs(f)
-    if verb in "fF":
-        return format(a, f".{6 if prec is None else prec}f")
-    if verb in "eE":
-        s = format(a, f".{6 if prec is None else prec}e")
-        return s.upper() if verb == "E" else s
-    # g / G
-    if prec is not None:
-        s = format(a, f".{prec}g")
-        return s.upper() if verb == "G" else s
-    if a == 0:
-        return "0"
-    # Shortest %g: strconv uses %e when the exponent is < -4 or >= 6 ("eprec = 6").
-    digits, dp = _float_digits(a)
-    exp = dp - 1
-    if exp < -4 or exp >= 6:
-        return _fmt_e_shortest(digits, dp, verb == "G")
-    return _fmt_f_shortest(digits, dp)
-
-
-def go_number(f: float) -> str:
-    """fmt's %v for a float64 (4096, 0.7, 1e+06): how Ollama prints a JSON number it decoded."""
-    return _go_float(float(f))
-
-
-def _go_float(f: float) -> str:
-    """fmt's %v for a float64."""
-    if math.isnan(f):
-        return "NaN"
-    if math.isinf(f):
-        return "+Inf" if f > 0 else "-Inf"
-    body = _fmt_float_body(f, "g", None)
-    return ("-" if math.copysign(1.0, f) < 0 else "") + body
-
-
 def _go_type(v: Any) -> str:
     if v is None:
         return "interface {}"
@@ -1193,7 +1128,7 @@ def _fmt_v(v: Any, top: bool = True) -> str:
     if isinstance(v, int):
         return str(v)
     if isinstance(v, float):
-        return _go_float(v)
+        return golang.format_float(v)
     if isinstance(v, (list, tuple)):
         return "[" + " ".join(_fmt_v(x, False) for x in v) + "]"
     if isinstance(v, Mapping):
@@ -1310,7 +1245,7 @@ def _fmt_float(v: float, verb: str, fl: _Flags) -> str:
         body = _hex_float(abs(v), fl.prec)
         body = body.upper() if verb == "X" else body
     else:
-        body = _fmt_float_body(v, verb, fl.prec)
+        body = golang.format_float_body(v, verb, fl.prec)
     neg = math.copysign(1.0, v) < 0
     sign = "-" if neg else "+" if fl.plus else " " if fl.space else ""
     if fl.zero and fl.width is not None and not fl.minus:
@@ -1497,36 +1432,19 @@ class _JSONError(Exception):
     pass
 
 
-_JSON_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-_JSON_SPECIAL = re.compile("[\\x00-\\x1f\"\\\\<>&\u2028\u2029\ud800-\udfff]")
-
-
-def _json_string_sub(m: re.Match) -> str:
-    ch = m.group()
-    if ch in _JSON_ESCAPES:
-        return _JSON_ESCAPES[ch]
-    if "\ud800" <= ch <= "\udfff":
-        return "\\ufffd"
-    return f"\\u{ord(ch):04x}"
-
-
-def _json_string(s: str) -> str:
-    return '"' + _JSON_SPECIAL.sub(_json_string_sub, s) + '"'
-
-
 def _json_float(f: float) -> str:
     if math.isnan(f) or math.isinf(f):
-        raise _JSONError(f"json: unsupported value: {_go_float(f)}")
+        raise _JSONError(f"json: unsupported value: {golang.format_float(f)}")
     if f == 0:
         return "-0" if math.copysign(1.0, f) < 0 else "0"
-    digits, dp = _float_digits(f)
+    digits, dp = golang.float_digits(f)
     sign = "-" if f < 0 else ""
     if abs(f) < 1e-6 or abs(f) >= 1e21:
-        s = _fmt_e_shortest(digits, dp)
+        s = golang.format_e_shortest(digits, dp)
         if s[-4:-1] == "e-0":  # e-07 -> e-7
             s = s[:-2] + s[-1]
         return sign + s
-    return sign + _fmt_f_shortest(digits, dp)
+    return sign + golang.format_f_shortest(digits, dp)
 
 
 def _json(v: Any, depth: int = 0) -> str:
@@ -1541,12 +1459,12 @@ def _json(v: Any, depth: int = 0) -> str:
     if isinstance(v, float):
         return _json_float(v)
     if isinstance(v, str):
-        return _json_string(v)
+        return golang.json_string(v)
     hook = getattr(type(v), "__json__", None)
     if hook is not None:
         return _json(hook(v), depth + 1)
     if isinstance(v, Mapping):
-        return "{" + ",".join(_json_string(k if isinstance(k, str) else _fmt_v(k)) + ":" + _json(x, depth + 1)
+        return "{" + ",".join(golang.json_string(k if isinstance(k, str) else _fmt_v(k)) + ":" + _json(x, depth + 1)
                               for k, x in v.items()) + "}"
     if isinstance(v, (list, tuple)):
         return "[" + ",".join(_json(x, depth + 1) for x in v) + "]"

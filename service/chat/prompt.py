@@ -1,4 +1,4 @@
-"""Prompt construction (Ollama's §4.6): what text the model is given for a request.
+"""Prompt construction: what text the model is given for a request, as Ollama builds it.
 
 Precedence, as in Ollama: raw → the prompt verbatim; a request `template` or a
 `suffix` → that Go template (or the model's) executed directly; otherwise the model's

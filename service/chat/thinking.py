@@ -1,4 +1,5 @@
-"""Splits a thinking model's output into `thinking` and `response` (spec §4.4).
+"""Splits a thinking model's output into `thinking` and `response`: what its template opens as a thinking block
+(`<think>`) until the block closes is thinking, the rest the response.
 
 A model can think when its template marks a thinking block with an opening and a
 closing tag (e.g. <think>…</think>). Text inside the block is thinking; text after

@@ -105,6 +105,14 @@ class LoadError(RuntimeError):
     """A model that cannot be loaded, for a reason its message states for clients (it names no files)."""
 
 
+class LoadTimeout(LoadError):
+    """A load that took longer than the pool waits (it goes on, and the model is registered idle when it ends)."""
+
+
+class OutOfMemory(LoadError):
+    """A model that does not fit in the memory left (the pool unloads idle models and tries once more)."""
+
+
 class RequestError(ValueError):
     """A request the engine cannot run as asked, for a reason its message states for clients (the request's
     mistake: the service answers it as an invalid argument, naming `field`)."""
@@ -202,13 +210,25 @@ class Runner(abc.ABC):
         return 0, 0
 
 
+@dataclasses.dataclass
+class DecodeStats:
+    """What an engine's runners have done, all models together (metrics; tests compare them before and after)."""
+
+    sampled: int = 0                     # tokens sampled
+    steps: int = 0                       # decode steps (one llama_decode for every running sequence)
+    prefill_chunks: int = 0              # prompt chunks (and images) evaluated
+    cached_tokens: int = 0               # prompt tokens whose KV a sequence still held (not evaluated again)
+
+
 class Engine(abc.ABC):
     """Loads models."""
 
     layout: str = ""                     # how it lays out batches ("fast", "invariant"), for the operator
+    stats: DecodeStats | None = None     # counts, where the engine keeps them
 
     @abc.abstractmethod
     async def load(self, path: str, options: LoadOptions, *, adapters: Sequence[str] = (),
                    projector: str | None = None) -> Runner:
         """Loads the GGUF at `path` (without blocking the event loop), with LoRA `adapters` applied and, for a
-        model that can see, its vision `projector`."""
+        model that can see, its vision `projector`. OutOfMemory when it does not fit; LoadError when it cannot
+        load for a reason clients may read."""

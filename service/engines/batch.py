@@ -73,11 +73,14 @@ from llama_cpp import _internals as internals
 from service.engines import grammar_sampler, llama, vision
 from service.engines.base import (
     Bitmap,
+    DecodeStats,
     Engine,
     Finish,
     ImageChunk,
     Images,
+    LoadError,
     LoadOptions,
+    OutOfMemory,
     Piece,
     RequestError,
     Runner,
@@ -154,7 +157,7 @@ class BatchRunner(llama.LlamaRunner):
 
     def __init__(self, model: internals.LlamaModel, ctx: internals.LlamaContext, *, n_seq: int, n_ctx: int,
                  chunk: int, metadata: dict, reuse: bool, projector: vision.Projector | None = None,
-                 path: str = "",
+                 path: str = "", stats: DecodeStats | None = None,
                  invariant: bool = False):
         self._model = model
         self._invariant = invariant
@@ -209,13 +212,9 @@ class BatchRunner(llama.LlamaRunner):
         self._cached: list[list[int]] = [[] for _ in range(n_seq)]             # prompt tokens each sequence keeps
         self._out: list[tuple[_Request, object]] = []
         self._held = 0
-        # Observability (written by the decode thread only): tokens sampled, decode steps,
-        # prompt chunks evaluated, prompt tokens taken from the cache.
-        self.decoded = 0
+        # Observability, written by the decode thread only (DecodeStats: shared by the engine's runners).
+        self.stats = stats if stats is not None else DecodeStats()
         self._kv_used = 0
-        self.steps = 0
-        self.prefill_chunks = 0
-        self.reused_tokens = 0
         self._thread = threading.Thread(target=self._main, name="batch-decode", daemon=True)
         self._thread.start()
 
@@ -475,7 +474,7 @@ class BatchRunner(llama.LlamaRunner):
                 reuse = 0
             self._cached[seq] = []
             req.n_past = req.reused = reuse
-            self.reused_tokens += reuse
+            self.stats.cached_tokens += reuse
             self._prefilling.append(req)
 
     def _pick(self, prompt: list[int]) -> tuple[int, int]:
@@ -510,7 +509,7 @@ class BatchRunner(llama.LlamaRunner):
         self._b_seq[:n] = [r.seq for r in reqs]
         self._b_logits[:n] = 1
         self._decode(n)
-        self.steps += 1
+        self.stats.steps += 1
         for i, req in enumerate(reqs):
             req.n_past += 1
             self._sample(req, i)
@@ -539,7 +538,7 @@ class BatchRunner(llama.LlamaRunner):
             self._prefilling.popleft()
             self._fail(req, exc)
             return
-        self.prefill_chunks += 1
+        self.stats.prefill_chunks += 1
         req.n_past = b
         if b == end:
             self._prefilling.popleft()
@@ -558,7 +557,7 @@ class BatchRunner(llama.LlamaRunner):
             self._prefilling.popleft()
             self._fail(req, exc)
             return
-        self.prefill_chunks += 1
+        self.stats.prefill_chunks += 1
         req.n_past += image.n_tokens
 
     def _sample(self, req: _Request, index: int) -> None:
@@ -569,14 +568,12 @@ class BatchRunner(llama.LlamaRunner):
             req.sampler.submit(ctypes.cast(llama_cpp.llama_get_logits_ith(self._ctx.ctx, index), ctypes.c_void_p))
             req.awaiting = True
             return
-        logits = lambda: np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, index),
-                                               shape=(self.n_vocab,))
+        def logits() -> np.ndarray:
+            return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, index), shape=(self.n_vocab,))
         if decoding.greedy:                 # the largest logit (the first of equals, as llama.cpp's greedy)
             token = int(np.argmax(logits()))
         else:
-            # A grammar can take milliseconds to apply: that sampler lets the event loop run meanwhile.
-            sample = llama_cpp.llama_sampler_sample if req.s.grammar is not None else llama.sample_holding_gil
-            token = sample(decoding.sampler, self._ctx.ctx, index)
+            token = llama.sample_holding_gil(decoding.sampler, self._ctx.ctx, index)
         self._accept(req, token, logits)
 
     def _accept(self, req: _Request, token: int, logits) -> None:
@@ -584,7 +581,7 @@ class BatchRunner(llama.LlamaRunner):
         for the next step."""
         decoding = req.decoding
         assert decoding is not None
-        self.decoded += 1
+        self.stats.sampled += 1
         piece, reason = decoding.on_token(token, logits)
         if piece is not None:
             self._out.append((req, piece))
@@ -675,6 +672,7 @@ class BatchEngine(Engine):
         self.chunk = max(3, chunk)
         self.invariant = invariant
         self.layout = "invariant" if invariant else "fast"
+        self.stats = DecodeStats()
 
     async def load(self, path: str, options: LoadOptions, *, adapters: Sequence[str] = (),
                    projector: str | None = None) -> Runner:
@@ -725,6 +723,13 @@ class BatchEngine(Engine):
             reuse = not (llama_cpp.llama_model_n_swa(m) or llama_cpp.llama_model_is_recurrent(m)
                          or llama_cpp.llama_model_is_hybrid(m))
             return BatchRunner(model, ctx, n_seq=n_seq, n_ctx=n_ctx, chunk=chunk, metadata=read_metadata(path),
-                               reuse=reuse, projector=sight, invariant=self.invariant, path=path)
+                               reuse=reuse, projector=sight, invariant=self.invariant, path=path, stats=self.stats)
 
-        return await asyncio.to_thread(build)
+        try:
+            return await asyncio.to_thread(build)
+        except LoadError:
+            raise
+        except Exception as exc:
+            if llama.out_of_memory(exc):
+                raise OutOfMemory(str(exc)) from exc
+            raise

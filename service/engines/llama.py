@@ -74,6 +74,12 @@ def holding_gil(function):
 sample_holding_gil = holding_gil(llama_cpp.llama_sampler_sample)
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether llama.cpp failed for memory: MemoryError, or its words for it (as Ollama matches them)."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "out of memory" in text or "failed to allocate" in text
+
+
 def load_model(path: str, options: LoadOptions) -> internals.LlamaModel:
     init_backend()
     params = llama_cpp.llama_model_default_params()

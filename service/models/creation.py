@@ -37,13 +37,15 @@ from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import model_pb2 as mpb
 from service.chat import prompt
 from service.errors import GenerateError, Kind, invalid
-from service.generation.admission import ModelJobs
 from service.models import catalog, quantize
 from service.models.catalog import Progress
 from service.models.gguf import GGUFError, check_tensors, kind_of, read_metadata
+from service.models.jobs import ModelJobs, waiting_status
 from service.models.store import WORK_PREFIX, ModelStore, lock_alive, parse_digest
 
 NO_SOURCE = "neither 'from' or 'files' was specified"
+# Whether a vision projector works with a model's weights: None, or why not (the engine's, given by the service).
+ProjectorProbe = Callable[[Path, Path], "str | None"]
 ZERO_DIGEST = "0" * 19                   # what Ollama puts in the digest of a quantizing step
 
 
@@ -66,10 +68,11 @@ def _text_digest(value: Any) -> str:
 class Creation:
     """Runs CreateModel requests against the store."""
 
-    def __init__(self, store: ModelStore, jobs: ModelJobs, threads: int = 0):
+    def __init__(self, store: ModelStore, jobs: ModelJobs, threads: int, probe: ProjectorProbe):
         self._store = store
         self._jobs = jobs
         self._threads = threads
+        self._probe = probe
 
     def check(self, req: mpb.CreateModelRequest) -> names.ModelName:
         """What Ollama checks before it streams anything (400s)."""
@@ -171,16 +174,11 @@ class Creation:
             raise invalid("no model weights among the files", "files")
 
     def _check_projector(self, layers: dict[str, Any]) -> None:
-        """Loads the projector with the model in a child process (service.engines.vision): one that cannot be
-        used with it is refused now, with the reason."""
-        from service.engines import vision
-
-        model, projector = self._store.blob_path(layers["digest"]), self._store.blob_path(layers["projector"])
-        stat = projector.stat()
-        try:
-            vision.probe(str(model), str(projector), (stat.st_size, stat.st_mtime_ns))
-        except vision.ProjectorError as exc:
-            raise invalid(str(exc), "files") from None
+        """Tries the projector with the model (the engine's probe, in a child process): one that cannot be used
+        with it is refused now, with the reason."""
+        problem = self._probe(self._store.blob_path(layers["digest"]), self._store.blob_path(layers["projector"]))
+        if problem:
+            raise invalid(problem, "files")
 
     def _blob(self, text: str, field: str) -> str:
         digest = parse_digest(text)
@@ -214,7 +212,7 @@ class Creation:
             raise invalid(quantize.NOT_FROM_FLOAT, "quantize")
         step = f"quantizing {quantize.SOURCES[current]} model to {wanted}"
         async for ahead in self._jobs.turn():
-            yield Progress(catalog.waiting_status(ahead))
+            yield Progress(waiting_status(ahead))
         try:
             with tempfile.TemporaryDirectory(prefix=WORK_PREFIX, dir=self._store.root) as tmp:
                 alive = lock_alive(Path(tmp))

@@ -6,7 +6,6 @@ from typing import Any
 
 from common import golang, modelfile
 from service.chat import prompt as prompts
-from service.chat.gotemplate import go_number
 from service.chat.thinking import thinking_tags
 from service.errors import GenerateError
 from service.models.store import ModelEntry
@@ -100,7 +99,7 @@ class Model:
         for key in sorted(self.entry.parameters):
             value = self.entry.parameters[key]
             for item in value if isinstance(value, list) else [value]:
-                lines.append(f"{key:<30} {_go_value(item, quoted=True)}")
+                lines.append(f"{key:<30} {golang.format_value(item, quoted=True)}")
         return "\n".join(lines)
 
     def modelfile(self, template: str) -> str:
@@ -115,18 +114,8 @@ class Model:
         for key in sorted(self.entry.parameters):
             value = self.entry.parameters[key]
             for item in value if isinstance(value, list) else [value]:
-                lines.append(f"PARAMETER {key} {modelfile.quote(_go_value(item, quoted=False))}")
+                lines.append(f"PARAMETER {key} {modelfile.quote(golang.format_value(item, quoted=False))}")
         lines += [f"LICENSE {modelfile.quote(text)}" for text in self.entry.license]
         lines += [f"MESSAGE {m['role']} {modelfile.quote(m['content'])}" for m in self.entry.messages]
         return "\n".join(lines) + "\n"
 
-
-def _go_value(value: Any, *, quoted: bool) -> str:
-    """Go's %#v (quoted) or %v of a value decoded from JSON (numbers are float64 there)."""
-    if isinstance(value, str):
-        return golang.quote(value) if quoted else value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return go_number(value)
-    return str(value)

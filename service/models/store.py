@@ -12,7 +12,7 @@ a lock on its file, so another process's live upload is never taken for one) and
 and so do blobs no model uses (`prune`, also after every create and delete). An uploaded blob waits
 UNUSED_BLOB_SECONDS for the create that uses it (checking or uploading it again restarts the wait), and a blob a
 running create or pull holds (`hold`) is never pruned.
-Filled from the command line by `python -m service.models.store_cli` (service/store_cli.py).
+Filled from the command line by `python -m service.store_cli` (service/store_cli.py).
 """
 from __future__ import annotations
 

@@ -101,11 +101,11 @@ def test_chunks_never_hold_a_single_token():
 def test_concurrent_requests_give_the_texts_they_give_alone(batch):
     alone = [result(generate(batch, body)) for body in MIX]
     runner = runner_of(batch)
-    steps, decoded = runner.steps, runner.decoded
+    steps, decoded = runner.stats.steps, runner.stats.sampled
     with cf.ThreadPoolExecutor(len(MIX)) as pool:
         together = list(pool.map(lambda body: result(generate(batch, body)), MIX))
     assert together == alone
-    assert runner.steps - steps < runner.decoded - decoded            # tokens were decoded in shared steps
+    assert runner.stats.steps - steps < runner.stats.sampled - decoded            # tokens were decoded in shared steps
     json.loads(alone[4][0])                                            # the grammar held under batching
     assert alone[5][1] == "stop" and "1." not in alone[5][0]
     assert len(alone[6][4]) == 12 and all(len(e["top_logprobs"]) == 3 for e in alone[6][4])
@@ -113,22 +113,23 @@ def test_concurrent_requests_give_the_texts_they_give_alone(batch):
 
 def test_a_reused_prompt_prefix_gives_the_same_text(batch):
     runner = runner_of(batch)
-    ask = lambda q: {"system": SYSTEM + "Session 7.", "prompt": q, "options": {"temperature": 0, "num_predict": 24}}
+    def ask(q):
+        return {"system": SYSTEM + "Session 7.", "prompt": q, "options": {"temperature": 0, "num_predict": 24}}
     cold = result(generate(batch, ask("Who wrote Hamlet?")))             # first time this system prompt is seen
-    reused = runner.reused_tokens
+    reused = runner.stats.cached_tokens
     generate(batch, ask("What is photosynthesis?"))                      # shares the system prompt
-    assert runner.reused_tokens - reused > 30
-    reused = runner.reused_tokens
+    assert runner.stats.cached_tokens - reused > 30
+    reused = runner.stats.cached_tokens
     assert result(generate(batch, ask("Who wrote Hamlet?"))) == cold     # the whole prompt but two tokens reused
-    assert runner.reused_tokens > reused
+    assert runner.stats.cached_tokens > reused
     # A conversation: the next turn reuses the previous turn's prompt.
     turn = {"prompt": "My name is Ada. What is a prime number?", "options": {"temperature": 0, "num_predict": 24}}
     first = generate(batch, turn)
     follow = {"prompt": "And what is my name?", "context": first["context"],
               "options": {"temperature": 0, "num_predict": 24}}
-    reused = runner.reused_tokens
+    reused = runner.stats.cached_tokens
     warm = result(generate(batch, follow))
-    assert runner.reused_tokens - reused >= first["prompt_eval_count"] - 2
+    assert runner.stats.cached_tokens - reused >= first["prompt_eval_count"] - 2
     # The same turn on a fresh sequence (every cache emptied) gives the same text.
     batch.run(_forget(runner))
     assert result(generate(batch, follow)) == warm
@@ -151,10 +152,10 @@ def test_the_default_layout_is_reproducible_alone_and_serves_concurrent_requests
     runner = runner_of(fast)
     assert not runner._invariant
     assert [result(generate(fast, body)) for body in MIX] == alone          # again, the prefixes now cached
-    steps, decoded = runner.steps, runner.decoded
+    steps, decoded = runner.stats.steps, runner.stats.sampled
     with cf.ThreadPoolExecutor(len(MIX)) as pool:
         together = list(pool.map(lambda body: result(generate(fast, body)), MIX))
-    assert runner.steps - steps < runner.decoded - decoded                 # decoded in shared steps
+    assert runner.stats.steps - steps < runner.stats.sampled - decoded                 # decoded in shared steps
     json.loads(together[4][0])                                             # the grammar holds under batching
     assert together[5][1] == "stop" and "1." not in together[5][0]
     assert [len(t[4] or ()) for t in together] == [len(a[4] or ()) for a in alone]
@@ -188,16 +189,16 @@ def test_cancelling_during_prefill_stops_between_chunks(batch):
     assert len(prompt) > 20 * runner._chunk
 
     async def cancel_mid_prompt() -> int:
-        chunks = runner.prefill_chunks
+        chunks = runner.stats.prefill_chunks
         stream = runner.generate(prompt, Sampling(seed=1, temperature=0, num_predict=8))
         task = asyncio.ensure_future(stream.__anext__())
-        while runner.prefill_chunks - chunks < 2:
+        while runner.stats.prefill_chunks - chunks < 2:
             await asyncio.sleep(0.001)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await stream.aclose()
-        return runner.prefill_chunks - chunks
+        return runner.stats.prefill_chunks - chunks
 
     done = batch.run(cancel_mid_prompt())
     assert runner.active == 0 and runner._free == set(range(runner.n_seq))

@@ -37,10 +37,10 @@ def test_http_disconnect_mid_stream_stops_decoding(real):
             received += sock.recv(4096)
         runner = runner_of(real, REAL)
         assert runner.active == 1
-        at_close = runner.decoded
+        at_close = runner.stats.sampled
     wait_idle(runner)
     assert runner.active == 0
-    assert runner.decoded - at_close < 20                   # stopped within a few tokens of the disconnect
+    assert runner.stats.sampled - at_close < 20                   # stopped within a few tokens of the disconnect
     # The model is free at once for the next request.
     (reply,) = real.stub().Generate(pb.GenerateRequest(model=REAL, prompt="hi", stream=False,
                                                        options=pb.Options(num_predict=3)))
@@ -52,13 +52,14 @@ def test_grpc_cancel_and_deadline_stop_decoding(real):
     call = stub.Generate(pb.GenerateRequest(**COUNT, options=pb.Options(**LONG)))
     next(call), next(call)
     runner = runner_of(real, REAL)
-    before = runner.decoded
+    before = runner.stats.sampled
     registry = real.service.metrics.registry
-    counted = lambda code: value(registry, "gengate_requests_total", method="Generate", code=code)
+    def counted(code):
+        return value(registry, "gengate_requests_total", method="Generate", code=code)
     cancelled, expired = counted("CANCELLED"), counted("DEADLINE_EXCEEDED")
     call.cancel()
     wait_idle(runner)
-    assert runner.active == 0 and runner.decoded - before < 20
+    assert runner.active == 0 and runner.stats.sampled - before < 20
     try:
         for _ in stub.Generate(pb.GenerateRequest(**COUNT, options=pb.Options(**LONG)), timeout=1.0):
             pass
@@ -87,11 +88,11 @@ def test_cancel_during_a_long_prefill_stops_before_any_token(real):
             break
         time.sleep(0.002)
     assert runner is not None
-    before = runner.decoded
+    before = runner.stats.sampled
     time.sleep(0.05)
     call.cancel()
     wait_idle(runner)
-    assert runner.active == 0 and runner.decoded == before                # no token was ever sampled
+    assert runner.active == 0 and runner.stats.sampled == before                # no token was ever sampled
 
 
 def test_the_kv_cache_gauge_follows_the_tokens_held(real):
@@ -99,7 +100,8 @@ def test_the_kv_cache_gauge_follows_the_tokens_held(real):
     runners' cells that running sequences hold: above 0 while two streams decode, growing with their tokens,
     and back to 0 when they are cancelled."""
     registry = real.service.metrics.registry
-    usage = lambda: value(registry, "gengate_kv_cache_usage_ratio")
+    def usage():
+        return value(registry, "gengate_kv_cache_usage_ratio")
     stub = real.stub()
     calls = [stub.Generate(pb.GenerateRequest(**COUNT, options=pb.Options(**LONG))) for _ in range(2)]
     for call in calls:

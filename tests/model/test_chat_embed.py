@@ -1,4 +1,4 @@
-"""/api/chat and /api/embed (+ legacy /api/embeddings) on both transports (spec §7)."""
+"""/api/chat and /api/embed (+ legacy /api/embeddings) on both transports."""
 from __future__ import annotations
 
 import math

@@ -99,8 +99,10 @@ def _numpy_embedding(checkpoint: Path, ids: list[int]) -> np.ndarray:
     x = w[e + "word_embeddings.weight"][ids] + w[e + "position_embeddings.weight"][:t] + \
         w[e + "token_type_embeddings.weight"][0]
     x = _layer_norm(x, w[e + "LayerNorm.weight"], w[e + "LayerNorm.bias"], eps)
-    lin = lambda v, name: v @ w[f"{name}.weight"].T + w[f"{name}.bias"]
-    heads = lambda v: v.reshape(t, n_head, d).transpose(1, 0, 2)
+    def lin(v, name):
+        return v @ w[f"{name}.weight"].T + w[f"{name}.bias"]
+    def heads(v):
+        return v.reshape(t, n_head, d).transpose(1, 0, 2)
     for i in range(config["num_hidden_layers"]):
         layer = f"encoder.layer.{i}."
         q, k, v = (heads(lin(x, layer + f"attention.self.{n}")) for n in ("query", "key", "value"))

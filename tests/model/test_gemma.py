@@ -141,8 +141,9 @@ def test_gemma_turn_markers_are_rendered(real, gemma):
 
 def test_same_seed_same_text(client):
     options = {"seed": 42, "temperature": 1.0, "num_predict": 12}
-    run = lambda: client.generate(model=GEMMA, prompt="Write a poem about the sea.", stream=False,
-                                  options=options).response
+    def run():
+        return client.generate(model=GEMMA, prompt="Write a poem about the sea.", stream=False,
+                                      options=options).response
     first = run()
     assert first and run() == first
 

@@ -1,4 +1,5 @@
-"""Options, context shift, keep-alive and template safety (spec §2, §4.3, §4.11; decisions.md §7, §11)."""
+"""Options, context shift, keep-alive and template safety: an over-long prompt keeps its head and tail, chat
+templates render sandboxed."""
 from __future__ import annotations
 
 import os
@@ -95,7 +96,7 @@ def test_keep_alive_expires_idle_models_and_is_sticky(client, real):
     ("-1m", -1), (-1, -1), ("-0.5s", -1),
 ])
 def test_every_keep_alive_form_is_kept_on_the_model(fake, engine, keep_alive, ns):
-    """Numbers are seconds, strings Go durations, anything negative keeps the model forever (spec §4.3)."""
+    """Numbers are seconds, strings Go durations, anything negative keeps the model forever."""
     resp = httpx.post(fake.url + "/api/generate", json={"model": "tiny", "prompt": "", "keep_alive": keep_alive})
     assert resp.json()["done_reason"] == "load"
     [model] = [m for m in fake.service.pool.loaded() if m.entry.name.short == "tiny:latest"]

@@ -42,8 +42,9 @@ def test_stream_concatenation_equals_non_stream_for_the_same_seed(client):
 
 
 def test_seed_makes_sampling_reproducible(client):
-    run = lambda seed: text_of(client, prompt="Write a poem about the sea.",
-                               options={"seed": seed, "temperature": 1.0, "num_predict": 32}).response
+    def run(seed):
+        return text_of(client, prompt="Write a poem about the sea.",
+                                   options={"seed": seed, "temperature": 1.0, "num_predict": 32}).response
     first = run(1)
     assert run(1) == first
     assert any(run(s) != first for s in (2, 3))

@@ -1,4 +1,5 @@
-"""Admission: bounded parallelism and queue, for loaded models too (decisions.md §10)."""
+"""Admission: bounded parallelism and queue, for loaded models too (unlike Ollama, whose issue 7758
+lets requests for a loaded model skip its queue)."""
 from __future__ import annotations
 
 import asyncio
@@ -10,6 +11,7 @@ import httpx
 import pytest
 
 from gengate.v1 import generate_pb2 as pb
+from service.engines.base import OutOfMemory
 from tests.fake_engine import FakeEngine, Script
 from tests.harness import Stack
 
@@ -34,8 +36,9 @@ def test_queue_full_is_503_then_recovers(narrow):
     engine, admission = narrow.engine, narrow.service.generation._admission
     engine.reset()
     engine.script = Script(count=30, delay=0.01)
-    post = lambda i: httpx.post(narrow.url + "/api/generate", timeout=30,
-                                json={"model": "tiny", "prompt": f"p{i}", "stream": False})
+    def post(i):
+        return httpx.post(narrow.url + "/api/generate", timeout=30,
+                                    json={"model": "tiny", "prompt": f"p{i}", "stream": False})
     with cf.ThreadPoolExecutor(3) as pool:
         futures = [pool.submit(post, 0)]
         wait_until(lambda: admission.running == 1)
@@ -74,7 +77,8 @@ def test_cancelled_waiters_leave_without_running(narrow):
 def test_loaded_models_are_bounded_and_the_least_recently_used_idle_one_leaves(models):
     stack = Stack(models, FakeEngine(), max_loaded_models=2).start()
     try:
-        loaded = lambda: sorted(m.entry.name.short for m in stack.service.pool.loaded())
+        def loaded():
+            return sorted(m.entry.name.short for m in stack.service.pool.loaded())
         for name in ("tiny", "test", "tiny"):
             assert httpx.post(stack.url + "/api/generate", json={"model": name, "prompt": "x", "stream": False}).is_success
         assert loaded() == ["test:latest", "tiny:latest"]
@@ -105,8 +109,9 @@ def test_a_load_that_stalls_past_the_timeout_fails_and_then_completes(models):
     engine.load_gate = asyncio.Event()
     stack = Stack(models, engine, load_timeout=0.3).start()
     try:
-        post = lambda: httpx.post(stack.url + "/api/generate", timeout=30,
-                                  json={"model": "tiny", "prompt": "x", "stream": False})
+        def post():
+            return httpx.post(stack.url + "/api/generate", timeout=30,
+                                          json={"model": "tiny", "prompt": "x", "stream": False})
         resp = post()
         assert (resp.status_code, resp.json()) == (500, {"error": "timed out waiting for model tiny:latest to load"})
         assert stack.service.generation._admission.running == 0           # its slot was given back
@@ -121,8 +126,9 @@ def test_every_request_waiting_on_a_stalled_load_times_out(models):
     engine.load_gate = asyncio.Event()
     stack = Stack(models, engine, load_timeout=0.5).start()
     try:
-        post = lambda _: httpx.post(stack.url + "/api/generate", timeout=30,
-                                    json={"model": "tiny", "prompt": "x", "stream": False}).status_code
+        def post(_):
+            return httpx.post(stack.url + "/api/generate", timeout=30,
+                                            json={"model": "tiny", "prompt": "x", "stream": False}).status_code
         with cf.ThreadPoolExecutor(3) as pool:
             assert list(pool.map(post, range(3))) == [500, 500, 500]      # the first and those behind it
     finally:
@@ -138,13 +144,14 @@ def test_a_load_out_of_memory_unloads_idle_models_and_retries_once(models):
     engine = FakeEngine()
     stack = Stack(models, engine).start()
     try:
-        post = lambda model: httpx.post(stack.url + "/api/generate", timeout=30,
-                                        json={"model": model, "prompt": "x", "stream": False})
+        def post(model):
+            return httpx.post(stack.url + "/api/generate", timeout=30,
+                                                json={"model": model, "prompt": "x", "stream": False})
         assert post("tiny").status_code == 200
         engine.load_errors = [MemoryError()]
         assert post("test").status_code == 200                               # tiny made room, then test loaded
         assert [m.entry.name.short for m in stack.service.pool.loaded()] == ["test:latest"]
-        engine.load_errors = [RuntimeError("ggml: failed to allocate buffer")] * 2
+        engine.load_errors = [OutOfMemory("ggml: failed to allocate buffer")] * 2
         resp = post("test-system")                                           # test unloaded, still no room
         assert (resp.status_code, resp.json()) == (500, {"error": "model test-system:latest requires more memory "
                                                                   "than is available"})

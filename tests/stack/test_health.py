@@ -24,7 +24,8 @@ async def test_health_is_not_serving_until_the_default_model_loads_and_after_shu
     await service.server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        check = lambda name="": stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+        def check(name=""):
+            return stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
         warm = asyncio.create_task(service_server.warm_up(service, settings))
         await asyncio.sleep(0.05)
         assert (await check()).status == NOT_SERVING

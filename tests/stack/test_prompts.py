@@ -1,4 +1,4 @@
-"""Prompt construction and thinking, per Ollama's own generate tests (spec §6), on both transports.
+"""Prompt construction and thinking, per Ollama's own generate tests, on both transports.
 
 The fake engine records the prompt the runner receives; the models are Ollama's test
 models (`test`, `test-system`, `test-suffix`) over a tiny GGUF.
@@ -134,7 +134,7 @@ def test_thinking_over_grpc(fake, engine):
 
 
 def test_a_broken_model_template_is_the_servers_error_a_broken_request_template_the_clients(fake, engine):
-    """decisions.md §3: 400 for the request's `template`; the model's own is a 500, as in Ollama."""
+    """A broken template: 400 for the request's `template`; the model's own is a 500, as in Ollama."""
     broken = {"error": "template: :1: unclosed action"}
     for body, status in (({"model": "test-broken", "prompt": "x"}, 500),
                          ({"model": "test", "prompt": "x", "template": "{{ .Prompt"}, 400)):
@@ -150,7 +150,7 @@ def test_a_broken_model_template_is_the_servers_error_a_broken_request_template_
 
 
 def test_modelfile_messages_start_every_conversation(fake, engine):
-    """Spec §4.6: [system] + the model's MESSAGEs (unless `context` is sent) + the prompt; /api/chat likewise."""
+    """The prompt is [system] + the model's MESSAGEs (unless `context` is sent) + the prompt; /api/chat likewise."""
     assert generate(fake, model="test-messages", prompt="Bye").status_code == 200
     assert engine.prompts[-1] == "System: Be brief. User: Hi Assistant: Hello! User: Bye "
     generate(fake, model="test-messages", prompt="Bye", context=[ord(c) for c in "before "])

@@ -1,4 +1,4 @@
-"""Host guard, Origin allowlist, bearer token and TLS/mTLS (reliability.md §5, tests 16–18)."""
+"""Host guard, Origin allowlist, bearer token and TLS/mTLS ."""
 from __future__ import annotations
 
 import subprocess
@@ -101,7 +101,8 @@ def certs(tmp_path_factory):
 
 
 def test_mtls_between_gateway_and_service(models, certs):
-    c = lambda name: str(certs / name)
+    def c(name):
+        return str(certs / name)
     stack = Stack(models, FakeEngine(), tls_cert=c("server.pem"), tls_key=c("server.key"), tls_client_ca=c("ca.pem"),
                   gateway={"service_tls_ca": c("ca.pem"), "service_tls_cert": c("client.pem"),
                            "service_tls_key": c("client.key")}).start()

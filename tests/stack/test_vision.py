@@ -155,14 +155,14 @@ def test_the_prompt_cache_reuses_an_image_only_for_the_same_image(seeing):
     prefix = "You describe pictures carefully and in detail. " * 3 + "[img] What is this?"
     cold = first_logprobs(seeing, "tiny-vision", [A], prompt=prefix)
     runner = runner_of(seeing, "tiny-vision:latest")
-    reused = runner.reused_tokens
+    reused = runner.stats.cached_tokens
     assert first_logprobs(seeing, "tiny-vision", [A], prompt=prefix) == cold
-    with_image = runner.reused_tokens - reused
+    with_image = runner.stats.cached_tokens - reused
     assert with_image > tiny_mmproj_n_image_tokens("mlp")                     # the image's KV came back too
-    reused = runner.reused_tokens
+    reused = runner.stats.cached_tokens
     other = first_logprobs(seeing, "tiny-vision", [B], prompt=prefix)    # same text, another image
     # Only the text before the image is reused (the image and all after it are evaluated again).
-    assert other != cold and 0 < runner.reused_tokens - reused <= with_image - tiny_mmproj_n_image_tokens("mlp")
+    assert other != cold and 0 < runner.stats.cached_tokens - reused <= with_image - tiny_mmproj_n_image_tokens("mlp")
     # A cold run of B, on a fresh engine, gives the same: nothing of A's KV was reused for B.
     fresh = Stack(seeing.settings.models, BatchEngine(num_parallel=1, invariant=True)).start()
     try:
@@ -182,16 +182,16 @@ def test_cancelling_between_image_chunks_frees_the_sequence(seeing):
     prompt, images = lay_out(parts + runner.tokenize(" describe", add_bos=False))
 
     async def cancel_mid_images() -> int:
-        chunks = runner.prefill_chunks
+        chunks = runner.stats.prefill_chunks
         stream = runner.generate(prompt, Sampling(seed=1, temperature=0, num_predict=8), images)
         task = asyncio.ensure_future(stream.__anext__())
-        while runner.prefill_chunks - chunks < 3:
+        while runner.stats.prefill_chunks - chunks < 3:
             await asyncio.sleep(0.0005)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await stream.aclose()
-        return runner.prefill_chunks - chunks
+        return runner.stats.prefill_chunks - chunks
 
     done = seeing.run(cancel_mid_images())
     assert runner.active == 0 and runner._free == set(range(runner.n_seq))

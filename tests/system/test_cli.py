@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import cli
-from common import names
+from common import golang, names
 from gengate.v1 import generate_pb2 as pb
 from service.models.store import ModelStore
 from tests.conftest import REAL
@@ -221,7 +221,7 @@ def test_formatting_follows_ollama():
         "Less than a second ago", "45 seconds ago", "2 minutes ago", "2 hours ago", "3 days ago"]
     assert cli.human_time(now + 299.5, now) == "4 minutes from now"
     assert cli.human_time(now + 292 * 365 * 86400, now) == "Forever" and cli.human_time(None) == "Never"
-    assert [cli.go_duration(n) for n in (0, 1_500, 12_345_678, 1_234_567_891, 65_500_000_000)] == [
+    assert [golang.format_duration(n) for n in (0, 1_500, 12_345_678, 1_234_567_891, 65_500_000_000)] == [
         "0s", "1.5µs", "12.345678ms", "1.234567891s", "1m5.5s"]
 
 

@@ -466,7 +466,7 @@ def test_dockerfile_generates_stubs_installs_the_project_and_the_model(path):
         assert any(Path(relative).match(pattern) for pattern in named), f"{relative} gets no stubs"
     assert "touch gengate/__init__.py gengate/v1/__init__.py" in runs
     assert re.search(INSTALL, runs), "the project is installed with `pip install .[...]`"
-    assert re.search(r"python (-P )?-m service\.models\.store_cli install-default", runs)
+    assert re.search(r"python (-P )?-m service\.store_cli install-default", runs)
     assert build.env()["GENGATE_MODELS"] == "/opt/gengate/models"
     order = [i.args for i in build.all("RUN")]
     protoc = next(n for n, a in enumerate(order) if "grpc_tools.protoc" in a)

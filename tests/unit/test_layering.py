@@ -29,3 +29,45 @@ def test_the_cli_is_a_client_of_the_service_not_a_part_of_it():
 def test_the_service_does_not_import_the_gateway():
     modules = loaded_after("import service.server, service.__main__")
     assert not {m for m in modules if m == "gateway" or m.startswith("gateway.")}
+
+
+# The service's packages, from the top down: a module imports from its own package and from those below it only.
+SERVICE_LAYERS = ["api", "generation", "engines", "models", "chat"]
+SERVICE_BASE = {"errors", "settings", "metrics", "cache", "workers"}      # beneath every package
+SERVICE_ROOTS = {"server", "store_cli", "__main__"}                        # the composition roots, above all
+
+
+def _service_imports():
+    import ast
+    for path in sorted((ROOT / "service").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("service"):
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name.startswith("service")]
+            for name in names:
+                yield parts, name.split(".")
+
+
+def _layer(parts) -> int:
+    if len(parts) < 2:
+        return -1
+    head = parts[1]
+    if head in SERVICE_ROOTS:
+        return -1
+    if head in SERVICE_BASE:
+        return len(SERVICE_LAYERS)
+    return SERVICE_LAYERS.index(head)
+
+
+def test_the_service_packages_import_only_downwards():
+    upward = []
+    for importer, imported in _service_imports():
+        if len(imported) < 2 or imported[1] in ("__init__",):
+            continue
+        if _layer(importer) > _layer(imported) or (imported[1] in SERVICE_ROOTS and importer[1] not in SERVICE_ROOTS):
+            upward.append(f"{'.'.join(importer)} imports {'.'.join(imported[:3])}")
+    assert not upward

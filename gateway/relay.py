@@ -24,60 +24,15 @@ from typing import Any, Protocol
 import grpc
 from aiohttp import web
 
-from common import golang
-from gateway import errors, security
+from gateway import errors, http, security
+from gateway.dialects import Dialect
 from gateway.errors import BadRequest
+from gateway.http import json_response
 from gateway.state import BODIES, CLIENT_GONE, DRAIN, REQUEST_ID, SETTINGS
 
 log = logging.getLogger(__name__)
 
-JSON = "application/json; charset=utf-8"
 SHUTTING_DOWN = "server is shutting down"
-
-
-def dumps(obj: Any) -> bytes:
-    """JSON as Go's json.Marshal writes it, as Ollama sends it (common.golang.marshal)."""
-    return golang.marshal(obj).encode("utf-8", errors="replace")
-
-
-def sse_event(event: str, data: Any) -> bytes:
-    """One named server-sent event (the Anthropic and Responses dialects name theirs; OpenAI's chat does not)."""
-    return b"event: " + event.encode() + b"\ndata: " + dumps(data) + b"\n\n"
-
-
-def error_headers(status: int, content_type: str = JSON) -> dict[str, str]:
-    """An error reply's headers: a 503 (full queue, draining, no service) asks the client to retry."""
-    headers = {"Content-Type": content_type}
-    if status == 503:
-        headers["Retry-After"] = errors.RETRY_AFTER
-    return headers
-
-
-def json_response(obj: Any) -> web.Response:
-    return web.Response(body=dumps(obj), headers={"Content-Type": JSON})
-
-
-class Dialect:
-    """How an API shapes its errors. Ollama's: {"error": message}."""
-
-    name = "ollama"
-
-    def error_body(self, status: int, message: str, param: str | None = None) -> Any:
-        return {"error": message}
-
-    def error_response(self, status: int, message: str, param: str | None = None) -> web.Response:
-        return web.Response(status=status, body=dumps(self.error_body(status, message, param)),
-                            headers=error_headers(status))
-
-    def rpc_error(self, exc: grpc.aio.AioRpcError) -> web.Response:
-        """A failed RPC (before any byte was sent) as this dialect's error reply."""
-        status = errors.http_status(exc)
-        if status >= 500:
-            log.warning("%s: %s %s", self.name, exc.code().name, exc.details())
-        return self.error_response(status, errors.message(exc))
-
-
-OLLAMA = Dialect()
 
 
 class Framer(Protocol):
@@ -104,7 +59,7 @@ class Framer(Protocol):
 class Whole:
     """A framer for a streaming RPC whose one reply (its request asked for no stream) becomes one JSON object."""
 
-    content_type = JSON
+    content_type = http.JSON
 
     def __init__(self, to_json: Callable[[Any], Any]):
         self.whole = to_json
@@ -270,8 +225,3 @@ def route(dialect: Dialect, parse: Callable[[bytes], Any] | None = None) -> Call
         handle.__name__ = handler.__name__
         return handle
     return wrap
-
-
-def dialect_of(request: web.Request) -> Dialect | None:
-    """The dialect of the route that matched (None for probes and unmatched paths)."""
-    return getattr(request.match_info.handler, "dialect", None)

@@ -1,4 +1,4 @@
-"""Ollama's API (/api/...): JSON bodies translated by gateway.transcode, streams as NDJSON.
+"""Ollama's API (/api/...): JSON bodies translated by gateway.ollama.wire, streams as NDJSON.
 
 Streams follow Ollama: one JSON object per line (`application/x-ndjson`), or one object with
 `"stream": false`; load, unload and debug-render replies are always one object; an error after the
@@ -7,67 +7,40 @@ first byte is a last line {"error": ...}.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import grpc
 from aiohttp import web
 
 from common import requests
 from gateway import relay
-from gateway.ollama import wire as transcode
-from gateway.relay import OLLAMA, route
+from gateway.dialects import OLLAMA
+from gateway.ollama import wire
+from gateway.relay import route
 from gateway.state import SERVICE, SETTINGS
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import model_pb2 as mpb
 
-NDJSON = "application/x-ndjson"
 
-
-class NdjsonFramer:
-    """Each reply one JSON line; replies Ollama always sends whole (load, unload, debug render) as one object."""
-
-    content_type = NDJSON
-
-    def __init__(self, to_json: Callable[[Any], dict[str, Any]]):
-        self.to_json = to_json
-
-    def single(self, msg: Any) -> bool:
-        debug = isinstance(msg, pb.GenerateResponse) and msg.HasField("debug_info")
-        return debug or getattr(msg, "done_reason", 0) in (pb.DONE_REASON_LOAD, pb.DONE_REASON_UNLOAD)
-
-    def whole(self, msg: Any) -> dict[str, Any]:
-        return self.to_json(msg)
-
-    def frames(self, msg: Any) -> list[bytes]:
-        return [relay.dumps(self.to_json(msg)) + b"\n"]
-
-    def end(self) -> bytes:
-        return b""
-
-    def error(self, status: int, message: str) -> bytes:
-        return relay.dumps({"error": message}) + b"\n"
-
-
-@route(OLLAMA, transcode.generate_request)
+@route(OLLAMA, wire.generate_request)
 async def generate(request: web.Request, req: pb.GenerateRequest) -> web.StreamResponse:
     return await relay.stream(request, request.config_dict[SERVICE].generate.Generate, req,
-                              NdjsonFramer(transcode.generate_response), OLLAMA, streaming=requests.streams(req))
+                              wire.NdjsonFramer(wire.generate_response), OLLAMA, streaming=requests.streams(req))
 
 
-@route(OLLAMA, transcode.chat_request)
+@route(OLLAMA, wire.chat_request)
 async def chat(request: web.Request, req: pb.ChatRequest) -> web.StreamResponse:
     return await relay.stream(request, request.config_dict[SERVICE].generate.Chat, req,
-                              NdjsonFramer(transcode.chat_response), OLLAMA, streaming=requests.streams(req))
+                              wire.NdjsonFramer(wire.chat_response), OLLAMA, streaming=requests.streams(req))
 
 
-@route(OLLAMA, transcode.embed_request)
+@route(OLLAMA, wire.embed_request)
 async def embed(request: web.Request, req: pb.EmbedRequest) -> web.Response:
-    return await relay.unary(request, request.config_dict[SERVICE].generate.Embed, req, transcode.embed_response,
+    return await relay.unary(request, request.config_dict[SERVICE].generate.Embed, req, wire.embed_response,
                              OLLAMA)
 
 
-@route(OLLAMA, transcode.embeddings_request)
+@route(OLLAMA, wire.embeddings_request)
 async def embeddings(request: web.Request, req: pb.EmbedRequest) -> web.Response:
     return await relay.unary(request, request.config_dict[SERVICE].generate.Embed, req,
                              lambda reply: {"embedding": list(reply.embeddings[0].values) if reply.embeddings else []},
@@ -77,13 +50,13 @@ async def embeddings(request: web.Request, req: pb.EmbedRequest) -> web.Response
 @route(OLLAMA)
 async def tags(request: web.Request) -> web.Response:
     return await relay.unary(request, request.config_dict[SERVICE].models.ListModels, mpb.ListModelsRequest(),
-                             transcode.tags_response, OLLAMA)
+                             wire.tags_response, OLLAMA)
 
 
 @route(OLLAMA)
 async def ps(request: web.Request) -> web.Response:
     return await relay.unary(request, request.config_dict[SERVICE].models.ListRunningModels,
-                             mpb.ListRunningModelsRequest(), transcode.ps_response, OLLAMA)
+                             mpb.ListRunningModelsRequest(), wire.ps_response, OLLAMA)
 
 
 @route(OLLAMA)
@@ -93,38 +66,38 @@ async def version(request: web.Request) -> web.Response:
                              OLLAMA)
 
 
-@route(OLLAMA, transcode.show_request)
+@route(OLLAMA, wire.show_request)
 async def show(request: web.Request, req: mpb.ShowModelRequest) -> web.Response:
-    return await relay.unary(request, request.config_dict[SERVICE].models.ShowModel, req, transcode.show_response,
+    return await relay.unary(request, request.config_dict[SERVICE].models.ShowModel, req, wire.show_response,
                              OLLAMA)
 
 
-@route(OLLAMA, transcode.copy_request)
+@route(OLLAMA, wire.copy_request)
 async def copy(request: web.Request, req: mpb.CopyModelRequest) -> web.Response:
     return await relay.unary(request, request.config_dict[SERVICE].models.CopyModel, req, None, OLLAMA)
 
 
-@route(OLLAMA, transcode.delete_request)
+@route(OLLAMA, wire.delete_request)
 async def delete(request: web.Request, req: mpb.DeleteModelRequest) -> web.Response:
     return await relay.unary(request, request.config_dict[SERVICE].models.DeleteModel, req, None, OLLAMA)
 
 
-@route(OLLAMA, transcode.pull_request)
+@route(OLLAMA, wire.pull_request)
 async def pull(request: web.Request, req: mpb.PullModelRequest) -> web.StreamResponse:
     return await relay.stream(request, request.config_dict[SERVICE].models.PullModel, req,
-                              NdjsonFramer(transcode.progress_response), OLLAMA, streaming=requests.streams(req))
+                              wire.NdjsonFramer(wire.progress_response), OLLAMA, streaming=requests.streams(req))
 
 
-@route(OLLAMA, transcode.push_request)
+@route(OLLAMA, wire.push_request)
 async def push(request: web.Request, req: mpb.PushModelRequest) -> web.StreamResponse:
     return await relay.stream(request, request.config_dict[SERVICE].models.PushModel, req,
-                              NdjsonFramer(transcode.progress_response), OLLAMA, streaming=requests.streams(req))
+                              wire.NdjsonFramer(wire.progress_response), OLLAMA, streaming=requests.streams(req))
 
 
-@route(OLLAMA, transcode.create_request)
+@route(OLLAMA, wire.create_request)
 async def create(request: web.Request, req: mpb.CreateModelRequest) -> web.StreamResponse:
     return await relay.stream(request, request.config_dict[SERVICE].models.CreateModel, req,
-                              NdjsonFramer(transcode.progress_response), OLLAMA, streaming=requests.streams(req))
+                              wire.NdjsonFramer(wire.progress_response), OLLAMA, streaming=requests.streams(req))
 
 
 @route(OLLAMA)

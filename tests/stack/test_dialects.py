@@ -268,7 +268,7 @@ def test_a_response_with_text_and_a_call_has_both_items(oai, engine):
 
 
 def test_only_a_requested_stop_sequence_is_named():
-    from gateway.anthropic.routes import _stop_reason, _stop_sequence
+    from gateway.anthropic.wire import _stop_reason, _stop_sequence
     from gengate.v1 import generate_pb2 as pb
     msg = pb.ChatResponse(done=True, done_reason=pb.DONE_REASON_STOP, stop_sequence="<|end|>")
     assert (_stop_sequence(msg, ("<|end|>",)), _stop_reason(msg, False, ("<|end|>",))) == ("<|end|>", "stop_sequence")

@@ -12,7 +12,7 @@ import ollama
 import pytest
 
 from gateway.errors import BadRequest, http_status
-from gateway.ollama import wire as transcode
+from gateway.ollama import wire
 from gateway.state import DRAIN
 from gengate.v1 import generate_pb2 as pb
 from tests.fake_engine import Script
@@ -187,7 +187,7 @@ def test_bad_requests_get_ollamas_errors(fake, engine, body, status, error):
     assert engine.started == 0
     # Errors the service raises (not JSON binding ones) are the same over gRPC: code and message.
     try:
-        req = transcode.generate_request(body)
+        req = wire.generate_request(body)
     except BadRequest:
         return
     with pytest.raises(grpc.RpcError) as err:

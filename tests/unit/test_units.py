@@ -92,10 +92,10 @@ def test_gguf_metadata(tmp_path):
 
 def test_negative_fractional_keep_alive_is_a_valid_duration():
     """google.protobuf.Duration needs seconds and nanos of one sign (other languages' runtimes check it)."""
-    from gateway.ollama import wire as transcode
-    req = transcode.generate_request(b'{"model": "m", "keep_alive": -1.5}')
+    from gateway.ollama import wire
+    req = wire.generate_request(b'{"model": "m", "keep_alive": -1.5}')
     assert (req.keep_alive.seconds, req.keep_alive.nanos) == (-1, -500_000_000)
-    assert transcode.generate_request(b'{"model": "m", "keep_alive": "-90s"}').keep_alive.ToNanoseconds() == -90 * 10**9
+    assert wire.generate_request(b'{"model": "m", "keep_alive": "-90s"}').keep_alive.ToNanoseconds() == -90 * 10**9
 
 
 def test_go_quote_escapes_every_control_character_as_go_does():

@@ -1,4 +1,4 @@
 """python -m cli: the gengate command line."""
-from cli import main
+from cli.main import main
 
 main()

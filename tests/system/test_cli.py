@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import cli
+from cli import commands, display
+import cli.main as cli_main
 from common import golang, names
 from gengate.v1 import generate_pb2 as pb
 from service.models.store import ModelStore
@@ -215,24 +216,24 @@ def test_serve_runs_service_and_gateway_and_exits_0_on_sigterm(models):
 # -- helpers, in process -------------------------------------------------------------------------------------------
 
 def test_formatting_follows_ollama():
-    assert [cli.human_bytes(n) for n in (512, 2_000, 98_362_432, 1_500_000_000)] == ["512 B", "2 KB", "98 MB", "1.5 GB"]
+    assert [display.human_bytes(n) for n in (512, 2_000, 98_362_432, 1_500_000_000)] == ["512 B", "2 KB", "98 MB", "1.5 GB"]
     now = 1_000_000_000.0
-    assert [cli.human_time(now - s, now) for s in (0.2, 45, 150, 5400, 3 * 86400)] == [
+    assert [display.human_time(now - s, now) for s in (0.2, 45, 150, 5400, 3 * 86400)] == [
         "Less than a second ago", "45 seconds ago", "2 minutes ago", "2 hours ago", "3 days ago"]
-    assert cli.human_time(now + 299.5, now) == "4 minutes from now"
-    assert cli.human_time(now + 292 * 365 * 86400, now) == "Forever" and cli.human_time(None) == "Never"
+    assert display.human_time(now + 299.5, now) == "4 minutes from now"
+    assert display.human_time(now + 292 * 365 * 86400, now) == "Forever" and display.human_time(None) == "Never"
     assert [golang.format_duration(n) for n in (0, 1_500, 12_345_678, 1_234_567_891, 65_500_000_000)] == [
         "0s", "1.5µs", "12.345678ms", "1.234567891s", "1m5.5s"]
 
 
 def test_options_are_typed_by_their_field():
-    args = cli.parser().parse_args(["run", "m", "p", "-o", "num_predict=5", "-o", "temperature=0.5", "-o",
+    args = cli_main.parser().parse_args(["run", "m", "p", "-o", "num_predict=5", "-o", "temperature=0.5", "-o",
                                     "use_mmap=false", "-o", "stop=a", "-o", "stop=b", "--think-level", "high",
                                     "--format", "json", "--keepalive=-1s"])
-    request = cli.build_request(args, "p")
+    request = commands.build_request(args, "p")
     assert request.options == pb.Options(num_predict=5, temperature=0.5, use_mmap=False, stop=["a", "b"])
     assert request.think.level == pb.THINK_LEVEL_HIGH and request.format.json
     assert request.keep_alive.ToNanoseconds() == -1_000_000_000
     for bad in ("num_predict=x", "nope=1", "num_predict"):
         with pytest.raises(SystemExit):
-            cli.parser().parse_args(["run", "m", "-o", bad])
+            cli_main.parser().parse_args(["run", "m", "-o", bad])

@@ -21,7 +21,7 @@ def test_the_gateway_loads_no_model_code_and_nothing_of_the_service():
 
 
 def test_the_cli_is_a_client_of_the_service_not_a_part_of_it():
-    modules = loaded_after("import cli")
+    modules = loaded_after("import cli.main")
     assert "llama_cpp" not in modules and not {m for m in modules if m.startswith("service")}
     assert not {m for m in modules if m.startswith("gateway")}
 

@@ -26,6 +26,7 @@ from service.engines.base import Sampling
 from service.engines.batch import BatchEngine, chunk_end
 from tests.conftest import REAL
 from tests.harness import Stack
+from tests.stack.test_observability import value
 
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
 SYSTEM = ("You are a meticulous assistant. You answer questions about science, history and literature with "
@@ -106,6 +107,9 @@ def test_concurrent_requests_give_the_texts_they_give_alone(batch):
         together = list(pool.map(lambda body: result(generate(batch, body)), MIX))
     assert together == alone
     assert runner.stats.steps - steps < runner.stats.sampled - decoded            # tokens were decoded in shared steps
+    registry = batch.service.metrics.registry                           # the counts are the engine's metrics
+    assert value(registry, "gengate_engine_tokens_sampled_total") == runner.stats.sampled
+    assert value(registry, "gengate_engine_decode_steps_total") == runner.stats.steps
     json.loads(alone[4][0])                                            # the grammar held under batching
     assert alone[5][1] == "stop" and "1." not in alone[5][0]
     assert len(alone[6][4]) == 12 and all(len(e["top_logprobs"]) == 3 for e in alone[6][4])

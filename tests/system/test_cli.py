@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cli import commands, display
 import cli.main as cli_main
+from cli import commands, display
 from common import golang, names
 from gengate.v1 import generate_pb2 as pb
 from service.models.store import ModelStore

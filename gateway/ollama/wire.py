@@ -18,7 +18,7 @@ from typing import Any
 from google.protobuf import struct_pb2
 
 from common import enums, requests
-from gateway import http, jsonbody, protojson
+from gateway import fields, http, jsonbody, protojson
 from gateway.errors import BadRequest
 from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import model_pb2 as mpb
@@ -243,7 +243,14 @@ def _inputs(value: Any, field: str) -> list[str]:
 _COMMON = {k: _GENERATE_FIELDS[k] for k in ("model", "stream", "format", "options", "keep_alive", "think",
                                             "truncate", "shift", "logprobs", "top_logprobs")}
 
-_CHAT_FIELDS = {**_COMMON, "messages": ("messages", _messages), "tools": ("tools", _tools)}
+def _tool_choice(value: Any, field: str) -> pb.ToolChoice | None:
+    """Not in Ollama's API (it ignores the field): gengate honours OpenAI's forms ("auto", "none", "required",
+    or a function by name), as its Chat RPC does."""
+    return fields.tool_choice(value, field)
+
+
+_CHAT_FIELDS = {**_COMMON, "messages": ("messages", _messages), "tools": ("tools", _tools),
+                "tool_choice": ("tool_choice", _tool_choice)}
 
 _EMBED_FIELDS = {**{k: _GENERATE_FIELDS[k] for k in ("model", "options", "keep_alive", "truncate")},
                  "input": ("input", _inputs), "dimensions": ("dimensions", _int)}

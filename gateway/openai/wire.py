@@ -242,11 +242,17 @@ def _chat_logprobs(entries) -> dict[str, Any] | None:
             "refusal": None}
 
 
+def arguments_text(call: pb.ToolCall) -> str:
+    """A call's arguments as the JSON text OpenAI's APIs send: as far as they were written, for a call the token
+    limit cut off."""
+    if call.function.incomplete:
+        return call.function.arguments_json
+    return json.dumps(protojson.struct_dict(call.function.arguments), ensure_ascii=False)
+
+
 def _openai_tool_calls(calls) -> list[dict[str, Any]]:
     return [{"index": c.function.index, "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-             "function": {"name": c.function.name,
-                          "arguments": json.dumps(_struct_dict(c.function.arguments), ensure_ascii=False)}}
-            for c in calls]
+             "function": {"name": c.function.name, "arguments": arguments_text(c)}} for c in calls]
 
 
 def _struct_dict(value: struct_pb2.Struct) -> dict[str, Any]:
@@ -256,7 +262,9 @@ def _struct_dict(value: struct_pb2.Struct) -> dict[str, Any]:
 def _finish(msg, tool_calls: bool) -> str | None:
     if not msg.done:
         return None
-    return "tool_calls" if tool_calls else enums.DONE_REASON_NAMES.get(msg.done_reason, "stop")
+    if tool_calls and msg.done_reason != pb.DONE_REASON_LENGTH:      # a call the limit cut off: "length"
+        return "tool_calls"
+    return enums.DONE_REASON_NAMES.get(msg.done_reason, "stop")
 
 
 class ChatShape:

@@ -202,9 +202,12 @@ class ResponsesFramer:
 
     @staticmethod
     def _call(call: pb.ToolCall, item_id: str) -> dict[str, Any]:
-        return {"id": item_id, "type": "function_call", "status": "completed",
+        """A function_call item; one the token limit cut off is incomplete, its arguments as far as written."""
+        return {"id": item_id, "type": "function_call",
+                "status": "incomplete" if call.function.incomplete else "completed",
                 "call_id": f"call_{secrets.token_hex(4)}", "name": call.function.name,
-                "arguments": json.dumps(protojson.struct_dict(call.function.arguments), ensure_ascii=False)}
+                "arguments": call.function.arguments_json if call.function.incomplete
+                else json.dumps(protojson.struct_dict(call.function.arguments), ensure_ascii=False)}
 
     def single(self, msg: pb.ChatResponse) -> bool:
         return False

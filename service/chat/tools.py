@@ -287,7 +287,114 @@ def call_schema(tools: list[dict[str, Any]], name: str | None = None) -> dict[st
     return variants[0] if len(variants) == 1 else {"anyOf": variants}
 
 
-def tools_note(tools: list[dict[str, Any]]) -> str:
-    """For a template that cannot show tools: the system message's note of them, when a call is required."""
-    return ("Answer with a call of one of these functions, as a JSON object {\"name\": ..., \"arguments\": {...}}:\n"
-            + json.dumps([t["function"] for t in tools], ensure_ascii=False, sort_keys=True))
+# -- tools on a model whose template has no tool syntax (the generic format) ---------------------------------
+def generic_note(tools: list[dict[str, Any]], required: bool) -> str:
+    """The system message's note of the tools, in gengate's generic format: a call is the whole reply, one JSON
+    object {"name": ..., "arguments": {...}}."""
+    functions = json.dumps([t["function"] for t in tools], ensure_ascii=False, sort_keys=True)
+    if required:
+        return ("Answer with a call of one of these functions, as a JSON object {\"name\": ..., \"arguments\": "
+                "{...}}:\n" + functions)
+    return ("You can call these functions. To call one, answer with only a JSON object {\"name\": ..., "
+            "\"arguments\": {...}} and nothing else; otherwise answer in text.\n" + functions)
+
+
+def generic_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A conversation's tool calls and results as the generic format writes them: an assistant's call is its
+    reply, the call's JSON object; a tool's result is a user turn, `Result of NAME: CONTENT`."""
+    out = []
+    for m in messages:
+        if m["role"] == "assistant" and m.get("tool_calls"):
+            calls = [json.dumps({"name": c["function"]["name"], "arguments": c["function"]["arguments"]},
+                                ensure_ascii=False) for c in m["tool_calls"]]
+            content = "\n".join(filter(None, [m.get("content", "")] + calls))
+            out.append({k: v for k, v in m.items() if k != "tool_calls"} | {"content": content})
+        elif m["role"] == "tool":
+            name = m.get("tool_name") or "the function"
+            out.append({"role": "user", "content": f"Result of {name}: {m.get('content', '')}"})
+        else:
+            out.append(m)
+    return out
+
+
+class CallOrText:
+    """A reply decoded under the tools grammar (a required call, or the generic format): when it starts with
+    `{` it is one call, held until the end; otherwise it is text, streamed as it comes. A call that the token
+    limit cut off is an incomplete call (ToolCallFunction.incomplete), never text."""
+
+    def __init__(self, names: set[str]):
+        self._names = names
+        self._start = ""                 # the reply's leading whitespace, until its first character
+        self._call: list[str] | None = None
+
+    def feed(self, text: str) -> str:
+        """The content `text` adds (nothing while the reply is a call)."""
+        if self._call is not None:
+            self._call.append(text)
+            return ""
+        if not self._start.strip():
+            self._start += text
+            stripped = self._start.lstrip()
+            if not stripped:
+                return ""
+            if stripped[0] == "{":
+                self._call = [stripped]
+                return ""
+            text, self._start = self._start, "x"
+        return text
+
+    def finish(self, cut: bool) -> tuple[str, list[dict[str, Any]]]:
+        """(content left, calls) at the end of the reply; `cut`: it ended at the token limit."""
+        if self._call is None:
+            return ("" if self._start.strip() else self._start), []
+        text = "".join(self._call)
+        try:
+            value = _loads(text)
+        except ValueError:
+            value = None
+        if isinstance(value, dict) and isinstance(value.get("name"), str) and isinstance(value.get("arguments"), dict):
+            return "", [{"index": 0, "name": value["name"], "arguments": value["arguments"]}]
+        if not cut:                       # the grammar held, so this does not happen; the text is not lost
+            return text, []
+        partial = parse_partial(text) or {}
+        name = partial.get("name") if isinstance(partial.get("name"), str) else ""
+        arguments = partial.get("arguments") if isinstance(partial.get("arguments"), dict) else {}
+        at = text.find('"arguments"')
+        written = text[text.index(":", at) + 1:].lstrip() if at >= 0 and ":" in text[at:] else ""
+        return "", [{"index": 0, "name": name, "arguments": arguments, "incomplete": True,
+                     "arguments_json": written}]
+
+
+def parse_partial(text: str) -> Any:
+    """The longest beginning of a JSON text that parses once its open arrays and objects are closed, cut after
+    its last complete value (a string cut off is not one); None if none does."""
+    stack: list[str] = []
+    in_string = escaped = False
+    cuts: list[tuple[int, str]] = []          # (end of a prefix, what closes it)
+    for i, c in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+                cuts.append((i + 1, "".join("}" if s == "{" else "]" for s in reversed(stack))))
+            continue
+        if c == '"':
+            in_string = True
+        elif c in "{[":
+            stack.append(c)
+            cuts.append((i + 1, "".join("}" if s == "{" else "]" for s in reversed(stack))))
+        elif c in "}]":
+            if stack:
+                stack.pop()
+            cuts.append((i + 1, "".join("}" if s == "{" else "]" for s in reversed(stack))))
+        elif c not in " \t\r\n,:":
+            cuts.append((i + 1, "".join("}" if s == "{" else "]" for s in reversed(stack))))
+    for end, closers in reversed(cuts):
+        try:
+            return _loads(text[:end] + closers)
+        except ValueError:
+            continue
+    return None

@@ -45,6 +45,9 @@ class Sampling:
     num_predict: int = -1
     stop: tuple[str, ...] = ()
     grammar: str | None = None           # a GBNF grammar the output must match (service.generation.grammar builds it)
+    # The grammar binds only a reply that starts with "{" (after whitespace): one that starts with anything else is
+    # free from then on (gengate's generic tool format: a call, or text).
+    grammar_until_text: bool = False
     logprobs: bool = False
     top_logprobs: int = 0
     num_keep: int = 4                    # tokens kept at the start when the context shifts

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 START_SECONDS = 30.0                 # a worker loads llama.cpp and the vocabulary
 OPEN_SECONDS = 5.0                   # llama.cpp parses the grammar and builds its first stacks
-TOKEN_SECONDS = 2.0                  # one token sampled under the grammar
+TOKEN_SECONDS = 5.0                  # one token sampled under the grammar
 WORKER_MEMORY_BYTES = 1 << 30        # over what the worker's code and vocabulary take
 
 
@@ -223,29 +223,43 @@ def main() -> None:
     out = sys.stdout
     out.write(json.dumps({"ready": True}) + "\n")
     out.flush()
-    chain = None
+    parts: tuple = ()          # the request's samplers: penalties, grammar (None once it binds no more), the rest
+    lazy, written = False, b""
     for line in sys.stdin:
         if line == "s\n":
-            if chain is None:
+            if not parts:
                 break
             candidates["id"] = ids
             candidates["logit"] = logits
             candidates["p"] = 0
             array.size, array.selected, array.sorted = n_vocab, -1, False
-            llama_cpp.llama_sampler_apply(chain, ctypes.byref(array))
+            for part in parts:
+                if part is not None:
+                    llama_cpp.llama_sampler_apply(part, ctypes.byref(array))
             token = int(candidates["id"][array.selected])
-            llama_cpp.llama_sampler_accept(chain, token)
+            for part in parts:
+                if part is not None:
+                    llama_cpp.llama_sampler_accept(part, token)
+            if lazy and parts[1] is not None:
+                written += vocab.piece(token, False)
+                started = written.lstrip()
+                if started and not started.startswith(b"{"):     # text: the grammar binds it no more
+                    llama_cpp.llama_sampler_free(parts[1])
+                    parts = (parts[0], None, parts[2])
             out.write(f"{token}\n")
             out.flush()
             continue
-        if chain is not None:
-            llama_cpp.llama_sampler_free(chain)
-            chain = None
+        for part in parts:
+            if part is not None:
+                llama_cpp.llama_sampler_free(part)
+        parts, written = (), b""
         request = json.loads(line)
+        reply: dict[str, Any]
         try:
-            chain = vocab.sampler(Sampling(**{**request["sampling"], "stop": tuple(request["sampling"]["stop"])}),
-                                  request["n_ctx"])
-            reply: dict[str, Any] = {"ok": True}
+            sampling = Sampling(**{**request["sampling"], "stop": tuple(request["sampling"]["stop"])})
+            parts = vocab.sampler_parts(sampling, request["n_ctx"])
+            lazy = sampling.grammar_until_text
+            reply = {"ok": True}
         except RequestError as exc:
             reply = {"error": str(exc), "reusable": True}
         except MemoryError:

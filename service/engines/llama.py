@@ -159,21 +159,28 @@ class Vocab:
     def sampler(self, s: Sampling, n_ctx: int):
         """The request's sampler chain, in llama-cpp-python's order: penalties, grammar, then greedy, or
         top-k, typical, top-p, min-p, temperature and a seeded draw."""
+        before, grammar, after = self.sampler_parts(s, n_ctx)
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        for part in filter(None, (before, grammar, after)):
+            llama_cpp.llama_sampler_chain_add(chain, part)
+        return chain
 
-        def add(sampler) -> None:
-            llama_cpp.llama_sampler_chain_add(chain, sampler)
-
+    def sampler_parts(self, s: Sampling, n_ctx: int):
+        """The chain's three parts, each a sampler: the penalties, the grammar (None without one), the rest."""
         # The penalties keep a ring of the last n tokens: more than the context holds means nothing more.
         last_n = n_ctx if s.repeat_last_n < 0 else min(s.repeat_last_n, n_ctx)
-        add(llama_cpp.llama_sampler_init_penalties(self.n_vocab, last_n, s.repeat_penalty, s.frequency_penalty,
-                                                   s.presence_penalty))
+        before = llama_cpp.llama_sampler_init_penalties(self.n_vocab, last_n, s.repeat_penalty, s.frequency_penalty,
+                                                        s.presence_penalty)
+        grammar = None
         if s.grammar is not None:
             grammar = llama_cpp.llama_sampler_init_grammar(self._vocab, s.grammar.encode("utf-8"), b"root")
             if not grammar:             # service.generation.grammar checked it; llama.cpp still has the last word
-                llama_cpp.llama_sampler_free(chain)
+                llama_cpp.llama_sampler_free(before)
                 raise RequestError("invalid JSON schema in format", "format")
-            add(grammar)
+        after = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+
+        def add(sampler) -> None:
+            llama_cpp.llama_sampler_chain_add(after, sampler)
         if s.temperature < 0:
             add(llama_cpp.llama_sampler_init_dist(s.seed))
         elif s.temperature == 0:
@@ -185,7 +192,7 @@ class Vocab:
             add(llama_cpp.llama_sampler_init_min_p(s.min_p, 1))
             add(llama_cpp.llama_sampler_init_temp(s.temperature))
             add(llama_cpp.llama_sampler_init_dist(s.seed))
-        return chain
+        return before, grammar, after
 
 
 class LlamaRunner(Runner):

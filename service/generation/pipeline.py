@@ -24,6 +24,7 @@ from gengate.v1 import generate_pb2 as pb
 from service.chat import prompt as prompts
 from service.chat import tools
 from service.chat.jinja import ChatTemplates
+from service.engines import schema_grammar
 from service.engines.base import LoadOptions, Runner
 from service.engines.pool import Lease
 from service.errors import GenerateError, Kind, invalid
@@ -89,7 +90,9 @@ def _model_template_errors(from_request: bool):
 def _tool_call(call: dict[str, Any]) -> pb.ToolCall:
     arguments = struct_pb2.Struct()
     arguments.update(call["arguments"])
-    return pb.ToolCall(function=pb.ToolCallFunction(index=call["index"], name=call["name"], arguments=arguments))
+    return pb.ToolCall(function=pb.ToolCallFunction(index=call["index"], name=call["name"], arguments=arguments,
+                                                    incomplete=call.get("incomplete", False),
+                                                    arguments_json=call.get("arguments_json", "")))
 
 
 def _now() -> timestamp_pb2.Timestamp:
@@ -268,9 +271,11 @@ class Generation:
         self._generative(req, model, "chat")
         choice, function = checks.tool_choice(req)
         offered_tools = [] if choice == "none" else list(req.tools)
-        # A required call is decoded under a grammar: it works whether or not the template can show tools.
-        if offered_tools and choice != "required" and not model.supports_tools():
-            raise GenerateError(Kind.UNSUPPORTED, f"{model.entry.name} does not support tools", "tools")
+        # A template without tool syntax gets the tools in gengate's generic format (service.chat.tools): a call is
+        # the whole reply, one JSON object. Such a reply, and any required call, is decoded under a grammar that
+        # allows only a call of an offered tool (or, unless one is required, text that does not start with `{`).
+        generic = bool(offered_tools) and not model.native_tools()
+        constrained = choice == "required" or (generic and not req.HasField("format"))
         if choice == "required":
             think, tags = False, None              # the reply is the call, from its first token
         pictures = [(data, f"messages[{i}].images[{j}]") for i, m in enumerate(req.messages)
@@ -284,14 +289,16 @@ class Generation:
                 return
             sampling = await self._sampling(req, model)
             offered = [_plain(json_format.MessageToDict(t, preserving_proto_field_name=True)) for t in offered_tools]
-            if choice == "required":
-                schema = json.dumps(tools.call_schema(offered, function))
-                sampling = dataclasses.replace(sampling, grammar=await self.grammars.compile(schema))
+            if constrained:
+                call = await self.grammars.compile(json.dumps(tools.call_schema(offered, function)))
+                grammar = call if choice == "required" else schema_grammar.call_or_text(call)
+                sampling = dataclasses.replace(sampling, grammar=grammar, grammar_until_text=choice != "required")
             messages = [dict(m) for m in model.entry.messages] + _messages(req.messages)
             if model.entry.system and not any(m["role"] == "system" for m in messages):
                 messages.insert(0, {"role": "system", "content": model.entry.system})
-            if choice == "required" and not model.supports_tools():
-                note = tools.tools_note(offered)
+            if generic:
+                messages = tools.generic_messages(messages)
+                note = tools.generic_note(offered, required=choice == "required")
                 if messages and messages[0]["role"] == "system":
                     messages[0] = {**messages[0], "content": messages[0]["content"] + "\n\n" + note}
                 else:
@@ -302,14 +309,25 @@ class Generation:
                 text = await prompts.render_chat(
                     messages, tools=offered, go_template=model.entry.template, chat_template=model.chat_template,
                     bos=bos, eos=eos, think=think, think_level=level, jinja=self.chat_templates)
-            tag = None if choice == "required" else tools.tool_tag(model.entry.template or model.chat_template or "")
-            calls = tools.ToolCallParser(tag, {t.function.name for t in offered_tools}) if offered_tools else None
+            names = {t.function.name for t in offered_tools}
+            shaped = tools.CallOrText(names) if constrained else None
+            calls = None if constrained or not offered_tools else \
+                tools.ToolCallParser(tools.tool_tag(model.entry.template or model.chat_template or ""), names)
             events = await self._decode(req, runner, text, sampling, timing, tags if think else None, pictures)
             async with contextlib.aclosing(events):
                 async for event in events:
-                    content, found = calls.feed(event.text) if calls is not None else (event.text, [])
-                    if calls is not None and isinstance(event, Summary):
-                        content += calls.flush()
+                    found: list[dict[str, Any]] = []
+                    if shaped is not None:
+                        content = shaped.feed(event.text)
+                        if isinstance(event, Summary):
+                            rest, found = shaped.finish(cut=event.finish.reason == "length")
+                            content += rest
+                    elif calls is not None:
+                        content, found = calls.feed(event.text)
+                        if isinstance(event, Summary):
+                            content += calls.flush()
+                    else:
+                        content = event.text
                     message = pb.Message(role="assistant", content=content, thinking=event.thinking,
                                          tool_calls=[_tool_call(c) for c in found])
                     if isinstance(event, Summary):

@@ -58,7 +58,8 @@ class Model:
         """Whether it can see: it has a projector layer."""
         return self.entry.projector is not None
 
-    def supports_tools(self) -> bool:
+    def native_tools(self) -> bool:
+        """Whether the model's template shows tools itself (else gengate's generic format does)."""
         if self.entry.template:
             return "tools" in self.template_fields()
         return "tools" in (self.chat_template or "")
@@ -69,7 +70,7 @@ class Model:
             caps.append("insert")
         if self.thinking_tags() is not None:
             caps.append("thinking")
-        if self.supports_tools():
+        if self.generative:              # natively, or in gengate's generic format
             caps.append("tools")
         if self.vision:
             caps.append("vision")

@@ -47,9 +47,8 @@ def test_chat_turns_render_through_the_models_template(fake, engine):
 @pytest.mark.parametrize("body,status,error", [
     ({"messages": []}, 400, "model is required"),
     ({"model": "nope", "messages": []}, 404, "model 'nope' not found"),
-    ({"model": REAL, "messages": [{"role": "user", "content": "x"}],
-      "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]},
-     400, "registry.ollama.ai/library/smollm2:135m does not support tools"),
+    ({"model": REAL, "messages": [{"role": "user", "content": "x"}], "tool_choice": "sometimes"}, 400,
+     'invalid tool_choice: \'sometimes\' (must be "auto", "none", "required" or a function)'),
     ({"model": REAL, "messages": [{"role": "user", "content": "x", "images": ["AAAA"]}]}, 400,
      '"smollm2:135m" does not support images'),
     ({"model": REAL, "messages": [{"role": "user", "content": "x"}], "think": True}, 400,

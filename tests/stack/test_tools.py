@@ -155,3 +155,117 @@ def test_openai_client_gets_tool_calls(fake, engine):
     stream = list(client.chat.completions.create(model="tiny-tools", messages=ASK, tools=[WEATHER], stream=True))
     assert stream[-1].choices[0].finish_reason == "tool_calls"
     assert [t.function.name for c in stream for t in c.choices[0].delta.tool_calls or []] == ["get_weather"]
+
+
+# -- tools on a model whose template has no tool syntax: gengate's generic format ------------------------------
+GENERIC_CALL = '{"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}'
+
+
+@pytest.mark.parametrize("model", ["test", "tiny"])          # a Go template without tools; no template at all
+def test_a_model_without_tool_syntax_gets_the_tools_in_the_generic_format(fake, engine, model):
+    engine.script.pieces = ["  ", GENERIC_CALL[:20], GENERIC_CALL[20:]]
+    client = ollama.Client(host=fake.url)
+    reply = client.chat(model=model, messages=ASK, tools=[WEATHER])
+    [call] = reply.message.tool_calls
+    assert (call.function.name, call.function.arguments) == ("get_weather", {"city": "Paris", "days": 2})
+    assert reply.message.content == "" and reply.done_reason == "stop"
+    prompt = engine.prompts[-1]
+    assert 'answer with only a JSON object {"name": ..., "arguments": {...}}' in prompt and '"name": "get_weather"' in prompt
+    grammar = engine.grammars[-1]           # a call of get_weather, or text that does not start with "{"
+    assert "gengate-call" in grammar and "gengate-text ::= [^{" in grammar and '"\\"get_weather\\""' in grammar
+    engine.script.pieces = ["It is ", "sunny."]
+    reply = client.chat(model=model, messages=ASK, tools=[WEATHER])
+    assert reply.message.content == "It is sunny." and not reply.message.tool_calls
+    chunks = list(client.chat(model=model, messages=ASK, tools=[WEATHER], stream=True))
+    assert "".join(c.message.content for c in chunks) == "It is sunny."            # text streams as it comes
+
+
+def test_the_generic_format_renders_past_calls_and_results_for_the_next_turn(fake, engine):
+    history = ASK + [{"role": "assistant", "content": "",
+                      "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+                     {"role": "tool", "content": "18 degrees", "tool_name": "get_weather"}]
+    resp = httpx.post(fake.url + "/api/chat", json={"model": "test", "messages": history, "tools": [WEATHER],
+                                                    "stream": False})
+    assert resp.status_code == 200, resp.text
+    prompt = engine.prompts[-1]
+    assert 'Assistant: {"name": "get_weather", "arguments": {"city": "Paris"}}' in prompt
+    assert "User: Result of get_weather: 18 degrees" in prompt
+
+
+def test_api_chat_honours_tool_choice(fake, engine):
+    engine.script.pieces = [GENERIC_CALL]
+    body = {"model": "tiny-tools", "messages": ASK, "tools": [WEATHER], "stream": False}
+    forced = httpx.post(fake.url + "/api/chat", json={**body, "tool_choice": "required"}).json()
+    assert forced["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert engine.grammars[-1] is not None and "gengate-text" not in engine.grammars[-1]     # a call, nothing else
+    named = httpx.post(fake.url + "/api/chat", json={**body, "tool_choice": {"type": "function",
+                                                                           "function": {"name": "get_weather"}}})
+    assert named.status_code == 200 and engine.grammars[-1] is not None
+    engine.script.pieces = ["Fine."]
+    none = httpx.post(fake.url + "/api/chat", json={**body, "tool_choice": "none"}).json()
+    assert none["message"]["content"] == "Fine." and "get_weather" not in engine.prompts[-1]
+    assert engine.grammars[-1] is None
+
+
+# -- a forced call that the token limit cuts off ----------------------------------------------------------------
+CUT = ['{"name": "get_weather", ', '"arguments": {"city": "Paris", ', '"days": 2']      # then the limit
+
+
+def test_a_cut_off_call_on_api_chat_and_grpc_is_an_incomplete_call(fake, engine):
+    engine.script.pieces = CUT
+    body = {"model": "tiny-tools", "messages": ASK, "tools": [WEATHER], "tool_choice": "required", "stream": False,
+            "options": {"num_predict": 3}}
+    reply = httpx.post(fake.url + "/api/chat", json=body).json()
+    assert reply["done_reason"] == "length" and reply["message"]["content"] == ""
+    assert reply["message"]["tool_calls"] == [{"function": {"index": 0, "name": "get_weather",
+                                                            "arguments": {"city": "Paris", "days": 2}}}]
+    tool = pb.Tool()
+    json_format.ParseDict(WEATHER, tool)
+    replies = list(fake.stub().Chat(pb.ChatRequest(
+        model="tiny-tools", messages=[pb.Message(role="user", content="?")], tools=[tool],
+        tool_choice=pb.ToolChoice(mode=pb.TOOL_CHOICE_MODE_REQUIRED), options=pb.Options(num_predict=3))))
+    [call] = [c for r in replies for c in r.message.tool_calls]
+    assert call.function.incomplete and call.function.arguments_json == '{"city": "Paris", "days": 2'
+    assert replies[-1].done_reason == pb.DONE_REASON_LENGTH
+
+
+def test_a_cut_off_call_in_openai_chat_is_length_with_the_partial_call(fake, engine):
+    engine.script.pieces = CUT
+    client = openai.OpenAI(base_url=fake.url + "/v1", api_key="unused")
+    whole = client.chat.completions.create(model="tiny-tools", messages=ASK, tools=[WEATHER],
+                                           tool_choice="required", max_tokens=3)
+    choice = whole.choices[0]
+    assert choice.finish_reason == "length" and not choice.message.content
+    assert choice.message.tool_calls[0].function.arguments == '{"city": "Paris", "days": 2'
+    stream = list(client.chat.completions.create(model="tiny-tools", messages=ASK, tools=[WEATHER],
+                                                 tool_choice="required", max_tokens=3, stream=True))
+    assert stream[-1].choices[0].finish_reason == "length"
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == ""
+
+
+def test_a_cut_off_call_in_responses_is_an_incomplete_function_call(fake, engine):
+    engine.script.pieces = CUT
+    client = openai.OpenAI(base_url=fake.url + "/v1", api_key="unused")
+    tool = {"type": "function", **WEATHER["function"]}
+    response = client.responses.create(model="tiny-tools", input="Weather in Paris?", tools=[tool],
+                                       tool_choice="required", max_output_tokens=3)
+    assert response.status == "incomplete"
+    [item] = response.output                                     # no message item holding the envelope
+    assert item.type == "function_call" and item.status == "incomplete" and item.name == "get_weather"
+    assert item.arguments == '{"city": "Paris", "days": 2'
+
+
+def test_a_cut_off_call_in_anthropic_is_max_tokens_with_the_input_as_far_as_it_parses(fake, engine):
+    import anthropic
+    engine.script.pieces = ['{"name": "get_weather", ', '"arguments": {"city": "Paris", ', '"days": 2']
+    client = anthropic.Anthropic(base_url=fake.url, api_key="unused")
+    tool = {"name": "get_weather", "description": "d", "input_schema": WEATHER["function"]["parameters"]}
+    message = client.messages.create(model="tiny-tools", max_tokens=3, tools=[tool], tool_choice={"type": "any"},
+                                     messages=ASK)
+    assert message.stop_reason == "max_tokens"
+    [block] = message.content
+    assert block.type == "tool_use" and block.input == {"city": "Paris", "days": 2} and block.id.startswith("toolu_")
+    engine.script.pieces = ['{"name": "get_weather", ', '"arguments": {"cit']
+    message = client.messages.create(model="tiny-tools", max_tokens=2, tools=[tool], tool_choice={"type": "any"},
+                                     messages=ASK)
+    assert message.stop_reason == "max_tokens" and message.content[0].input == {}

@@ -160,3 +160,18 @@ def test_ollama_npm_client_generates_through_the_gateway(real, node_modules, pyt
 def test_ollama_npm_client_gets_404_for_an_unknown_model(real, node_modules, stream):
     rc, messages = node("ollama.mjs", real.url, {**REQUEST, "model": "nope", "stream": stream})
     assert rc == 2 and messages == [{"error": NOT_FOUND, "status_code": 404}]
+
+
+@pytest.mark.parametrize("model", [REAL, "gemma3:270m"])
+def test_the_ai_sdk_ollama_provider_runs_a_tool_loop(real, gemma, node_modules, model):
+    """The Vercel AI SDK's Ollama provider, unchanged: with tool_choice "required" (which it sends in /api/chat's
+    body) every step is a call it executes, three steps; with "auto" the model answers or calls, and the loop ends.
+    Neither model's template has a tool syntax: the tools go in gengate's generic format."""
+    code, [forced] = node("ai_sdk.mjs", real.url, model, "required")
+    assert code == 0, forced
+    assert forced["steps"] == ["tool-calls"] * 3 and len(forced["executed"]) == 3
+    assert all(c["name"] == "get_weather" and isinstance(c["input"]["city"], str) for c in forced["calls"])
+    code, [auto] = node("ai_sdk.mjs", real.url, model, "auto")
+    assert code == 0, auto
+    assert auto["steps"][-1] in ("stop", "length", "tool-calls") and len(auto["executed"]) == len(auto["calls"])
+    assert auto["text"] or auto["calls"]

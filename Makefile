@@ -7,7 +7,8 @@ STUBS := gengate/.generated
 PROTOS := $(wildcard proto/gengate/v1/*.proto)
 BUF := node_modules/.bin/buf
 BUF_VERSION := 1.75.0
-# Extra CMake flags for building llama-cpp-python, e.g. CMAKE_ARGS="-DGGML_CUDA=on".
+# Extra CMake flags for building llama-cpp-python and stable-diffusion-cpp-python (both ggml), e.g.
+# CMAKE_ARGS="-DGGML_CUDA=on".
 CMAKE_ARGS ?=
 
 .PHONY: setup run test test-fast lint model browser bench clean
@@ -70,6 +71,7 @@ test-fast: $(VENV)/.installed $(STUBS)
 # report recorded in docs/benchmarks.md. BENCH_ARGS, e.g. BENCH_ARGS="--ns 1,8 --rounds 1", narrows it.
 bench: setup
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+	$(BIN)/python bench/images.py
 
 clean:
 	rm -rf $(VENV) gengate node_modules .pytest_cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,16 @@ from pathlib import Path
 
 import grpc
 
-from cli.display import CLIError, human_bytes, human_time, print_stats, print_table, processor, seconds
+from cli.display import (
+    CLIError,
+    ProgressBar,
+    human_bytes,
+    human_time,
+    print_stats,
+    print_table,
+    processor,
+    seconds,
+)
 from cli.rpc import call, channel, create, follow, metadata, model_stub, rpc_error, target, upload
 from common import enums, modelfile, requests
 from gengate.v1 import generate_pb2 as pb
@@ -62,7 +72,22 @@ def build_request(args: argparse.Namespace, prompt: str) -> pb.GenerateRequest:
         request.think.level = enums.THINK_LEVELS[args.think_level]
     elif args.think is not None:
         request.think.enabled = args.think
+    for field in ("width", "height", "steps"):
+        if getattr(args, field, None) is not None:
+            setattr(request, field, getattr(args, field))
     return request
+
+
+def image_path(args: argparse.Namespace, prompt: str) -> Path:
+    """Where an image goes: --output, else a new file in this folder named after the prompt."""
+    if args.output:
+        return Path(args.output)
+    stem = "-".join(re.findall(r"[a-z0-9]+", prompt.lower()))[:48].strip("-") or "image"
+    path, n = Path(f"{stem}.png"), 1
+    while path.exists():
+        n += 1
+        path = Path(f"{stem}-{n}.png")
+    return path
 
 
 def generate(stub: pb_grpc.GenerateServiceStub, request: pb.GenerateRequest, args: argparse.Namespace,
@@ -70,8 +95,21 @@ def generate(stub: pb_grpc.GenerateServiceStub, request: pb.GenerateRequest, arg
     """Streams one Generate call to stdout (thinking first, as Ollama shows it); returns the final reply."""
     out = sys.stdout
     final, thinking, wrote = pb.GenerateResponse(), False, False
+    steps: ProgressBar | None = None
     try:
         for reply in stub.Generate(request, metadata=metadata()):
+            if reply.total:                          # an image model's steps
+                steps = steps or ProgressBar("generating", reply.total, count=str)
+                steps.update(reply.completed, force=True)
+            if reply.image:
+                if steps is not None:
+                    steps.finish()
+                path = image_path(args, request.prompt)
+                try:
+                    path.write_bytes(reply.image)
+                except OSError as exc:
+                    raise CLIError(f"cannot write the image: {exc}") from None
+                out.write(f"Image saved to: {path}\n")
             if reply.thinking and not args.hidethinking:
                 if not thinking:
                     out.write("Thinking...\n")
@@ -90,7 +128,8 @@ def generate(stub: pb_grpc.GenerateServiceStub, request: pb.GenerateRequest, arg
             out.write("\n")
             out.flush()
         raise rpc_error(exc, where) from None
-    out.write("\n")
+    if not final.image:
+        out.write("\n")
     out.flush()
     if args.verbose:
         print_stats(final)
@@ -225,7 +264,8 @@ def cmd_create(args: argparse.Namespace) -> int:
     for extra in parsed.more_from:          # more FROM files (Ollama merges them): a vision model's projector
         extra_path = (path.parent / Path(extra).expanduser()).resolve()
         if not source.is_file() or not extra_path.is_file():
-            raise CLIError("a second FROM must name a local file (a projector), after a FROM of a local GGUF")
+            raise CLIError("a second FROM must name a local file (a projector, or an image model's vae or llm), "
+                           "after a FROM of a local file")
         if extra_path.name in request.files:
             raise CLIError(f"two FROM files are named {extra_path.name}: rename one")
         request.files[extra_path.name] = upload(args, extra_path, "uploading")
@@ -240,7 +280,8 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    """A local GGUF file as a model: uploaded (CreateBlob), then created with the given layers (CreateModel)."""
+    """A local file as a model: uploaded (CreateBlob), then created with the given layers (CreateModel). An image
+    model's separate parts go as further files named by their role (vae, llm), which is how create knows them."""
     path = Path(args.file)
     digest = upload(args, path, "importing")
     files = {path.name: digest}
@@ -249,6 +290,10 @@ def cmd_import(args: argparse.Namespace) -> int:
         if projector.name == path.name:
             raise CLIError("the projector and the model files need different names")
         files[projector.name] = upload(args, projector, "importing")
+    for role, given in (("vae", args.vae), ("llm", args.text_encoder)):
+        if given:
+            part = Path(given)
+            files[role + (part.suffix or ".gguf")] = upload(args, part, "importing")
     create(args, mpb.CreateModelRequest(model=args.name, files=files, template=args.template or "",
                                         system=args.system or "",
                                         messages=[pb.Message(role=m["role"], content=m["content"])

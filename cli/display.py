@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 
 from common import golang
 from gengate.v1 import generate_pb2 as pb
@@ -113,24 +114,28 @@ class ProgressBar:
 
     WIDTH = 25
 
-    def __init__(self, label: str, total: int):
-        self.label, self.total = label, total
+    def __init__(self, label: str, total: int, count: Callable[[int], str] = human_bytes):
+        self.label, self.total, self.count = label, total, count
         self.tty = sys.stderr.isatty()
         self.last = -math.inf
+        self.shown = -1                      # the count last drawn
 
     def line(self, done: int) -> str:
         fraction = done / self.total if self.total else 1.0
         filled = int(fraction * self.WIDTH)
         bar = "█" * filled + " " * (self.WIDTH - filled)
         return (f"{self.label} {int(fraction * 100):3d}% ▕{bar}▏ "
-                f"{human_bytes(done)}/{human_bytes(self.total)}")
+                f"{self.count(done)}/{self.count(self.total)}")
 
-    def update(self, done: int) -> None:
-        if time.monotonic() - self.last >= (0.1 if self.tty else 5.0):
-            self.last = time.monotonic()
+    def update(self, done: int, force: bool = False) -> None:
+        """Redraws the bar (at most every 0.1 s on a terminal, 5 s elsewhere, unless `force`: a slow count)."""
+        if force or time.monotonic() - self.last >= (0.1 if self.tty else 5.0):
+            self.last, self.shown = time.monotonic(), done
             sys.stderr.write(("\r" + self.line(done) + "\x1b[K") if self.tty else self.line(done) + "\n")
             sys.stderr.flush()
 
     def finish(self) -> None:
+        if self.shown == self.total and not self.tty:
+            return
         sys.stderr.write(("\r" + self.line(self.total) + "\x1b[K\n") if self.tty else self.line(self.total) + "\n")
         sys.stderr.flush()

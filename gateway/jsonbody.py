@@ -27,11 +27,13 @@ def kind_of(value: Any) -> str:
         return "array"
     return "object"
 
+
 def type_error(value: Any, field: str, go_type: str, struct: str = "GenerateRequest") -> BadRequest:
     kind = kind_of(value)
     if kind == "number" and go_type.startswith("int"):
         kind = f"number {json.dumps(value)}"
     return BadRequest(f"json: cannot unmarshal {kind} into Go struct field {struct}.{field} of type {go_type}")
+
 
 def _char(text: str, pos: int) -> str:
     """Go's encoding/json quoteChar: the offending byte (the first of a multi-byte character; an invalid byte,
@@ -41,6 +43,7 @@ def _char(text: str, pos: int) -> str:
     if byte in b"'\"":
         return "'\\''" if byte == ord("'") else "'\"'"
     return "'" + quote(chr(byte))[1:-1] + "'"
+
 
 def _syntax_error(exc: json.JSONDecodeError) -> BadRequest:
     text, pos = exc.doc, exc.pos
@@ -54,6 +57,7 @@ def _syntax_error(exc: json.JSONDecodeError) -> BadRequest:
         "Invalid control character at": "in string literal",
     }.get(exc.msg, "looking for beginning of value")
     return BadRequest(f"invalid character {_char(text, pos)} {context}")
+
 
 def _in_object(text: str, pos: int) -> bool:
     depth = []
@@ -69,6 +73,7 @@ def _in_object(text: str, pos: int) -> bool:
             depth.pop()
     return bool(depth) and depth[-1] == "{"
 
+
 class _Pairs(list):
     """A JSON object as its key/value pairs, in order (duplicates kept)."""
 
@@ -80,12 +85,14 @@ def _float(text: str) -> float:
         raise BadRequest(f"json: cannot unmarshal number {text} into Go value of type float64")
     return value
 
+
 def _integer(text: str) -> int | float:
     """An integer literal. Python refuses to convert one of over 4300 digits; Go reads such a number as a
     float64, which overflows."""
     if len(text) > 4300:
         return _float(text)
     return int(text)
+
 
 def _clean(value: Any) -> Any:
     """Lone UTF-16 surrogates (a JS string cut mid-emoji) become U+FFFD, as Go's decoder makes them."""
@@ -100,6 +107,7 @@ def _clean(value: Any) -> Any:
 MAX_DEPTH = 32            # objects and arrays nested in one JSON value (a body, or a JSON text inside one)
 
 DEPTH_ERROR = "exceeded max depth"      # Go's decoder's words for it (its own limit is 10000)
+
 
 def check_depth(value: Any) -> Any:
     """`value`, once known to nest objects and arrays at most MAX_DEPTH deep (BadRequest otherwise). Walked
@@ -116,6 +124,7 @@ def check_depth(value: Any) -> Any:
         stack.extend((item, depth + 1) for item in items if isinstance(item, (dict, list)))
     return value
 
+
 def loads(text: str, param: str | None = None) -> Any:
     """A JSON text found inside a body (tool-call arguments), nested at most MAX_DEPTH deep (BadRequest naming
     `param` otherwise); ValueError if it is not JSON."""
@@ -126,8 +135,10 @@ def loads(text: str, param: str | None = None) -> Any:
     except BadRequest:
         raise BadRequest(DEPTH_ERROR, param) from None
 
+
 def _reject_constant(name: str) -> Any:
     raise json.JSONDecodeError("Expecting value", name, 0)
+
 
 def decode_object(body: bytes, struct: str) -> list[tuple[str, Any]]:
     """The key/value pairs of the body's first JSON value (Go: Decoder.Decode into a struct)."""
@@ -155,12 +166,14 @@ def decode_object(body: bytes, struct: str) -> list[tuple[str, Any]]:
         raise BadRequest(f"json: cannot unmarshal {kind_of(plain(value))} into Go value of type api.{struct}")
     return value
 
+
 def json_object(body: bytes, struct: str = "object") -> dict[str, Any]:
     """A body that must be one JSON object, as a dict (Go's decoding rules, as decode_object)."""
     try:
         return plain(_Pairs(decode_object(body, struct)))
     except RecursionError:
         raise BadRequest(DEPTH_ERROR) from None
+
 
 def plain(value: Any) -> Any:
     """Undoes object_pairs_hook: pairs lists back into dicts (the last duplicate wins)."""
@@ -169,6 +182,7 @@ def plain(value: Any) -> Any:
     if isinstance(value, list):
         return [plain(v) for v in value]
     return value
+
 
 def match_fields(pairs: list[tuple[str, Any]], known: set[str]) -> dict[str, Any]:
     """Go's field matching: exact name first, else case-insensitive; unknown keys ignored."""

@@ -138,6 +138,7 @@ DOCUMENT: dict[str, Any] = {
         "/v1/chat/completions": _foreign("OpenAI's chat completions (SSE when streaming)"),
         "/v1/completions": _foreign("OpenAI's legacy completions (SSE when streaming)"),
         "/v1/embeddings": _foreign("OpenAI's embeddings"),
+        "/v1/images/generations": _foreign("OpenAI's image generation (one image, b64_json)"),
         "/v1/responses": _foreign("OpenAI's Responses API, stateless (SSE when streaming)"),
         "/v1/messages": _foreign("Anthropic's Messages API (SSE when streaming)"),
         "/v1/messages/count_tokens": _foreign("Anthropic's token count of a Messages request"),
@@ -150,6 +151,8 @@ DOCUMENT: dict[str, Any] = {
             "thinking": {"type": "string"}, "done": {"type": "boolean"}, "done_reason": _DONE_REASON,
             "context": {"type": "array", "items": {"type": "integer"}}, **_METRICS,
             "logprobs": {"type": "array", "items": _LOGPROB},
+            "image": {"type": "string", "contentEncoding": "base64"}, "completed": {"type": "integer"},
+            "total": {"type": "integer"},
         }, "required": ["model", "created_at", "response", "done"]},
         "ChatResponse": {"type": "object", "properties": {
             "model": {"type": "string"}, "created_at": {"type": "string"}, "message": _MESSAGE,

@@ -20,6 +20,7 @@ def whole(value: Any) -> Any:
         return [whole(v) for v in value]
     return value
 
+
 def struct_dict(value: struct_pb2.Struct) -> dict[str, Any]:
     """A Struct (tool arguments, GGUF metadata) as the JSON object it stands for."""
     return whole(json_format.MessageToDict(value))
@@ -33,6 +34,7 @@ def timestamp(ts) -> str:
     base = _second[1]
     frac = f"{ts.nanos:09d}".rstrip("0")
     return f"{base}.{frac}Z" if frac else f"{base}Z"
+
 
 def ns(duration) -> int:
     return duration.seconds * 1_000_000_000 + duration.nanos

@@ -24,8 +24,8 @@ from service.api.generate import GenerateServicer
 from service.api.models import ModelServicer
 from service.api.observe import Observe
 from service.chat.jinja import ChatTemplates
-from service.engines import vision
-from service.engines.base import Engine
+from service.engines import diffusion, llama, vision
+from service.engines.base import Engine, ImageEngine, ImageRunner
 from service.engines.batch import BatchEngine
 from service.engines.pool import ModelPool
 from service.errors import GenerateError
@@ -34,6 +34,7 @@ from service.generation.grammar import Grammars
 from service.generation.models import Models
 from service.generation.pipeline import Generation
 from service.metrics import Metrics
+from service.models.creation import Probes
 from service.models.jobs import ModelJobs
 from service.models.store import ModelStore
 from service.settings import ServiceSettings
@@ -89,7 +90,7 @@ class Service:
             await self.health.set(name, status)
 
 
-def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
+def build(settings: ServiceSettings, engine: Engine | None = None, image_engine: ImageEngine | None = None) -> Service:
     logs.tag_records()
     if engine is None:
         engine = BatchEngine(settings.num_parallel, invariant=settings.batch_invariant)
@@ -97,7 +98,8 @@ def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
     store.heal()
     keep_alive = requests.keep_alive_ns(settings.keep_alive, whole_seconds=True)
     assert keep_alive is not None
-    pool = ModelPool(engine, keep_alive, settings.max_loaded_models, settings.load_timeout)
+    pool = ModelPool(engine, keep_alive, settings.max_loaded_models, settings.load_timeout,
+                     image_engine=image_engine or diffusion.DiffusionEngine())
     metrics = Metrics()
     metrics.loaded.set_function(lambda: len(pool.loaded()))
     name = "batch" if isinstance(engine, BatchEngine) else type(engine).__name__
@@ -111,8 +113,10 @@ def build(settings: ServiceSettings, engine: Engine | None = None) -> Service:
         total = sum(c for _, c in cells)
         return sum(u for u, _ in cells) / total if total else 0.0
     metrics.kv_usage.set_function(kv_usage)
-    models = Models(settings, store, pool, ModelJobs(settings.model_jobs, settings.max_model_jobs_queue),
-                    vision.problem)
+    probes = Probes(projector=vision.problem, text=llama.problem, diffusion=diffusion.problem)
+    models = Models(settings, store, pool, ModelJobs(settings.model_jobs, settings.max_model_jobs_queue), probes)
+    metrics.image_worker_memory.set_function(
+        lambda: sum(getattr(m.runner, "memory_bytes", 0) for m in pool.loaded() if isinstance(m.runner, ImageRunner)))
     generation = Generation(settings, models, Admission(settings.num_parallel, settings.max_queue, metrics),
                             metrics, Grammars(), ChatTemplates(size=settings.num_parallel))
     limits = [("grpc.max_receive_message_length", settings.max_message_bytes),

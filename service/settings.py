@@ -37,6 +37,11 @@ class ServiceSettings:
                               "quantizations and checkpoint conversions that run at once (further ones wait)")
     max_model_jobs_queue: int = setting(16, "GENGATE_MAX_MODEL_JOBS_QUEUE",
                                         "quantizations and conversions allowed to wait (503 beyond)")
+    max_generated_pixels: int = setting(1024 * 1024, "GENGATE_MAX_GENERATED_PIXELS",
+                                        "largest image an image model may generate, in pixels (width × height; "
+                                        "400 above)")
+    max_image_steps: int = setting(100, "GENGATE_MAX_IMAGE_STEPS", "most diffusion steps a request may ask for "
+                                   "(400 above)")
     max_blob_bytes: int = setting(64 << 30, "GENGATE_MAX_BLOB_BYTES",
                                   "largest blob an upload may write (POST /api/blobs, CreateBlob)")
     max_message_bytes: int = setting(16 << 20, "GENGATE_MAX_MESSAGE_BYTES", "largest gRPC message either way")

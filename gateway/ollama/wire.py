@@ -37,15 +37,18 @@ def _string(value: Any, field: str) -> str:
         raise jsonbody.type_error(value, field, "string")
     return value
 
+
 def _bool(value: Any, field: str) -> bool:
     if not isinstance(value, bool):
         raise jsonbody.type_error(value, field, "bool")
     return value
 
+
 def _int(value: Any, field: str, go_type: str = "int") -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
         raise jsonbody.type_error(value, field, go_type)
     return max(INT32[0], min(INT32[1], int(value)))
+
 
 def _images(value: Any, field: str) -> list[bytes]:
     if not isinstance(value, list):
@@ -57,6 +60,7 @@ def _images(value: Any, field: str) -> list[bytes]:
         out.append(_base64(item))
     return out
 
+
 def _base64(text: str) -> bytes:
     """Go's base64.StdEncoding: padded standard alphabet; newlines ignored."""
     clean = text.replace("\r", "").replace("\n", "")
@@ -66,6 +70,7 @@ def _base64(text: str) -> bytes:
         body = clean.rstrip("=")
         bad = next((i for i, ch in enumerate(body) if not _B64.match(ch)), len(body))
         raise BadRequest(f"illegal base64 data at input byte {bad}") from None
+
 
 def _keep_alive(value: Any, field: str):
     from google.protobuf import duration_pb2
@@ -80,6 +85,7 @@ def _keep_alive(value: Any, field: str):
     duration.FromNanoseconds(ns or 0)        # seconds and nanos of one sign, as the Duration spec demands
     return duration
 
+
 def _think(value: Any, field: str) -> pb.Think:
     if isinstance(value, bool):
         return pb.Think(enabled=value)
@@ -89,6 +95,7 @@ def _think(value: Any, field: str) -> pb.Think:
         raise BadRequest(f'invalid think value: "{value}" (must be {_THINK_VALUES})')
     raise BadRequest(f"think must be a boolean or string ({_THINK_VALUES})")
 
+
 def _format(value: Any, field: str) -> pb.Format | None:
     if value == "":
         return None
@@ -96,6 +103,7 @@ def _format(value: Any, field: str) -> pb.Format | None:
         return pb.Format(json=True)
     # Anything else goes to the service verbatim; it accepts only a JSON Schema object.
     return pb.Format(json_schema=json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+
 
 def _context(value: Any, field: str) -> list[int]:
     if not isinstance(value, list):
@@ -108,6 +116,7 @@ _INT_OPTIONS = {"num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "dr
 
 _FLOAT_OPTIONS = {"top_p", "min_p", "typical_p", "temperature", "repeat_penalty", "presence_penalty",
                   "frequency_penalty"}
+
 
 def _options(value: Any, field: str) -> pb.Options:
     if not isinstance(value, dict):
@@ -151,6 +160,7 @@ _GENERATE_FIELDS: Fields = {
     "_debug_render_only": ("debug_render_only", _bool),
 }
 
+
 def _bind(body: bytes, message, struct: str, fields: Fields):
     """Fills `message` from a JSON body, Go-style (see decode_object and fields)."""
     try:
@@ -159,6 +169,7 @@ def _bind(body: bytes, message, struct: str, fields: Fields):
         raise BadRequest(jsonbody.DEPTH_ERROR) from None
 
 Fields = Mapping[str, tuple[str, Callable[[Any, str], Any]]]
+
 
 def _bind_values(values: dict[str, Any], message, fields: Fields):
     lower = {k.lower(): k for k in fields}
@@ -182,9 +193,11 @@ def _bind_values(values: dict[str, Any], message, fields: Fields):
             setattr(message, attr, converted)
     return message
 
+
 def generate_request(body: bytes) -> pb.GenerateRequest:
     """An Ollama /api/generate body as a GenerateRequest; BadRequest with Go's message if it cannot be."""
     return _bind(body, pb.GenerateRequest(), "GenerateRequest", _GENERATE_FIELDS)
+
 
 def _struct(value: Any, field: str) -> struct_pb2.Struct:
     if not isinstance(value, dict):
@@ -192,6 +205,7 @@ def _struct(value: Any, field: str) -> struct_pb2.Struct:
     out = struct_pb2.Struct()
     out.update(value)
     return out
+
 
 def _tool_calls(value: Any, field: str) -> list[pb.ToolCall]:
     if not isinstance(value, list):
@@ -210,6 +224,7 @@ _MESSAGE_FIELDS = {"role": ("role", _string), "content": ("content", _string), "
                    "images": ("images", _images), "tool_calls": ("tool_calls", _tool_calls),
                    "tool_name": ("tool_name", _string), "tool_call_id": ("tool_call_id", _string)}
 
+
 def _messages(value: Any, field: str) -> list[pb.Message]:
     if not isinstance(value, list):
         raise jsonbody.type_error(value, field, "[]api.Message", "ChatRequest")
@@ -219,6 +234,7 @@ def _messages(value: Any, field: str) -> list[pb.Message]:
             raise jsonbody.type_error(item, field, "api.Message", "ChatRequest")
         out.append(_bind_values(item, pb.Message(), _MESSAGE_FIELDS))
     return out
+
 
 def _tools(value: Any, field: str) -> list[pb.Tool]:
     if not isinstance(value, list):
@@ -234,6 +250,7 @@ def _tools(value: Any, field: str) -> list[pb.Tool]:
             parameters=_struct(function.get("parameters") or {}, "parameters"))))
     return tools
 
+
 def _inputs(value: Any, field: str) -> list[str]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
@@ -242,6 +259,7 @@ def _inputs(value: Any, field: str) -> list[str]:
 
 _COMMON = {k: _GENERATE_FIELDS[k] for k in ("model", "stream", "format", "options", "keep_alive", "think",
                                             "truncate", "shift", "logprobs", "top_logprobs")}
+
 
 def _tool_choice(value: Any, field: str) -> pb.ToolChoice | None:
     """Not in Ollama's API (it ignores the field): gengate honours OpenAI's forms ("auto", "none", "required",
@@ -255,11 +273,14 @@ _CHAT_FIELDS = {**_COMMON, "messages": ("messages", _messages), "tools": ("tools
 _EMBED_FIELDS = {**{k: _GENERATE_FIELDS[k] for k in ("model", "options", "keep_alive", "truncate")},
                  "input": ("input", _inputs), "dimensions": ("dimensions", _int)}
 
+
 def chat_request(body: bytes) -> pb.ChatRequest:
     return _bind(body, pb.ChatRequest(), "ChatRequest", _CHAT_FIELDS)
 
+
 def embed_request(body: bytes) -> pb.EmbedRequest:
     return _bind(body, pb.EmbedRequest(), "EmbedRequest", _EMBED_FIELDS)
+
 
 def embeddings_request(body: bytes) -> pb.EmbedRequest:
     """Legacy /api/embeddings: {model, prompt} → one input (none when the prompt is empty)."""
@@ -269,11 +290,13 @@ def embeddings_request(body: bytes) -> pb.EmbedRequest:
     req.unnormalized = True               # Ollama's legacy handler returns the raw vector
     return req
 
+
 def _model_or_name(req, values: dict[str, Any]):
     """Ollama's cmp.Or(model, name): the deprecated `name` counts only when `model` is empty."""
     if not req.model and values.get("name"):
         req.model = _string(values["name"], "name")
     return req
+
 
 def show_request(body: bytes) -> mpb.ShowModelRequest:
     pairs = jsonbody.decode_object(body, "ShowRequest")
@@ -281,19 +304,23 @@ def show_request(body: bytes) -> mpb.ShowModelRequest:
                        {"model": ("model", _string), "verbose": ("verbose", _bool)})
     return _model_or_name(req, jsonbody.match_fields(pairs, {"name"}))
 
+
 def copy_request(body: bytes) -> mpb.CopyModelRequest:
     return _bind(body, mpb.CopyModelRequest(), "CopyRequest",
                  {"source": ("source", _string), "destination": ("destination", _string)})
+
 
 def delete_request(body: bytes) -> mpb.DeleteModelRequest:
     pairs = jsonbody.decode_object(body, "DeleteRequest")
     req = _bind_values(jsonbody.match_fields(pairs, {"model"}), mpb.DeleteModelRequest(), {"model": ("model", _string)})
     return _model_or_name(req, jsonbody.match_fields(pairs, {"name"}))
 
+
 def _string_map(value: Any, field: str) -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise jsonbody.type_error(value, field, "map[string]string", "CreateRequest")
     return value
+
 
 def _licenses(value: Any, field: str) -> list[str]:
     """Ollama's license: a string or a list of strings."""
@@ -301,6 +328,7 @@ def _licenses(value: Any, field: str) -> list[str]:
     if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
         raise BadRequest("license must be a string or an array of strings")
     return items
+
 
 def _parameters(value: Any, field: str) -> struct_pb2.Struct:
     return _struct(value, field)
@@ -311,6 +339,7 @@ def pull_request(body: bytes) -> mpb.PullModelRequest:
     pairs = jsonbody.decode_object(body, "PullRequest")
     req = _bind_values(jsonbody.match_fields(pairs, set(_PROGRESS_FIELDS)), mpb.PullModelRequest(), _PROGRESS_FIELDS)
     return _model_or_name(req, jsonbody.match_fields(pairs, {"name"}))
+
 
 def push_request(body: bytes) -> mpb.PushModelRequest:
     pairs = jsonbody.decode_object(body, "PushRequest")
@@ -323,6 +352,7 @@ _CREATE_FIELDS: Fields = {
     "license": ("license", _licenses), "parameters": ("parameters", _parameters),
     "messages": ("messages", _messages), "quantize": ("quantize", _string), "stream": ("stream", _bool)}
 
+
 def create_request(body: bytes) -> mpb.CreateModelRequest:
     """Ollama's current api.CreateRequest (`name` and `quantization` are its deprecated spellings)."""
     pairs = jsonbody.decode_object(body, "CreateRequest")
@@ -331,6 +361,7 @@ def create_request(body: bytes) -> mpb.CreateModelRequest:
     if not req.quantize and old.get("quantization"):
         req.quantize = _string(old["quantization"], "quantization")
     return _model_or_name(req, old)
+
 
 def progress_response(msg) -> dict[str, Any]:
     """A pull or create step as Ollama's ProgressResponse: empty fields left out."""
@@ -343,11 +374,13 @@ def progress_response(msg) -> dict[str, Any]:
         out["completed"] = msg.completed
     return out
 
+
 def _logprob(entry) -> dict[str, Any]:
     out: dict[str, Any] = {"token": entry.token, "logprob": entry.logprob}
     if entry.bytes:
         out["bytes"] = list(entry.bytes)
     return out
+
 
 def generate_response(msg: pb.GenerateResponse) -> dict[str, Any]:
     """A GenerateResponse as Ollama's JSON object (its field order; empty fields omitted)."""
@@ -369,11 +402,19 @@ def generate_response(msg: pb.GenerateResponse) -> dict[str, Any]:
         out["_debug_info"] = info
     if msg.logprobs:
         out["logprobs"] = _logprobs(msg.logprobs)
+    if msg.image:                            # image generation: the PNG, base64; the steps done and in all
+        out["image"] = base64.b64encode(msg.image).decode("ascii")
+    if msg.completed:
+        out["completed"] = msg.completed
+    if msg.total:
+        out["total"] = msg.total
     return out
+
 
 def _logprobs(entries) -> list[dict[str, Any]]:
     return [{**_logprob(e), **({"top_logprobs": [_logprob(t) for t in e.top_logprobs]} if e.top_logprobs else {})}
             for e in entries]
+
 
 def _final(msg, out: dict[str, Any], context: list[int] | None = None) -> None:
     """done_reason, context and the metrics, each omitted when empty (Go's omitempty)."""
@@ -390,6 +431,7 @@ def _final(msg, out: dict[str, Any], context: list[int] | None = None) -> None:
     if not isinstance(msg, pb.GenerateResponse) and msg.logprobs:
         out["logprobs"] = _logprobs(msg.logprobs)
 
+
 def chat_response(msg: pb.ChatResponse) -> dict[str, Any]:
     """A ChatResponse as Ollama's JSON object."""
     message: dict[str, Any] = {"role": msg.message.role or "assistant", "content": msg.message.content}
@@ -404,12 +446,14 @@ def chat_response(msg: pb.ChatResponse) -> dict[str, Any]:
     _final(msg, out)
     return out
 
+
 def embed_response(msg: pb.EmbedResponse) -> dict[str, Any]:
     out: dict[str, Any] = {"model": msg.model, "embeddings": [list(e.values) for e in msg.embeddings]}
     for key in ("total_duration", "load_duration", "prompt_eval_count"):
         value = getattr(msg, key)
         out[key] = value if isinstance(value, int) else protojson.ns(value)
     return out
+
 
 def _details(d) -> dict[str, Any]:
     out = {"parent_model": d.parent_model, "format": d.format, "family": d.family, "families": list(d.families),
@@ -420,10 +464,12 @@ def _details(d) -> dict[str, Any]:
         out["embedding_length"] = d.embedding_length
     return out
 
+
 def tags_response(msg: mpb.ListModelsResponse) -> dict[str, Any]:
     return {"models": [{"name": m.name, "model": m.model, "modified_at": protojson.timestamp(m.modified_at),
                         "size": m.size, "digest": m.digest, "details": _details(m.details),
                         "capabilities": list(m.capabilities)} for m in msg.models]}
+
 
 def show_response(msg: mpb.ShowModelResponse) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -444,6 +490,7 @@ def show_response(msg: mpb.ShowModelResponse) -> dict[str, Any]:
         out["projector_info"] = protojson.struct_dict(msg.projector_info)
     out.update(capabilities=list(msg.capabilities), modified_at=protojson.timestamp(msg.modified_at))
     return out
+
 
 def ps_response(msg: mpb.ListRunningModelsResponse) -> dict[str, Any]:
     return {"models": [{"name": m.name, "model": m.model, "size": m.size, "digest": m.digest,

@@ -1,5 +1,5 @@
-"""OpenAI's API (/v1/chat/completions, /v1/completions, /v1/embeddings) on the relay: bodies translated by
-gateway.openai.wire, streams as server-sent events."""
+"""OpenAI's API (/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/images/generations) on the relay:
+bodies translated by gateway.openai.wire, streams as server-sent events."""
 from __future__ import annotations
 
 from aiohttp import web
@@ -32,8 +32,15 @@ async def embeddings(request: web.Request, parsed) -> web.Response:
                              lambda reply: wire.embeddings_response(reply, encoding), OPENAI)
 
 
+@route(OPENAI, wire.parse(wire.image_request))
+async def images(request: web.Request, req) -> web.StreamResponse:
+    return await relay.stream(request, request.config_dict[SERVICE].generate.Generate, req,
+                              relay.Whole(wire.image_response), OPENAI, streaming=False)
+
+
 def add_routes(app: web.Application) -> None:
     """Registers OpenAI's /v1 routes (its model routes: gateway.model_list)."""
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_post("/v1/images/generations", images)

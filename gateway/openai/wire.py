@@ -1,5 +1,5 @@
-"""OpenAI's JSON <-> gengate protobuf: its chat completions, completions, embeddings and model objects, over the
-same RPCs as Ollama's API.
+"""OpenAI's JSON <-> gengate protobuf: its chat completions, completions, embeddings, images and model objects,
+over the same RPCs as Ollama's API.
 
 Like the rest of the gateway this only translates: an OpenAI request body becomes a ChatRequest, GenerateRequest or
 EmbedRequest, and the replies become OpenAI's objects. Every semantic check (model lookup, option ranges,
@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import struct
 import uuid
 from typing import Any
@@ -436,6 +437,48 @@ def embeddings_response(reply: pb.EmbedResponse, encoding: str) -> dict[str, Any
                      for i, e in enumerate(reply.embeddings)],
             "model": reply.model,
             "usage": {"prompt_tokens": reply.prompt_eval_count, "total_tokens": reply.prompt_eval_count}}
+
+
+# -- images ----------------------------------------------------------------------------------
+_SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
+
+
+def image_request(body: dict[str, Any]) -> pb.GenerateRequest:
+    """An OpenAI images body (Ollama's /v1/images/generations: model, prompt, size "WxH", n, response_format,
+    seed) as a GenerateRequest for one image, not streamed. Only base64 answers: there is nowhere to host a URL."""
+    prompt, model = _str(body, "prompt"), _str(body, "model")
+    if not prompt:
+        raise BadRequest("prompt is required", "prompt")
+    if not model:
+        raise BadRequest("model is required", "model")
+    if (n := _int(body, "n")) is not None and n != 1:
+        raise BadRequest("'n' must be 1: one image a request", "n")
+    if (form := _str(body, "response_format")) not in (None, "b64_json"):
+        raise BadRequest(f"response_format '{form}' is not supported: images come back as b64_json", "response_format")
+    if (kind := _str(body, "output_format")) not in (None, "png"):
+        raise BadRequest(f"output_format '{kind}' is not supported: images are PNG", "output_format")
+    req = pb.GenerateRequest(model=model, prompt=prompt, stream=False)
+    if (size := _str(body, "size")) not in (None, "auto"):
+        match = _SIZE.fullmatch(size)
+        if match is None:
+            raise BadRequest(f"invalid size '{size}': expected WIDTHxHEIGHT, such as 1024x1024", "size")
+        req.width, req.height = int(match[1]), int(match[2])
+    if (seed := _int(body, "seed")) is not None:
+        req.options.seed = seed
+    return req
+
+
+def image_response(reply: pb.GenerateResponse) -> dict[str, Any]:
+    return {"created": reply.created_at.seconds,
+            "data": [{"b64_json": base64.b64encode(reply.image).decode("ascii")}] if reply.image else [],
+            "output_format": "png", "size": _png_size(reply.image)}
+
+
+def _png_size(png: bytes) -> str:
+    """A PNG's "WxH", from its header."""
+    if len(png) < 24:
+        return ""
+    return f"{int.from_bytes(png[16:20], 'big')}x{int.from_bytes(png[20:24], 'big')}"
 
 
 def parse(translate):

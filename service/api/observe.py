@@ -9,7 +9,7 @@ alone):
 - a request whose bytes do not parse is INVALID_ARGUMENT (gRPC's own answer would be UNKNOWN);
 - a GenerateError becomes its status (service.errors has the one table), with google.rpc details; anything
   else is INTERNAL with a generic text (the cause goes to the log: it may name files);
-- `gengate_requests_total{method, code}`, the request duration, and one access log line.
+- `gengate_requests_total{method, code, capability}`, the request duration, and one access log line.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from grpc_status import rpc_status
 from common import tracing
 from common.logs import request_id
 from service.errors import GenerateError, Kind
-from service.metrics import Metrics
+from service.metrics import CAPABILITY, Metrics
 
 log = logging.getLogger("service.access")
 DOMAIN = "gengate.v1"
@@ -78,6 +78,7 @@ class _Call:
         given = dict(self.context.invocation_metadata() or ()).get("x-request-id", "")
         rid = given if 0 < len(given) <= 128 and given.isascii() and given.isprintable() else uuid.uuid4().hex
         request_id.set(rid)
+        CAPABILITY.set("")
         tracing.tag_request(rid)
         await self.context.send_initial_metadata((("x-request-id", rid),))
         if request is _UNPARSED:
@@ -109,8 +110,9 @@ class _Call:
 
     def end(self) -> None:
         elapsed = time.perf_counter() - self.start
-        self.metrics.requests.labels(self.method, self.code.name).inc()
-        self.metrics.e2e.labels(self.method).observe(elapsed)
+        capability = CAPABILITY.get()
+        self.metrics.requests.labels(self.method, self.code.name, capability).inc()
+        self.metrics.e2e.labels(self.method, capability).observe(elapsed)
         log.info("%s model=%s code=%s tokens=%d seconds=%.3f", self.method, self.model, self.code.name,
                  self.tokens, elapsed)
 

@@ -213,6 +213,54 @@ class Runner(abc.ABC):
         return 0, 0
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageJob:
+    """One image to generate (a diffusion model's request)."""
+
+    prompt: str
+    width: int
+    height: int
+    steps: int
+    seed: int
+    cfg_scale: float | None = None       # None: the architecture's own
+    sampler: str = ""                    # stable-diffusion.cpp's sample method; "": the architecture's own
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageStep:
+    """A diffusion step done."""
+
+    completed: int
+    total: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageResult:
+    """The image, as PNG bytes, with how long encoding the prompt and sampling took."""
+
+    png: bytes
+    seconds: float
+
+
+class ImageRunner(abc.ABC):
+    """A loaded image-generation (diffusion) model."""
+
+    n_ctx: int = 0                       # none: a loaded image model holds no context (for /api/ps)
+    architecture: str = ""               # what the engine took the file for ("flux2-klein", "sd1", …)
+
+    @abc.abstractmethod
+    def generate_image(self, job: ImageJob) -> AsyncGenerator[ImageStep | ImageResult, None]:
+        """Streams one ImageStep per diffusion step, then the ImageResult. Closing it stops the job within a step
+        (or at once, by ending the process that runs it); the runner serves the next one."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Frees the model."""
+
+    def kv_cells(self) -> tuple[int, int]:
+        return 0, 0
+
+
 @dataclasses.dataclass
 class DecodeStats:
     """What an engine's runners have done, all models together (metrics; tests compare them before and after)."""
@@ -221,6 +269,15 @@ class DecodeStats:
     steps: int = 0                       # decode steps (one llama_decode for every running sequence)
     prefill_chunks: int = 0              # prompt chunks (and images) evaluated
     cached_tokens: int = 0               # prompt tokens whose KV a sequence still held (not evaluated again)
+
+
+class ImageEngine(abc.ABC):
+    """Loads image-generation models."""
+
+    @abc.abstractmethod
+    async def load(self, path: str, components: Mapping[str, str], threads: int) -> ImageRunner:
+        """Loads the checkpoint at `path` with its separate `components` (role → file: "vae", "llm", "clip_l",
+        "clip_g", "t5xxl"), in a process of its own. LoadError when the engine cannot load it."""
 
 
 class Engine(abc.ABC):

@@ -281,3 +281,37 @@ class Decoding:
         if self.sampler is not None:
             llama_cpp.llama_sampler_free(self.sampler)
             self.sampler = None
+
+
+PROBE_SECONDS = 60.0
+
+
+def problem(path: Path) -> str | None:
+    """Why llama.cpp cannot read the model at `path` (its architecture, hyper-parameters and vocabulary, loaded
+    without weights in a child process: a file it chokes on costs that process), or None."""
+    import subprocess
+    import sys
+    try:
+        done = subprocess.run([sys.executable, "-m", "service.engines.llama", str(path)], capture_output=True,
+                              text=True, timeout=PROBE_SECONDS)
+    except subprocess.TimeoutExpired:
+        return "llama.cpp took too long to read the model"
+    if done.returncode == 0:
+        return None
+    return "llama.cpp cannot load the model (an architecture it does not know, or a broken file)"
+
+
+def _probe(path: str) -> int:
+    init_backend()
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(path.encode(), params)
+    if not model:
+        return 1
+    llama_cpp.llama_model_free(model)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(_probe(sys.argv[1]))

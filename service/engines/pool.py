@@ -12,7 +12,16 @@ import dataclasses
 import logging
 import time
 
-from service.engines.base import Engine, LoadOptions, LoadTimeout, OutOfMemory, Runner
+from service.engines.base import (
+    Engine,
+    ImageEngine,
+    ImageRunner,
+    LoadError,
+    LoadOptions,
+    LoadTimeout,
+    OutOfMemory,
+    Runner,
+)
 from service.models.store import ModelEntry
 
 log = logging.getLogger(__name__)
@@ -32,7 +41,7 @@ class Loaded:
 
     entry: ModelEntry
     options: LoadOptions
-    runner: Runner
+    runner: Runner | ImageRunner
     keep_alive_ns: int
     leases: int = 0
     expires_at: float | None = None      # wall clock; None while in use or kept forever
@@ -44,12 +53,25 @@ class Loaded:
 class Lease:
     """A model held by one request."""
 
-    runner: Runner
+    runner: Runner | ImageRunner
+
+    @property
+    def text(self) -> Runner:
+        """The runner of a text model (the pipeline checked the model's kind before it leased it)."""
+        assert isinstance(self.runner, Runner)
+        return self.runner
+
+    @property
+    def image(self) -> ImageRunner:
+        assert isinstance(self.runner, ImageRunner)
+        return self.runner
 
 
 class ModelPool:
-    def __init__(self, engine: Engine, default_keep_alive_ns: int, max_loaded: int = 3, load_timeout_s: float = 300):
+    def __init__(self, engine: Engine, default_keep_alive_ns: int, max_loaded: int = 3, load_timeout_s: float = 300,
+                 image_engine: ImageEngine | None = None):
         self._engine = engine
+        self._image_engine = image_engine
         self._load_timeout_s = load_timeout_s if load_timeout_s > 0 else None     # <= 0: wait as long as it takes
         self._default_keep_alive_ns = _clamped(default_keep_alive_ns)
         self._max_loaded = max(1, max_loaded)
@@ -138,7 +160,12 @@ class ModelPool:
         self._schedule_expiry(model)
         return model
 
-    async def _engine_load(self, entry: ModelEntry, options: LoadOptions) -> Runner:
+    async def _engine_load(self, entry: ModelEntry, options: LoadOptions) -> Runner | ImageRunner:
+        if entry.kind == "image":
+            if self._image_engine is None:
+                raise LoadError("this service has no image engine")
+            return await self._image_engine.load(str(entry.path), {role: str(p) for role, p in entry.components},
+                                                 options.num_thread)
         return await self._engine.load(str(entry.path), options, adapters=[str(p) for p in entry.adapters],
                                        projector=str(entry.projector) if entry.projector else None)
 

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import random
 import re
 from collections.abc import Sequence
 
 from PIL import Image, UnidentifiedImageError
 
-from service.engines.base import Bitmap
+from gengate.v1 import generate_pb2 as pb
+from service.engines.base import Bitmap, ImageJob
 from service.errors import invalid
+from service.models import checkpoint
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 TAG = re.compile(r"\[img-(\d+)\]")
@@ -70,3 +73,33 @@ def decode(data: bytes, field: str, max_pixels: int) -> Bitmap:
         raise invalid(f"invalid image data: {kind} (accepted: PNG, JPEG, WebP, GIF, BMP)", field) from None
     digest = hashlib.sha256(f"{width}x{height}:".encode() + pixels).digest()
     return Bitmap(width, height, pixels, digest)
+
+
+PNG_OVERHEAD = 64 << 10                  # a PNG's bytes beyond its pixels, at most (headers, filters, zlib blocks)
+
+
+def image_job(req: pb.GenerateRequest, architecture: str, *, max_pixels: int, max_steps: int,
+              max_message_bytes: int) -> ImageJob:
+    """An image request's job: its size and steps (the architecture's defaults where it does not say; the default
+    size within the pixel budget), checked
+    against what the engine needs (a multiple) and the limits (pixels, steps); its seed (options.seed, else a
+    random one)."""
+    defaults = checkpoint.DEFAULTS.get(architecture, checkpoint.Defaults(512, 20, 7.0, 8))
+    size = defaults.size                 # the default square, shrunk to the pixel budget when over it
+    while size * size > max_pixels and size > defaults.multiple:
+        size -= defaults.multiple
+    width = req.width if req.HasField("width") else size
+    height = req.height if req.HasField("height") else size
+    steps = req.steps if req.HasField("steps") else defaults.steps
+    if width % defaults.multiple or height % defaults.multiple:
+        raise invalid(f"width and height must be multiples of {defaults.multiple} for this model "
+                      f"({architecture or 'unknown architecture'})", "width" if width % defaults.multiple else "height")
+    if width * height > max_pixels:
+        raise invalid(f"width × height is {width * height} pixels, over the limit of {max_pixels}", "width")
+    if width * height * 3 + PNG_OVERHEAD > max_message_bytes:          # a PNG of noise hardly compresses
+        raise invalid(f"a {width}×{height} image may not fit in a reply of at most {max_message_bytes} bytes "
+                      "(GENGATE_MAX_MESSAGE_BYTES)", "width")
+    if steps > max_steps:
+        raise invalid(f"steps is {steps}, over the limit of {max_steps}", "steps")
+    seed = req.options.seed if req.options.HasField("seed") and req.options.seed >= 0 else random.randrange(2**31)
+    return ImageJob(req.prompt, width, height, steps, seed, defaults.cfg_scale)

@@ -21,10 +21,10 @@ from service.errors import GenerateError, Kind, invalid
 from service.generation import request as checks
 from service.models import catalog
 from service.models.catalog import Progress
-from service.models.creation import Creation, ProjectorProbe
+from service.models.creation import Creation, Probes
 from service.models.jobs import ModelJobs
 from service.models.model import Model
-from service.models.store import DigestMismatch, ModelStore, parse_digest
+from service.models.store import DigestMismatch, ModelEntry, ModelStore, parse_digest
 from service.settings import ServiceSettings
 
 CLOUD_DISABLED = "ollama cloud is disabled: remote model is unavailable"
@@ -66,12 +66,12 @@ class Models:
     """Installed and loaded models (see the module docstring)."""
 
     def __init__(self, settings: ServiceSettings, store: ModelStore, pool: ModelPool, jobs: ModelJobs,
-                 probe: ProjectorProbe):
+                 probes: Probes):
         self._settings = settings
         self.store = store
         self.pool = pool
         self.jobs = jobs
-        self._creation = Creation(store, jobs, settings.num_threads, probe)
+        self._creation = Creation(store, jobs, settings.num_threads, probes)
 
     # -- names ---------------------------------------------------------------------------------------------------
     async def get(self, text: str, *, blank: str | None = "model is required", malformed: str = "invalid model name",
@@ -86,7 +86,19 @@ class Models:
         entry = self.store.get(parse_name(text, malformed=malformed, remote=remote))
         if entry is None or not entry.path.exists():
             raise not_found
-        return Model(entry, await self.store.read_metadata(entry.path))
+        return await self.model(entry)
+
+    async def model(self, entry: ModelEntry) -> Model:
+        """What is known of an installed model without loading it: its file's metadata (an image model's: its
+        architecture and format, and what a GGUF checkpoint carries)."""
+        if entry.kind != "image":
+            return Model(entry, await self.store.read_metadata(entry.path))
+        with open(entry.path, "rb") as f:
+            gguf = f.read(4) == b"GGUF"
+        metadata = dict(await self.store.read_metadata(entry.path)) if gguf else {}
+        metadata.update({"general.architecture": entry.architecture, "general.type": "diffusion",
+                         "general.file_format": "gguf" if gguf else "safetensors"})
+        return Model(entry, metadata)
 
     # -- loading -------------------------------------------------------------------------------------------------
     def load_options(self, model: Model, options: Any = None) -> LoadOptions:
@@ -129,7 +141,7 @@ class Models:
         out = []
         for entry in sorted(self.store.entries(), key=lambda e: e.modified_at, reverse=True):
             if entry.path.exists():
-                out.append(Model(entry, await self.store.read_metadata(entry.path)))
+                out.append(await self.model(entry))
         return out
 
     async def running(self) -> list[Running]:
@@ -137,7 +149,7 @@ class Models:
         keep-alive from now."""
         out = []
         for loaded in self.pool.loaded():
-            model = Model(loaded.entry, await self.store.read_metadata(loaded.entry.path))
+            model = await self.model(loaded.entry)
             if loaded.expires_at is not None:
                 expires = loaded.expires_at
             else:

@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,7 @@ from service.chat import prompt as prompts
 from service.chat import tools
 from service.chat.jinja import ChatTemplates
 from service.engines import schema_grammar
-from service.engines.base import LoadOptions, Runner
+from service.engines.base import ImageStep, LoadOptions, Runner
 from service.engines.pool import Lease
 from service.errors import GenerateError, Kind, invalid
 from service.generation import images, stream, tokens
@@ -34,7 +34,7 @@ from service.generation.admission import Admission
 from service.generation.grammar import Grammars
 from service.generation.models import Models
 from service.generation.stream import Delta, Summary, Timing
-from service.metrics import Metrics
+from service.metrics import CAPABILITY, Metrics
 from service.models.model import Model
 from service.settings import ServiceSettings
 
@@ -132,6 +132,7 @@ class Generation:
         start = time.perf_counter_ns()
         checks.check_fields(req, self._settings.max_prompt_bytes, texts)
         model = await self.models.get(req.model, blank=blank, remote=True)
+        CAPABILITY.set("embedding" if isinstance(req, pb.EmbedRequest) else "image" if model.image else "completion")
         return Prepared(model, self.models.load_options(model, req.options), checks.keep_alive_ns(req), start)
 
     @contextlib.asynccontextmanager
@@ -197,6 +198,11 @@ class Generation:
             await self.models.unload(model)
             yield reply(done=True, done_reason=pb.DONE_REASON_UNLOAD)
             return
+        if model.image:
+            async with contextlib.aclosing(self._image(req, prep, reply)) as made:
+                async for out in made:
+                    yield out
+            return
         if any(req.HasField(f) for f in ("width", "height", "steps")):
             raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support image generation')
         if req.raw and (req.template or req.system or req.context):
@@ -208,7 +214,7 @@ class Generation:
         if req.images:
             self._check_images(req, model, list(req.images), "images")
         async with self._running(prep) as (lease, timing):
-            runner = lease.runner
+            runner = lease.text
             if not req.prompt:
                 yield reply(done=True, done_reason=pb.DONE_REASON_LOAD)
                 return
@@ -233,6 +239,43 @@ class Generation:
                         context = [] if req.raw else await asyncio.to_thread(tokens.of_text, runner,
                                                                              said + event.response)
                         yield reply(response=event.text, thinking=event.thinking, **event.metrics(), context=context)
+
+    async def _image(self, req: pb.GenerateRequest, prep: Prepared,
+                     reply: Callable[..., pb.GenerateResponse]) -> AsyncGenerator[pb.GenerateResponse, None]:
+        """Generate on an image model (Ollama's image generation): one reply a diffusion step (`completed` of
+        `total`; only the last when not streaming), then the PNG in `image` with `done`."""
+        model = prep.model
+        for field, given in (("images", bool(req.images)), ("suffix", bool(req.suffix)),
+                             ("format", req.HasField("format")), ("think", req.HasField("think")),
+                             ("context", bool(req.context)), ("template", bool(req.template)),
+                             ("system", bool(req.system)), ("logprobs", req.logprobs)):
+            if given:
+                raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" generates images: it takes no {field}', field)
+        job = images.image_job(req, model.entry.architecture, max_pixels=self._settings.max_generated_pixels,
+                               max_steps=self._settings.max_image_steps,
+                               max_message_bytes=self._settings.max_message_bytes)
+        async with self._running(prep) as (lease, timing):
+            if not req.prompt:
+                yield reply(done=True, done_reason=pb.DONE_REASON_LOAD)
+                return
+            streaming = requests.streams(req)
+            items = lease.image.generate_image(job)
+            async with contextlib.aclosing(items):
+                try:
+                    async for item in items:
+                        if isinstance(item, ImageStep):
+                            self._metrics.image_steps.inc()
+                            if streaming:
+                                yield reply(completed=item.completed, total=item.total)
+                            continue
+                        now = time.perf_counter_ns()
+                        self._metrics.images.inc()
+                        yield reply(image=item.png, completed=job.steps, total=job.steps, done=True,
+                                    done_reason=pb.DONE_REASON_STOP, total_duration=stream.duration(now - prep.start),
+                                    load_duration=stream.duration(timing.loaded - prep.start),
+                                    eval_duration=stream.duration(int(item.seconds * 1e9)))
+                except RuntimeError as exc:
+                    raise GenerateError(Kind.INTERNAL, str(exc)) from None
 
     async def _render(self, req: pb.GenerateRequest, model: Model, runner: Runner, think: bool | None,
                       level: str) -> str:
@@ -283,7 +326,7 @@ class Generation:
         if pictures:
             self._check_images(req, model, [data for data, _ in pictures], "messages")
         async with self._running(prep) as (lease, timing):
-            runner = lease.runner
+            runner = lease.text
             if not req.messages:
                 yield reply(done=True, done_reason=pb.DONE_REASON_LOAD)
                 return
@@ -341,9 +384,11 @@ class Generation:
                                    blank="model is required")
         if req.dimensions < 0:
             raise invalid("dimensions must be at least 0", "dimensions")
+        if prep.model.image:
+            raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" does not support embeddings')
         vectors, count = [], 0
         async with self._running(prep) as (lease, timing):
-            runner = lease.runner
+            runner = lease.text
             for text in req.input:
                 ids = await asyncio.to_thread(_embed_tokens, runner, text)
                 if len(ids) > runner.n_ctx:

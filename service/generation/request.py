@@ -58,7 +58,9 @@ def check_fields(req: Request, max_text_bytes: int, texts: dict[str, str]) -> No
         raise invalid(f'option "stop" allows sequences of at most {MAX_STOP_LENGTH} characters', "options.stop")
     if isinstance(req, pb.GenerateRequest):
         for field in ("width", "height"):
-            if req.HasField(field) and not 1 <= getattr(req, field) <= 4096:
+            if req.HasField(field) and getattr(req, field) > 4096:
+                raise invalid("width and height must be <= 4096", field)      # Ollama's words
+            if req.HasField(field) and getattr(req, field) < 1:
                 raise invalid(f"{field} must be between 1 and 4096", field)
         if req.HasField("steps") and req.steps < 1:
             raise invalid("steps must be at least 1", "steps")

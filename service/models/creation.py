@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +38,23 @@ from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import model_pb2 as mpb
 from service.chat import prompt
 from service.errors import GenerateError, Kind, invalid
-from service.models import catalog, quantize
+from service.models import catalog, checkpoint, quantize
 from service.models.catalog import Progress
-from service.models.gguf import GGUFError, check_tensors, kind_of, read_metadata
+from service.models.gguf import GGUFError, kind_of, read_metadata
 from service.models.jobs import ModelJobs, waiting_status
 from service.models.store import WORK_PREFIX, ModelStore, lock_alive, parse_digest
 
 NO_SOURCE = "neither 'from' or 'files' was specified"
-# Whether a vision projector works with a model's weights: None, or why not (the engine's, given by the service).
-ProjectorProbe = Callable[[Path, Path], "str | None"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Probes:
+    """The engines' checks of uploaded files, each None or why the engine cannot use them (given by the service's
+    composition root: models know no engine)."""
+
+    projector: Callable[[Path, Path], str | None]                          # a vision projector with its model
+    text: Callable[[Path], str | None]                                     # llama.cpp reads the model
+    diffusion: Callable[[Path, dict[str, Path]], Awaitable[str | None]]    # stable-diffusion.cpp loads it
 ZERO_DIGEST = "0" * 19                   # what Ollama puts in the digest of a quantizing step
 
 
@@ -68,11 +77,11 @@ def _text_digest(value: Any) -> str:
 class Creation:
     """Runs CreateModel requests against the store."""
 
-    def __init__(self, store: ModelStore, jobs: ModelJobs, threads: int, probe: ProjectorProbe):
+    def __init__(self, store: ModelStore, jobs: ModelJobs, threads: int, probes: Probes):
         self._store = store
         self._jobs = jobs
         self._threads = threads
-        self._probe = probe
+        self._probes = probes
 
     def check(self, req: mpb.CreateModelRequest) -> names.ModelName:
         """What Ollama checks before it streams anything (400s)."""
@@ -113,7 +122,7 @@ class Creation:
             await asyncio.to_thread(self._check_projector, layers)
         for name in sorted(req.adapters):
             digest = self._blob(req.adapters[name], "adapters")
-            if kind_of(await self._checked(digest)) != "adapter":
+            if (await self._inspect(digest))[0] != "adapter":
                 raise invalid(f"{name} is not a LoRA adapter", "adapters")
             layers.setdefault("adapters", [])
             if digest not in layers["adapters"]:
@@ -144,22 +153,35 @@ class Creation:
                     yield step
             record = self._store.record(parsed)
             assert record is not None
-        for key in ("digest", "adapters", "projector", "template", "system", "parameters", "messages", "license"):
+        for key in ("digest", "adapters", "projector", "template", "system", "parameters", "messages", "license",
+                    "kind", "architecture", "components"):
             if record.get(key):
                 layers[key] = record[key]
         layers["parent"] = parsed.short
-        for digest in [record["digest"], *(record.get("adapters") or ()), *filter(None, [record.get("projector")])]:
+        for digest in [record["digest"], *(record.get("adapters") or ()), *filter(None, [record.get("projector")]),
+                       *(record.get("components") or {}).values()]:
             yield _layer(digest, created=False)
         for key in ("template", "system", "parameters", "messages", "license"):
             if record.get(key):
                 yield _layer(_text_digest(record[key]), created=False)
 
     async def _files(self, req: mpb.CreateModelRequest, layers: dict[str, Any]) -> AsyncGenerator[Progress, None]:
+        """The uploaded files, each sorted by what it holds: a text model's weights (llama.cpp), a vision
+        projector, LoRA adapters, or a diffusion checkpoint and its separate components (named by role: vae, llm,
+        clip_l, clip_g, t5xxl). Whichever engine it is for must load it: a file neither can is a 400 now."""
+        components: dict[str, str] = {}
         for name in sorted(req.files):
             yield Progress("parsing GGUF")
             digest = self._blob(req.files[name], "files")
-            kind = kind_of(await self._checked(digest))
-            if kind == "model":
+            kind, architecture = await self._inspect(digest)
+            role = checkpoint.role_of(name)
+            if role is not None and kind != "projector":
+                components[role] = digest
+            elif kind == "diffusion":
+                if "digest" in layers:
+                    raise invalid("more than one model among the files", "files")
+                layers.update(digest=digest, kind="image", architecture=architecture)
+            elif kind == "model":
                 if "digest" in layers:
                     raise invalid("more than one model among the files", "files")
                 layers["digest"] = digest
@@ -172,11 +194,45 @@ class Creation:
             yield _layer(digest, created=False)
         if "digest" not in layers:
             raise invalid("no model weights among the files", "files")
+        if components and layers.get("kind") != "image":
+            raise invalid(f"{', '.join(sorted(components))}: parts of an image model, but no diffusion checkpoint "
+                          "among the files", "files")
+        weights = self._store.blob_path(layers["digest"])
+        if layers.get("kind") == "image":
+            if layers.get("projector") or layers.get("adapters"):
+                raise invalid("an image model takes no vision projector or LoRA adapter", "files")
+            layers["components"] = components
+            problem = await self._probes.diffusion(
+                weights, {role: self._store.blob_path(d) for role, d in components.items()})
+        else:
+            problem = await asyncio.to_thread(self._probes.text, weights)
+        if problem:
+            raise invalid(problem, "files")
+
+    async def _inspect(self, digest: str) -> tuple[str, str]:
+        """(what an uploaded blob holds: "model", "projector", "adapter", "diffusion" or "component"; a diffusion
+        checkpoint's architecture), its table checked to stay inside the file (off the event loop: the file is
+        the client's)."""
+        path = self._store.blob_path(digest)
+
+        def read() -> tuple[str, str]:
+            file_format, tensors = checkpoint.tensor_names(path)
+            architecture = checkpoint.architecture(tensors)
+            if architecture is not None:
+                return "diffusion", architecture
+            if file_format != "gguf":
+                return "component", ""
+            return kind_of(read_metadata(path)), ""
+        try:
+            return await asyncio.to_thread(read)
+        except (ValueError, GGUFError):
+            raise invalid("supplied file was not in GGUF format", "files") from None
 
     def _check_projector(self, layers: dict[str, Any]) -> None:
         """Tries the projector with the model (the engine's probe, in a child process): one that cannot be used
         with it is refused now, with the reason."""
-        problem = self._probe(self._store.blob_path(layers["digest"]), self._store.blob_path(layers["projector"]))
+        problem = self._probes.projector(self._store.blob_path(layers["digest"]),
+                                         self._store.blob_path(layers["projector"]))
         if problem:
             raise invalid(problem, "files")
 
@@ -186,20 +242,9 @@ class Creation:
             raise GenerateError(Kind.INVALID_ARGUMENT, f'blob "sha256:{digest}" not found: upload it first', field)
         return digest
 
-    async def _checked(self, digest: str) -> dict[str, Any]:
-        """The GGUF metadata of an uploaded blob, after checking its tensor table stays inside the file (off the
-        event loop: the file is the client's)."""
-        path = self._store.blob_path(digest)
-
-        def read() -> dict[str, Any]:
-            check_tensors(path)
-            return read_metadata(path)
-        try:
-            return await asyncio.to_thread(read)
-        except GGUFError:
-            raise invalid("supplied file was not in GGUF format", "files") from None
-
     async def _quantize(self, text: str, layers: dict[str, Any]) -> AsyncGenerator[Progress, None]:
+        if layers.get("kind") == "image":
+            raise invalid("quantize is for text models: an image model is used as its checkpoint is", "quantize")
         wanted = text.upper()
         file_type = quantize.TARGETS.get(wanted)
         if file_type is None:

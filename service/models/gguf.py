@@ -147,9 +147,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 MAX_TENSORS = 1 << 20
 
 
-def check_tensors(path: str | Path) -> None:
-    """Raises GGUFError unless every tensor of the file has a known type, 1 to 4 positive dimensions, and data
-    that lies inside the file."""
+def check_tensors(path: str | Path) -> list[str]:
+    """The names of the file's tensors; GGUFError unless every tensor has a known type, 1 to 4 positive
+    dimensions, and data that lies inside the file."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     with open(path, "rb") as f:
@@ -185,6 +185,7 @@ def check_tensors(path: str | Path) -> None:
         for name, offset, nbytes in tensors:
             if offset % alignment or data + offset + nbytes > size:
                 raise GGUFError(f"tensor {name}: data outside the file")
+        return [name for name, _, _ in tensors]
 
 
 def kind_of(metadata: dict[str, Any]) -> str:

@@ -50,8 +50,14 @@ class Model:
         return thinking_tags(self.entry.template or self.chat_template or "")
 
     @property
+    def image(self) -> bool:
+        """An image-generation (diffusion) model."""
+        return self.entry.kind == "image"
+
+    @property
     def generative(self) -> bool:
-        return self.arch not in NON_GENERATIVE
+        """It writes text (Generate and Chat on it decode tokens)."""
+        return not self.image and self.arch not in NON_GENERATIVE
 
     @property
     def vision(self) -> bool:
@@ -65,6 +71,8 @@ class Model:
         return "tools" in (self.chat_template or "")
 
     def capabilities(self) -> list[str]:
+        if self.image:
+            return ["image"]
         caps = ["completion"] if self.generative else ["embedding"]
         if "suffix" in self.template_fields():
             caps.append("insert")
@@ -77,8 +85,9 @@ class Model:
         return caps
 
     def details(self) -> dict[str, Any]:
+        fmt = str(self.metadata.get("general.file_format", "gguf"))
         return {
-            "parent_model": self.entry.parent, "format": "gguf", "family": self.arch,
+            "parent_model": self.entry.parent, "format": fmt, "family": self.arch,
             "families": [self.arch] if self.arch else [],
             "parameter_size": str(self.metadata.get("general.size_label", "")),
             "quantization_level": FILE_TYPES.get(int(self.metadata.get("general.file_type", -1)), "unknown"),

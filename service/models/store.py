@@ -115,15 +115,18 @@ class ModelEntry:
     adapters: tuple[Path, ...] = ()                # LoRA adapter blobs, applied at load
     projector: Path | None = None                  # the vision projector blob (models that can see)
     parent: str = ""                               # the model it was created from
+    kind: str = "text"                             # "text" (llama.cpp), or "image" (a diffusion checkpoint)
+    architecture: str = ""                         # an image model's, as create detected it ("flux2-klein", …)
+    components: tuple[tuple[str, Path], ...] = ()  # an image model's separate parts: (role, blob) ("vae", "llm", …)
 
     @property
     def key(self) -> str:
         return self.name.key
 
     @property
-    def files(self) -> tuple[Path, tuple[Path, ...], Path | None]:
-        """The blobs a load reads: weights, adapters, projector (a change means a reload)."""
-        return self.path, self.adapters, self.projector
+    def files(self) -> tuple[Path, tuple[Path, ...], Path | None, tuple[tuple[str, Path], ...]]:
+        """The blobs a load reads: weights, adapters, projector, components (a change means a reload)."""
+        return self.path, self.adapters, self.projector, self.components
 
 
 class ModelStore:
@@ -256,6 +259,9 @@ class ModelStore:
             adapters=tuple(self.blob_path(d) for d in record.get("adapters") or ()),
             projector=self.blob_path(projector) if projector else None,
             parent=record.get("parent", ""),
+            kind=record.get("kind", "text"),
+            architecture=record.get("architecture", ""),
+            components=tuple((role, self.blob_path(d)) for role, d in sorted((record.get("components") or {}).items())),
         )
 
     def get(self, name: names.ModelName) -> ModelEntry | None:
@@ -285,7 +291,8 @@ class ModelStore:
     def add(self, name: str, digest: str, **layers: Any) -> ModelEntry:
         """Adds (or replaces) a model: its weights blob and its layers (`adapters` and `projector` by digest)."""
         parsed = names.parse(name)
-        blobs = [digest, *(layers.get("adapters") or ()), *([layers["projector"]] if layers.get("projector") else [])]
+        blobs = [digest, *(layers.get("adapters") or ()), *([layers["projector"]] if layers.get("projector") else []),
+                 *(layers.get("components") or {}).values()]
         record = {"name": parsed.short, "digest": digest,
                   "size": sum(self.blob_path(d).stat().st_size for d in blobs),
                   "modified_at": dt.datetime.now(dt.UTC).isoformat(), **{k: v for k, v in layers.items() if v}}
@@ -404,7 +411,7 @@ def _abandoned(path: Path) -> bool:
 
 def _blobs_of(record: dict[str, Any]) -> list[str]:
     return [record["digest"], *(record.get("adapters") or ()), *([record["projector"]] if record.get("projector")
-                                                                 else [])]
+                                                                 else []), *(record.get("components") or {}).values()]
 
 
 def check_messages(messages: list[dict[str, str]]) -> None:

@@ -25,11 +25,12 @@ from tests.tiny_mmproj import write_tiny_mmproj
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def gengate(*args: str, env: dict | None = None, stdin: str | None = None, timeout: float = 120):
-    """Runs `python -m cli ARGS` and returns the finished process (text output)."""
-    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, capture_output=True, text=True,
+def gengate(*args: str, env: dict | None = None, stdin: str | None = None, timeout: float = 120,
+            cwd: Path = ROOT):
+    """Runs `python -m cli ARGS` (in `cwd`) and returns the finished process (text output)."""
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=cwd, capture_output=True, text=True,
                           input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, timeout=timeout)
 
 
 def stub_text(real, **request) -> str:
@@ -65,7 +66,7 @@ def test_run_streams_the_same_text_as_the_rpc_and_ps_then_lists_the_model(real):
 
 
 def test_run_reads_the_prompt_from_stdin(real):
-    done = gengate("run", "tiny", "-o", "num_predict=3", "-o", "temperature=0", "--host", real.grpc_target,
+    done = gengate("run", "tiny", "--option", "num_predict=3", "--option", "temperature=0", "--host", real.grpc_target,
                    stdin="Hello there")
     assert done.returncode == 0, done.stderr
     assert done.stdout == stub_text(real, model="tiny", prompt="Hello there",
@@ -123,7 +124,42 @@ def test_import_copies_a_gguf_into_the_store_with_a_progress_bar(tmp_path, fake)
 
     (tmp_path / "bad.gguf").write_bytes(b"not a model")
     bad = gengate("import", "bad", str(tmp_path / "bad.gguf"), "--host", fake.grpc_target)
-    assert bad.returncode == 1 and "is not a GGUF file" in bad.stderr
+    assert bad.returncode == 1 and "is not a GGUF or safetensors file" in bad.stderr
+
+
+def test_import_and_run_an_image_model(tmp_path, fake):
+    """An image model from a checkpoint and its separate VAE (safetensors), then a PNG with a bar of steps."""
+    from PIL import Image
+
+    from tests.tiny_diffusion import write_tiny_flux2
+    checkpoint = write_tiny_flux2(tmp_path / "klein.gguf", vae=tmp_path / "ae.safetensors")
+    done = gengate("import", "cli-flux", str(checkpoint), "--vae", str(tmp_path / "ae.safetensors"),
+                   "--host", fake.grpc_target)
+    assert done.returncode == 0, done.stderr
+    assert "importing ae.safetensors 100% ▕" in done.stderr
+    entry = ModelStore(fake.service.store.root).get(names.parse("cli-flux"))
+    assert entry.kind == "image" and [role for role, _ in entry.components] == ["vae"]
+
+    out = tmp_path / "out.png"
+    run = gengate("run", "cli-flux", "a", "red", "kite", "--width", "64", "--height", "48", "--steps", "3",
+                  "-o", str(out), "--host", fake.grpc_target)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == f"Image saved to: {out}\n"
+    assert "generating 100% ▕█████████████████████████▏ 3/3" in run.stderr
+    assert Image.open(out).size == (64, 48)
+    named = gengate("run", "cli-flux", "A red kite!", "--width", "64", "--height", "64", "--steps", "1",
+                    "--host", fake.grpc_target, cwd=tmp_path)
+    again = gengate("run", "cli-flux", "A red kite!", "--width", "64", "--height", "64", "--steps", "1",
+                    "--host", fake.grpc_target, cwd=tmp_path)
+    assert named.returncode == again.returncode == 0, named.stderr + again.stderr
+    assert Image.open(tmp_path / "a-red-kite.png").size == Image.open(tmp_path / "a-red-kite-2.png").size == (64, 64)
+    too_big = gengate("run", "cli-flux", "x", "--width", "5000", "--host", fake.grpc_target)
+    assert too_big.returncode == 1 and "width and height must be <= 4096" in too_big.stderr
+
+    (tmp_path / "Modelfile").write_text("FROM ./klein.gguf\nFROM ./ae.safetensors\n")
+    made = gengate("create", "cli-flux-2", "-f", str(tmp_path / "Modelfile"), "--host", fake.grpc_target)
+    assert made.returncode == 0 and "created 'cli-flux-2'" in made.stdout, made.stderr     # ae: the VAE's role
+    assert ModelStore(fake.service.store.root).get(names.parse("cli-flux-2")).components == entry.components
 
 
 def test_import_and_create_a_vision_model_with_its_projector(tmp_path, fake):
@@ -227,13 +263,13 @@ def test_formatting_follows_ollama():
 
 
 def test_options_are_typed_by_their_field():
-    args = cli_main.parser().parse_args(["run", "m", "p", "-o", "num_predict=5", "-o", "temperature=0.5", "-o",
-                                    "use_mmap=false", "-o", "stop=a", "-o", "stop=b", "--think-level", "high",
-                                    "--format", "json", "--keepalive=-1s"])
+    args = cli_main.parser().parse_args(["run", "m", "p", "--option", "num_predict=5", "--option", "temperature=0.5",
+                                         "--option", "use_mmap=false", "--option", "stop=a", "--option", "stop=b",
+                                         "--think-level", "high", "--format", "json", "--keepalive=-1s"])
     request = commands.build_request(args, "p")
     assert request.options == pb.Options(num_predict=5, temperature=0.5, use_mmap=False, stop=["a", "b"])
     assert request.think.level == pb.THINK_LEVEL_HIGH and request.format.json
     assert request.keep_alive.ToNanoseconds() == -1_000_000_000
     for bad in ("num_predict=x", "nope=1", "num_predict"):
         with pytest.raises(SystemExit):
-            cli_main.parser().parse_args(["run", "m", "-o", bad])
+            cli_main.parser().parse_args(["run", "m", "--option", bad])

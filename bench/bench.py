@@ -46,11 +46,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench.llama_server import LLAMA_BENCH, ensure_llama_server  # noqa: E402
 from bench.procs import Server, free_port, wait_ready  # noqa: E402
-from service.engines.llama import EXTRA_BUFFERS  # noqa: E402
+from service.engines.llama import repack_weights  # noqa: E402
 
-# Every system keeps its weights as gengate does: on a CPU with AMX, ggml's repacked (AMX) weights crash with
-# several sequences, so gengate turns repacking off there (service/engines/llama.py), and so does the bench.
-NO_REPACK = () if EXTRA_BUFFERS else ("--no-repack",)
+# Every system keeps its weights as gengate does (GENGATE_CPU_REPACK's auto choice, service/engines/llama.py:
+# no repacking where the build has AMX kernels), and so does the bench.
+REPACK = repack_weights(os.environ.get("GENGATE_CPU_REPACK", "auto"))[0]
+NO_REPACK = () if REPACK else ("--no-repack",)
 MODEL = "smollm2:135m"
 TOKENS = 128
 PASSAGE = ("The river town kept a ledger of every boat that passed its lock: the name, the cargo, the hour, "
@@ -201,16 +202,17 @@ async def llama_server(binary: Path, gguf: Path, parallel: int, threads: int, ct
 
 # -- raw llama-cpp-python (in a child process of its own) --------------------------------------------
 RAW_CHILD = r"""
-import json, sys, time
+import json, os, sys, time
 import llama_cpp.llama_cpp as low
 from llama_cpp import Llama
-from service.engines.llama import EXTRA_BUFFERS
+from service.engines.llama import repack_weights
 _defaults = low.llama_model_default_params
+REPACK = repack_weights(os.environ.get("GENGATE_CPU_REPACK", "auto"))[0]
 
 
-def _params():                # weights in the layout gengate uses (no AMX repacking where it crashes)
+def _params():                # weights in the layout gengate uses (GENGATE_CPU_REPACK's choice)
     params = _defaults()
-    params.use_extra_bufts = EXTRA_BUFFERS
+    params.use_extra_bufts = REPACK
     return params
 
 

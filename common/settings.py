@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def setting(default: Any, env: str, help: str) -> Any:
-    """Declares one setting of a settings dataclass."""
-    return dataclasses.field(default=default, metadata={"env": env, "help": help})
+def setting(default: Any, env: str, help: str, choices: Sequence[str] = ()) -> Any:
+    """Declares one setting of a settings dataclass (`choices`: the values a text setting may take)."""
+    return dataclasses.field(default=default, metadata={"env": env, "help": help, "choices": tuple(choices)})
 
 
 def _convert(kind: type, raw: str, name: str) -> Any:
@@ -60,4 +60,6 @@ def load(cls: type[T], argv: Sequence[str] | None = None, environ: Mapping[str, 
                 values[f.name] = _convert(kind, raw, f.name)
             except ValueError as exc:
                 parser.error(f"{f.metadata['env']}: {exc}")
+            if f.metadata.get("choices") and values[f.name] not in f.metadata["choices"]:
+                parser.error(f"{f.metadata['env']}: expected one of {', '.join(f.metadata['choices'])}, got {raw!r}")
     return cls(**values)

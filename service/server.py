@@ -93,7 +93,7 @@ class Service:
 def build(settings: ServiceSettings, engine: Engine | None = None, image_engine: ImageEngine | None = None) -> Service:
     logs.tag_records()
     if engine is None:
-        engine = BatchEngine(settings.num_parallel, invariant=settings.batch_invariant)
+        engine = BatchEngine(settings.num_parallel, invariant=settings.batch_invariant, repack=settings.cpu_repack)
     store = ModelStore(settings.models)
     store.heal()
     keep_alive = requests.keep_alive_ns(settings.keep_alive, whole_seconds=True)
@@ -103,10 +103,13 @@ def build(settings: ServiceSettings, engine: Engine | None = None, image_engine:
     metrics = Metrics()
     metrics.loaded.set_function(lambda: len(pool.loaded()))
     name = "batch" if isinstance(engine, BatchEngine) else type(engine).__name__
-    metrics.engine.info({"engine": name, "layout": engine.layout or "none"})
+    repack = engine.repack if isinstance(engine, BatchEngine) else None
+    metrics.engine.info({"engine": name, "layout": engine.layout or "none",
+                         "cpu_repack": "none" if repack is None else "on" if repack else "off"})
     if engine.stats is not None:
         metrics.count_decoding(engine.stats)
-    log.info("engine: %s, layout %s", name, engine.layout or "none")
+    log.info("engine: %s, layout %s; CPU weight repacking %s", name, engine.layout or "none",
+             "n/a" if not isinstance(engine, BatchEngine) else f"{'on' if repack else 'off'}: {engine.repack_reason}")
 
     def kv_usage() -> float:
         cells = [m.runner.kv_cells() for m in pool.loaded()]

@@ -30,6 +30,10 @@ class ServiceSettings:
     batch_invariant: bool = setting(False, "GENGATE_BATCH_INVARIANT",
                                     "decode in the batch-invariant layout: a request's logits are the same bit for "
                                     "bit alone or beside others (slower; see docs/benchmarks.md)")
+    cpu_repack: str = setting("auto", "GENGATE_CPU_REPACK",
+                              "repack CPU weights into ggml's faster layouts: auto (unless the build has AMX kernels, "
+                              "which this host may refuse and which have known defects), on, off",
+                              choices=("auto", "on", "off"))
     max_images: int = setting(16, "GENGATE_MAX_IMAGES", "most images one request may carry (400 above)")
     max_image_pixels: int = setting(4096 * 4096, "GENGATE_MAX_IMAGE_PIXELS",
                                     "largest image accepted, in pixels (width × height; 400 above)")

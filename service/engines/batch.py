@@ -667,11 +667,13 @@ class BatchEngine(Engine):
     """Loads models into BatchRunners with `num_parallel` sequences of `num_ctx` tokens each (embedding
     models, which keep no KV memory to batch over, into EmbeddingRunners)."""
 
-    def __init__(self, num_parallel: int = 4, chunk: int = PREFILL_CHUNK, *, invariant: bool = False):
+    def __init__(self, num_parallel: int = 4, chunk: int = PREFILL_CHUNK, *, invariant: bool = False,
+                 repack: str = "auto"):
         self.num_parallel = max(1, num_parallel)
         self.chunk = max(3, chunk)
         self.invariant = invariant
         self.layout = "invariant" if invariant else "fast"
+        self.repack, self.repack_reason = llama.repack_weights(repack)
         self.stats = DecodeStats()
 
     async def load(self, path: str, options: LoadOptions, *, adapters: Sequence[str] = (),
@@ -684,7 +686,7 @@ class BatchEngine(Engine):
             if projector:           # before anything is loaded here: a projector that would abort the process
                 stat = os.stat(projector)
                 vision.probe(path, projector, (stat.st_size, stat.st_mtime_ns))
-            model = llama.load_model(path, options)
+            model = llama.load_model(path, options, repack=self.repack)
             sight: vision.Projector | None = None
             try:
                 if projector:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import logging
+import platform
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +25,7 @@ from llama_cpp import _internals as internals
 from service.engines.base import Finish, LoadOptions, Piece, RequestError, Runner, Sampling, TokenLogprob
 from service.engines.detokenizer import Detokenizer
 
+log = logging.getLogger(__name__)
 Reason = Literal["stop", "length"]
 _backend = threading.Lock()
 _backend_ready = False
@@ -49,10 +52,46 @@ def _has_amx() -> bool:
         return False
 
 
-# ggml's AMX buffer type repacks Q4_0/Q4_1/K-quant weights for AMX kernels that crash (SIGSEGV in llama_decode
-# with several sequences in a batch) and give wrong results (llama.cpp PR 16315, issue 20824). Where the build
-# has them, weights stay in plain CPU buffers ("extra" buffer types off, as llama-server's --no-repack).
-EXTRA_BUFFERS = not _has_amx()
+_SYS_ARCH_PRCTL = 158                # x86-64 Linux
+_ARCH_REQ_XCOMP_PERM = 0x1023
+_XFEATURE_XTILEDATA = 18
+
+
+def amx_permitted() -> bool:
+    """Whether this process may use AMX tiles: Linux grants them per process when asked (arch_prctl
+    ARCH_REQ_XCOMP_PERM for XTILEDATA) and refuses where the CPU, or a hypervisor that hides the tile state, has
+    none. Without the grant an AMX instruction is SIGILL."""
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, ctypes.c_ulong(_XFEATURE_XTILEDATA)) == 0
+
+
+# ggml's AMX kernels, in the ggml that llama-cpp-python 0.3.36 carries, have known defects: wrong results with
+# Q4_0 and Q4_1 weights (llama.cpp PR 16315 fixed an unaligned access, and says results stay wrong) and a
+# segfault in ggml_backend_amx_mul_mat with K-quants and several sequences (issue 20824, open).
+AMX_DEFECTS = "ggml's AMX kernels give wrong results (llama.cpp PR 16315) and crash (issue 20824)"
+
+
+def repack_weights(setting: str = "auto", *, built: bool | None = None,
+                   permitted: bool | None = None) -> tuple[bool, str]:
+    """(whether ggml repacks CPU weights into its "extra" buffer types, why). "on" and "off" force it; "auto"
+    repacks unless the build has AMX kernels, which repacking would use: not where this host refuses AMX tiles
+    (SIGILL), nor where it grants them (AMX_DEFECTS). Without repacking, weights stay in plain CPU buffers, as
+    llama-server's --no-repack."""
+    built = _has_amx() if built is None else built
+    if setting == "on":
+        if built and not (amx_permitted() if permitted is None else permitted):
+            log.warning("GENGATE_CPU_REPACK=on with AMX kernels on a host that does not permit AMX tiles: the "
+                        "first batch will die with SIGILL")
+        return True, "forced on (GENGATE_CPU_REPACK=on)"
+    if setting == "off":
+        return False, "forced off (GENGATE_CPU_REPACK=off)"
+    if not built:
+        return True, "this build has no AMX kernels"
+    if not (amx_permitted() if permitted is None else permitted):
+        return False, "AMX kernels built, but this host does not permit AMX tiles (arch_prctl refused XTILEDATA)"
+    return False, f"AMX tiles permitted, but {AMX_DEFECTS}; GENGATE_CPU_REPACK=on forces repacking"
 
 
 def holding_gil(function):
@@ -80,13 +119,14 @@ def out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or "out of memory" in text or "failed to allocate" in text
 
 
-def load_model(path: str, options: LoadOptions) -> internals.LlamaModel:
+def load_model(path: str, options: LoadOptions, *, repack: bool = False) -> internals.LlamaModel:
+    """The model's weights (`repack`: into ggml's extra CPU buffer types; see repack_weights)."""
     init_backend()
     params = llama_cpp.llama_model_default_params()
     params.n_gpu_layers = options.num_gpu
     params.main_gpu = options.main_gpu
     params.use_mmap = options.use_mmap
-    params.use_extra_bufts = EXTRA_BUFFERS
+    params.use_extra_bufts = repack
     return internals.LlamaModel(path_model=path, params=params, verbose=False)
 
 

@@ -130,6 +130,8 @@ def generate(stub: pb_grpc.GenerateServiceStub, request: pb.GenerateRequest, arg
         raise rpc_error(exc, where) from None
     if not final.image:
         out.write("\n")
+        if args.output:
+            print(f"the model wrote text, not an image: nothing was written to {args.output}", file=sys.stderr)
     out.flush()
     if args.verbose:
         print_stats(final)
@@ -137,6 +139,9 @@ def generate(stub: pb_grpc.GenerateServiceStub, request: pb.GenerateRequest, arg
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    key = (args.output or "").partition("=")[0]
+    if "=" in (args.output or "") and key in pb.Options.DESCRIPTOR.fields_by_name:
+        raise CLIError(f"-o is --output (where an image goes): for the option {key}, use --option {args.output}")
     stub = pb_grpc.GenerateServiceStub(channel(args))
     prompt = " ".join(args.prompt)
     if args.prompt or sys.stdin is None or not sys.stdin.isatty():

@@ -64,7 +64,9 @@ class _DecodeCollector(prom.registry.Collector):
     FAMILIES = (("gengate_engine_tokens_sampled", "Tokens sampled by the engine", "sampled"),
                 ("gengate_engine_decode_steps", "Decode steps (one batch for every running sequence)", "steps"),
                 ("gengate_engine_prefill_chunks", "Prompt chunks and images evaluated", "prefill_chunks"),
-                ("gengate_prompt_tokens_cached", "Prompt tokens whose KV a sequence still held", "cached_tokens"))
+                ("gengate_prompt_tokens_cached", "Prompt tokens whose KV a sequence still held", "cached_tokens"),
+                ("gengate_engine_draft_tokens", "Draft tokens verified (speculative decoding)", "drafted"),
+                ("gengate_engine_draft_tokens_accepted", "Draft tokens the model agreed with", "accepted"))
 
     def __init__(self, stats: object):
         self._stats = stats

@@ -99,7 +99,8 @@ def build(settings: ServiceSettings, engine: Engine | None = None, image_engine:
     keep_alive = requests.keep_alive_ns(settings.keep_alive, whole_seconds=True)
     assert keep_alive is not None
     pool = ModelPool(engine, keep_alive, settings.max_loaded_models, settings.load_timeout,
-                     image_engine=image_engine or diffusion.DiffusionEngine())
+                     image_engine=image_engine or diffusion.DiffusionEngine(
+                         settings.max_message_bytes, settings.load_timeout if settings.load_timeout > 0 else None))
     metrics = Metrics()
     metrics.loaded.set_function(lambda: len(pool.loaded()))
     name = "batch" if isinstance(engine, BatchEngine) else type(engine).__name__

@@ -50,6 +50,11 @@ def _int(value: Any, field: str, go_type: str = "int") -> int:
     return max(INT32[0], min(INT32[1], int(value)))
 
 
+def _unset_if_zero(value: Any, field: str) -> int | None:
+    """An int32 that Ollama tags omitempty: 0 is as if it were absent."""
+    return _int(value, field, "int32") or None
+
+
 def _images(value: Any, field: str) -> list[bytes]:
     if not isinstance(value, list):
         raise jsonbody.type_error(value, field, "[]api.ImageData")
@@ -156,7 +161,7 @@ _GENERATE_FIELDS: Fields = {
     "images": ("images", _images), "options": ("options", _options), "keep_alive": ("keep_alive", _keep_alive),
     "think": ("think", _think), "truncate": ("truncate", _bool), "shift": ("shift", _bool),
     "logprobs": ("logprobs", _bool), "top_logprobs": ("top_logprobs", _int),
-    "width": ("width", _int), "height": ("height", _int), "steps": ("steps", _int),
+    "width": ("width", _unset_if_zero), "height": ("height", _unset_if_zero), "steps": ("steps", _unset_if_zero),
     "_debug_render_only": ("debug_render_only", _bool),
 }
 

@@ -457,10 +457,11 @@ def image_request(body: dict[str, Any]) -> pb.GenerateRequest:
         raise BadRequest(f"response_format '{form}' is not supported: images come back as b64_json", "response_format")
     if (kind := _str(body, "output_format")) not in (None, "png"):
         raise BadRequest(f"output_format '{kind}' is not supported: images are PNG", "output_format")
-    req = pb.GenerateRequest(model=model, prompt=prompt, stream=False)
+    # An image is asked for: width and height present (0: the model's default size), so a text model refuses it.
+    req = pb.GenerateRequest(model=model, prompt=prompt, stream=False, width=0, height=0)
     if (size := _str(body, "size")) not in (None, "auto"):
         match = _SIZE.fullmatch(size)
-        if match is None:
+        if match is None or not int(match[1]) or not int(match[2]):
             raise BadRequest(f"invalid size '{size}': expected WIDTHxHEIGHT, such as 1024x1024", "size")
         req.width, req.height = int(match[1]), int(match[2])
     if (seed := _int(body, "seed")) is not None:

@@ -52,6 +52,7 @@ class Sampling:
     top_logprobs: int = 0
     num_keep: int = 4                    # tokens kept at the start when the context shifts
     shift: bool = True                   # shift the context when it fills (else stop with "length")
+    draft_num_predict: int = 8           # most tokens drafted a step (speculative decoding; 0: none)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,10 +244,10 @@ class ImageResult:
 
 
 class ImageRunner(abc.ABC):
-    """A loaded image-generation (diffusion) model."""
+    """A loaded image-generation (diffusion) model: one job at a time, each run while its caller holds `turn`."""
 
     n_ctx: int = 0                       # none: a loaded image model holds no context (for /api/ps)
-    architecture: str = ""               # what the engine took the file for ("flux2-klein", "sd1", …)
+    turn: asyncio.Lock
 
     @abc.abstractmethod
     def generate_image(self, job: ImageJob) -> AsyncGenerator[ImageStep | ImageResult, None]:
@@ -269,6 +270,8 @@ class DecodeStats:
     steps: int = 0                       # decode steps (one llama_decode for every running sequence)
     prefill_chunks: int = 0              # prompt chunks (and images) evaluated
     cached_tokens: int = 0               # prompt tokens whose KV a sequence still held (not evaluated again)
+    drafted: int = 0                     # draft tokens verified (speculative decoding)
+    accepted: int = 0                    # draft tokens the model agreed with
 
 
 class ImageEngine(abc.ABC):
@@ -277,7 +280,7 @@ class ImageEngine(abc.ABC):
     @abc.abstractmethod
     async def load(self, path: str, components: Mapping[str, str], threads: int) -> ImageRunner:
         """Loads the checkpoint at `path` with its separate `components` (role → file: "vae", "llm", "clip_l",
-        "clip_g", "t5xxl"), in a process of its own. LoadError when the engine cannot load it."""
+        "clip_g", "t5xxl", "taesd"), in a process of its own. LoadError when the engine cannot load it."""
 
 
 class Engine(abc.ABC):

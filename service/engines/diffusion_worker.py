@@ -39,19 +39,26 @@ def main() -> None:
         protocol.flush()
 
     config = json.loads(sys.argv[1])
+    # The files' paths are the server's: messages name the files by what they are.
+    names = {config["model"]: "the model file",
+             **{path: f"the {role} file" for role, path in config.get("components", {}).items()}}
+
+    def scrub(text: str) -> str:
+        for path, name in names.items():
+            text = text.replace(path, name)
+        return text
     try:
         import stable_diffusion_cpp as library
         from stable_diffusion_cpp import StableDiffusion
 
         failures = _collect_errors(library)
-        paths = {COMPONENT_ARGUMENTS[role]: path for role, path in config.get("components", {}).items()
-                 if role in COMPONENT_ARGUMENTS}
+        paths = {COMPONENT_ARGUMENTS[role]: path for role, path in config.get("components", {}).items()}
         model = StableDiffusion(model_path=config["model"], vae_decode_only=True, verbose=False,
                                 n_threads=int(config.get("threads") or os.cpu_count() or 1), **paths)
         if not model._model.model:       # a NULL context: 0.4.7's binding checks `is None`, which it never is
             raise RuntimeError(_summary(failures) or "the model did not load")
     except Exception as exc:  # noqa: BLE001   the binding raises what the library reports
-        say({"error": f"stable-diffusion.cpp cannot load the model: {exc}"})
+        say({"error": scrub(f"stable-diffusion.cpp cannot load the model: {exc}")})
         os._exit(1)                      # no destructors: the library's may touch what failed to load
     say({"ready": True})
     if config.get("probe"):
@@ -78,7 +85,7 @@ def main() -> None:
             images[0].save(out, format="PNG")
             say({"png": base64.b64encode(out.getvalue()).decode("ascii"), "seconds": time.perf_counter() - start})
         except Exception as exc:  # noqa: BLE001   (a NULL result is a ValueError in the binding)
-            say({"error": f"image generation failed: {_summary(failures) or exc}"})
+            say({"error": scrub(f"image generation failed: {_summary(failures) or exc}")})
 
 
 def _collect_errors(library: Any) -> collections.deque[str]:

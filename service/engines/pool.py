@@ -72,6 +72,7 @@ class ModelPool:
                  image_engine: ImageEngine | None = None):
         self._engine = engine
         self._image_engine = image_engine
+        self._closed = False
         self._load_timeout_s = load_timeout_s if load_timeout_s > 0 else None     # <= 0: wait as long as it takes
         self._default_keep_alive_ns = _clamped(default_keep_alive_ns)
         self._max_loaded = max(1, max_loaded)
@@ -155,6 +156,9 @@ class ModelPool:
             raise
         finally:
             self._pending.pop(entry.key, None)
+        if self._closed:                   # the service stopped while it loaded: nothing is left running
+            await runner.close()
+            raise LoadError("the service is shutting down")
         model = Loaded(entry, options, runner, self._default_keep_alive_ns)
         self._loaded[entry.key] = model
         self._schedule_expiry(model)
@@ -228,5 +232,11 @@ class ModelPool:
 
 
     async def close(self) -> None:
+        """Unloads every model; a load still under way ends as soon as it can (an image model's worker at once)."""
+        self._closed = True
+        pending = list(self._pending.values())
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         for model in list(self._loaded.values()):
             await self._close(model)

@@ -49,3 +49,25 @@ class Admission:
             self.running -= 1
             self._slots.release()
 
+
+    @contextlib.asynccontextmanager
+    async def turn(self, lock: asyncio.Lock) -> AsyncIterator[None]:
+        """Holds `lock` for the block: a resource of its own (an image model's worker), queued for as a slot is
+        (among the waiting, QUEUE_FULL past max_queue; then among the running) but taking no generation slot, so
+        image jobs never keep text requests waiting."""
+        if lock.locked() and self.waiting >= self.max_queue:
+            raise GenerateError(Kind.QUEUE_FULL, QUEUE_FULL)
+        self.waiting += 1
+        start = time.perf_counter()
+        try:
+            await lock.acquire()
+        finally:
+            self.waiting -= 1
+        if self._metrics is not None:
+            self._metrics.queue_wait.observe(time.perf_counter() - start)
+        self.running += 1
+        try:
+            yield
+        finally:
+            self.running -= 1
+            lock.release()

@@ -75,6 +75,19 @@ def decode(data: bytes, field: str, max_pixels: int) -> Bitmap:
     return Bitmap(width, height, pixels, digest)
 
 
+MAX_IMAGE_PROMPT = 4096                  # characters of an image model's prompt (its text encoders take far fewer)
+
+
+def check_image_prompt(prompt: str) -> None:
+    """An image model's prompt: bounded (stable-diffusion.cpp's text encoders crash on prompts of some ten
+    thousand tokens), and free of NUL (the library reads a C string: the rest would be dropped unseen)."""
+    if len(prompt) > MAX_IMAGE_PROMPT:
+        raise invalid(f"prompt is too long for an image model: {len(prompt)} characters (the limit is "
+                      f"{MAX_IMAGE_PROMPT})", "prompt")
+    if "\0" in prompt:
+        raise invalid("prompt contains a NUL character, which an image model cannot read", "prompt")
+
+
 PNG_OVERHEAD = 64 << 10                  # a PNG's bytes beyond its pixels, at most (headers, filters, zlib blocks)
 
 
@@ -88,9 +101,9 @@ def image_job(req: pb.GenerateRequest, architecture: str, *, max_pixels: int, ma
     size = defaults.size                 # the default square, shrunk to the pixel budget when over it
     while size * size > max_pixels and size > defaults.multiple:
         size -= defaults.multiple
-    width = req.width if req.HasField("width") else size
-    height = req.height if req.HasField("height") else size
-    steps = req.steps if req.HasField("steps") else defaults.steps
+    width = req.width or size            # 0 (or unset) is the default, as Ollama's omitempty fields
+    height = req.height or size
+    steps = req.steps or defaults.steps
     if width % defaults.multiple or height % defaults.multiple:
         raise invalid(f"width and height must be multiples of {defaults.multiple} for this model "
                       f"({architecture or 'unknown architecture'})", "width" if width % defaults.multiple else "height")

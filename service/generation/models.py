@@ -102,9 +102,11 @@ class Models:
 
     # -- loading -------------------------------------------------------------------------------------------------
     def load_options(self, model: Model, options: Any = None) -> LoadOptions:
-        """What `model` is loaded with for a request's `options` (a protobuf Options; None: the defaults)."""
-        return checks.load_options(options, model.entry.parameters, default_ctx=self._settings.context_length,
+        """What `model` is loaded with for a request's `options` (a protobuf Options; None: the defaults). An
+        image model's worker takes only its threads: other load options never reload it."""
+        load = checks.load_options(options, model.entry.parameters, default_ctx=self._settings.context_length,
                                    n_ctx_train=model.n_ctx_train, default_threads=self._settings.num_threads)
+        return LoadOptions(num_ctx=0, num_thread=load.num_thread) if model.image else load
 
     @contextlib.asynccontextmanager
     async def lease(self, model: Model, load: LoadOptions, keep_alive_ns: int | None) -> AsyncIterator[Lease]:

@@ -243,39 +243,45 @@ class Generation:
     async def _image(self, req: pb.GenerateRequest, prep: Prepared,
                      reply: Callable[..., pb.GenerateResponse]) -> AsyncGenerator[pb.GenerateResponse, None]:
         """Generate on an image model (Ollama's image generation): one reply a diffusion step (`completed` of
-        `total`; only the last when not streaming), then the PNG in `image` with `done`."""
+        `total`; only the last when not streaming), then the PNG in `image` with `done`. The job waits for the
+        model's worker in the admission queue, without a generation slot (text requests do not wait for it)."""
         model = prep.model
         for field, given in (("images", bool(req.images)), ("suffix", bool(req.suffix)),
                              ("format", req.HasField("format")), ("think", req.HasField("think")),
                              ("context", bool(req.context)), ("template", bool(req.template)),
-                             ("system", bool(req.system)), ("logprobs", req.logprobs)):
+                             ("system", bool(req.system)), ("logprobs", req.logprobs or req.top_logprobs > 0),
+                             ("debug_render_only", req.debug_render_only)):
             if given:
                 raise GenerateError(Kind.UNSUPPORTED, f'"{req.model}" generates images: it takes no {field}', field)
+        images.check_image_prompt(req.prompt)
         job = images.image_job(req, model.entry.architecture, max_pixels=self._settings.max_generated_pixels,
                                max_steps=self._settings.max_image_steps,
                                max_message_bytes=self._settings.max_message_bytes)
-        async with self._running(prep) as (lease, timing):
+        async with self.models.lease(prep.model, prep.load, prep.keep_alive) as lease:
+            loaded = time.perf_counter_ns()
             if not req.prompt:
                 yield reply(done=True, done_reason=pb.DONE_REASON_LOAD)
                 return
             streaming = requests.streams(req)
-            items = lease.image.generate_image(job)
-            async with contextlib.aclosing(items):
-                try:
-                    async for item in items:
-                        if isinstance(item, ImageStep):
-                            self._metrics.image_steps.inc()
-                            if streaming:
-                                yield reply(completed=item.completed, total=item.total)
-                            continue
-                        now = time.perf_counter_ns()
-                        self._metrics.images.inc()
-                        yield reply(image=item.png, completed=job.steps, total=job.steps, done=True,
-                                    done_reason=pb.DONE_REASON_STOP, total_duration=stream.duration(now - prep.start),
-                                    load_duration=stream.duration(timing.loaded - prep.start),
-                                    eval_duration=stream.duration(int(item.seconds * 1e9)))
-                except RuntimeError as exc:
-                    raise GenerateError(Kind.INTERNAL, str(exc)) from None
+            async with self._admission.turn(lease.image.turn):
+                items = lease.image.generate_image(job)
+                async with contextlib.aclosing(items):
+                    try:
+                        async for item in items:
+                            if isinstance(item, ImageStep):
+                                self._metrics.image_steps.inc()
+                                if streaming:
+                                    yield reply(completed=item.completed, total=item.total)
+                                continue
+                            now = time.perf_counter_ns()
+                            self._metrics.images.inc()
+                            yield reply(image=item.png, completed=job.steps, total=job.steps, done=True,
+                                        done_reason=pb.DONE_REASON_STOP,
+                                        total_duration=stream.duration(now - prep.start),
+                                        load_duration=stream.duration(loaded - prep.start),
+                                        eval_duration=stream.duration(int(item.seconds * 1e9)))
+                    except RuntimeError as exc:          # the worker failed the job, or died, or would not load
+                        raise GenerateError(Kind.INTERNAL, str(exc)) from None
 
     async def _render(self, req: pb.GenerateRequest, model: Model, runner: Runner, think: bool | None,
                       level: str) -> str:

@@ -18,7 +18,7 @@ from service.generation import grammar
 
 _LOAD_FIELDS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
 _SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_last_n", "repeat_penalty",
-                    "presence_penalty", "frequency_penalty", "num_predict")
+                    "presence_penalty", "frequency_penalty", "num_predict", "draft_num_predict")
 
 
 # The requests the pipeline takes: all of them, and those that generate (sample) text.
@@ -30,7 +30,7 @@ MAX_STOP_LENGTH = 1024
 # Option ranges (Ollama does not check them; a clear 400 naming the option beats undefined sampling).
 _RANGES = {"temperature": (0, None), "top_p": (0, 1), "min_p": (0, 1), "typical_p": (0, 1), "top_k": (0, None),
            "repeat_last_n": (-1, None), "repeat_penalty": (0, None), "num_thread": (0, None), "num_gpu": (-1, None),
-           "main_gpu": (0, None)}
+           "main_gpu": (0, None), "draft_num_predict": (0, None)}
 
 
 def check_fields(req: Request, max_text_bytes: int, texts: dict[str, str]) -> None:
@@ -60,10 +60,10 @@ def check_fields(req: Request, max_text_bytes: int, texts: dict[str, str]) -> No
         for field in ("width", "height"):
             if req.HasField(field) and getattr(req, field) > 4096:
                 raise invalid("width and height must be <= 4096", field)      # Ollama's words
-            if req.HasField(field) and getattr(req, field) < 1:
-                raise invalid(f"{field} must be between 1 and 4096", field)
-        if req.HasField("steps") and req.steps < 1:
-            raise invalid("steps must be at least 1", "steps")
+            if req.HasField(field) and getattr(req, field) < 0:
+                raise invalid(f"{field} must be between 0 and 4096 (0: the model's default)", field)
+        if req.HasField("steps") and req.steps < 0:
+            raise invalid("steps must be at least 0 (0: the model's default)", "steps")
     if not isinstance(req, pb.EmbedRequest) and req.HasField("think") and req.think.WhichOneof("value") == "level" \
             and req.think.level not in enums.THINK_LEVEL_NAMES:
         level = req.think.level

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from service.models.gguf import GGUFError, check_tensors
 
-MAX_SAFETENSORS_HEADER = 100 << 20   # the JSON header of a safetensors file
+MAX_SAFETENSORS_HEADER = 16 << 20    # the JSON header of a safetensors file (SDXL's is about 0.4 MB)
+MAX_SAFETENSORS_TENSORS = 1 << 16    # tensors listed in it (SDXL has about 2 500)
+MAX_TENSOR_NAME = 256                # bytes of a tensor's name
 # A component file's role, from its name (its stem, lower-cased): what stable-diffusion.cpp loads it as.
 ROLES = {"vae": "vae", "ae": "vae", "llm": "llm", "text_encoder": "llm", "clip_l": "clip_l", "clip_g": "clip_g",
          "t5xxl": "t5xxl", "t5": "t5xxl", "taesd": "taesd"}
@@ -57,19 +59,26 @@ def safetensors_names(path: str | Path) -> list[str]:
         length = struct.unpack("<Q", head)[0]
         if length > min(MAX_SAFETENSORS_HEADER, size - 8):
             raise ValueError("not a safetensors file")
-        try:
-            header = json.loads(f.read(length))
-        except (ValueError, RecursionError):
-            raise ValueError("not a safetensors file") from None
+        text = f.read(length)
+    # Keys (a tensor has four: its name, dtype, shape, data_offsets) counted before the parse, which costs more.
+    if text.count(b'":') > 4 * MAX_SAFETENSORS_TENSORS + 1024:
+        raise ValueError("safetensors file with too many tensors")
+    try:
+        header = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ValueError("not a safetensors file") from None
     if not isinstance(header, dict):
         raise ValueError("not a safetensors file")
     for name, info in header.items():
         if name == "__metadata__":
             continue
+        if len(name.encode("utf-8", errors="replace")) > MAX_TENSOR_NAME:
+            raise ValueError("safetensors tensor name too long")
         offsets = info.get("data_offsets") if isinstance(info, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
                 and 0 <= offsets[0] <= offsets[1] <= size - 8 - length):
-            raise ValueError(f"safetensors tensor {name}: data outside the file")
+            raise ValueError("safetensors tensor: data outside the file")
     return [name for name in header if name != "__metadata__"]
 
 

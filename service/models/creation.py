@@ -118,6 +118,11 @@ class Creation:
         else:
             async for step in self._files(req, layers):
                 yield step
+        if layers.get("kind") == "image":          # what only text models use: refused, not silently unused
+            for field, given in (("adapters", req.adapters), ("template", req.template), ("system", req.system),
+                                 ("messages", req.messages)):
+                if given:
+                    raise invalid(f"an image model takes no {field}", field)
         if not source and "projector" in layers:
             await asyncio.to_thread(self._check_projector, layers)
         for name in sorted(req.adapters):
@@ -169,13 +174,16 @@ class Creation:
         """The uploaded files, each sorted by what it holds: a text model's weights (llama.cpp), a vision
         projector, LoRA adapters, or a diffusion checkpoint and its separate components (named by role: vae, llm,
         clip_l, clip_g, t5xxl). Whichever engine it is for must load it: a file neither can is a 400 now."""
-        components: dict[str, str] = {}
+        inspected: list[tuple[str, str, str, str]] = []         # (name, digest, kind, architecture)
         for name in sorted(req.files):
             yield Progress("parsing GGUF")
             digest = self._blob(req.files[name], "files")
-            kind, architecture = await self._inspect(digest)
-            role = checkpoint.role_of(name)
-            if role is not None and kind != "projector":
+            inspected.append((name, digest, *await self._inspect(digest)))
+        image = any(kind == "diffusion" for _, _, kind, _ in inspected)
+        components: dict[str, str] = {}
+        for name, digest, kind, architecture in inspected:
+            role = checkpoint.role_of(name) if image else None   # roles name files only beside a checkpoint
+            if role is not None and kind != "diffusion":
                 components[role] = digest
             elif kind == "diffusion":
                 if "digest" in layers:
@@ -189,14 +197,14 @@ class Creation:
                 if "projector" in layers:
                     raise invalid("more than one vision projector among the files", "files")
                 layers["projector"] = digest
-            else:
+            elif kind == "adapter":
                 layers.setdefault("adapters", []).append(digest)
+            else:
+                raise invalid(f"{name}: a safetensors file that is not a diffusion checkpoint, nor one of its parts "
+                              f"named by role ({', '.join(sorted(set(checkpoint.ROLES)))})", "files")
             yield _layer(digest, created=False)
         if "digest" not in layers:
             raise invalid("no model weights among the files", "files")
-        if components and layers.get("kind") != "image":
-            raise invalid(f"{', '.join(sorted(components))}: parts of an image model, but no diffusion checkpoint "
-                          "among the files", "files")
         weights = self._store.blob_path(layers["digest"])
         if layers.get("kind") == "image":
             if layers.get("projector") or layers.get("adapters"):

@@ -57,9 +57,9 @@ class _Reader:
             raise GGUFError("truncated GGUF metadata")
         return struct.unpack(fmt, data)[0]
 
-    def string(self) -> str:
+    def string(self, limit: int = MAX_STRING) -> str:
         length = self.read("<Q")
-        if length > MAX_STRING:
+        if length > limit:
             raise GGUFError("GGUF string too long")
         self.need(length, "string")
         return self.f.read(length).decode("utf-8", errors="replace")
@@ -145,6 +145,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 MAX_TENSORS = 1 << 20
+MAX_TENSOR_NAME = 256                # bytes (ggml's own limit is 64)
 
 
 def check_tensors(path: str | Path) -> list[str]:
@@ -163,7 +164,7 @@ def check_tensors(path: str | Path) -> list[str]:
             raise GGUFError("bad alignment")
         tensors = []
         for _ in range(n_tensors):
-            name, n_dims = reader.string(), reader.read("<I")
+            name, n_dims = reader.string(MAX_TENSOR_NAME), reader.read("<I")
             if not 1 <= n_dims <= 4:
                 raise GGUFError(f"tensor {name}: {n_dims} dimensions")
             dims = [reader.read("<Q") for _ in range(n_dims)]

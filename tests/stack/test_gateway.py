@@ -168,7 +168,7 @@ def test_client_disconnect_stops_the_engine(fake, engine):
     (b'{"model":"tiny","prompt":"x","suffix":"y"}', 400,
      "registry.ollama.ai/library/tiny:latest does not support insert"),
     (b'{"model":"tiny","prompt":"x","images":["AAAA"]}', 400, '"tiny" does not support images'),
-    (b'{"model":"tiny","prompt":"x","width":0}', 400, "width must be between 1 and 4096"),
+    (b'{"model":"tiny","prompt":"x","width":-1}', 400, "width must be between 0 and 4096 (0: the model's default)"),
     (b'{"model":"tiny","prompt":"x","width":512}', 400, '"tiny" does not support image generation'),
     (b'{"model":"bert"}', 400, '"bert" does not support generate'),
     (b'{"model":"tiny","options":{"temperature":-1}}', 400, 'option "temperature" must be at least 0'),

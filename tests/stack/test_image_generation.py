@@ -142,8 +142,12 @@ def test_streaming_http_is_ndjson_lines(stack):
     ({"width": 72, "height": 64}, 400, "multiples of 16"),
     ({"width": 272, "height": 272}, 400, f"over the limit of {BUDGET}"),
     ({"steps": 101, "width": 64, "height": 64}, 400, "steps is 101, over the limit of 100"),
-    ({"width": 0}, 400, "width must be between 1 and 4096"),
-    ({"steps": 0}, 400, "steps must be at least 1"),
+    ({"width": -1}, 400, "width must be between 0 and 4096"),
+    ({"steps": -2}, 400, "steps must be at least 0"),
+    ({"prompt": "x" * 4097}, 400, "prompt is too long for an image model: 4097 characters"),
+    ({"prompt": "a red fox\u0000 in snow"}, 400, "prompt contains a NUL character"),
+    ({"top_logprobs": 2}, 400, "takes no logprobs"),
+    ({"_debug_render_only": True}, 400, "takes no debug_render_only"),
     ({"images": [base64.b64encode(b"x").decode()]}, 400, "takes no images"),
     ({"suffix": "tail"}, 400, "takes no suffix"),
     ({"format": "json"}, 400, "takes no format"),
@@ -380,3 +384,166 @@ def test_image_job_defaults_and_limits():
         images.image_job(pb.GenerateRequest(prompt="p", width=1024, height=1024), "flux2-klein",
                          **{**limits, "max_message_bytes": 1 << 20})
     assert "GENGATE_MAX_MESSAGE_BYTES" in err.value.message and err.value.field == "width"
+
+
+# -- what an attacker tried ------------------------------------------------------------------------------------------
+def test_a_request_cancelled_while_the_worker_restarts_leaves_no_crossed_replies(stack, client):
+    """A job is cancelled (its worker killed); the next request is cancelled while the fresh worker loads; the
+    request after that must get its own image, not the cancelled one's."""
+    stub = stack.stub()
+    client.generate(model=IMAGE, prompt="", keep_alive="10m")
+    with pytest.raises(grpc.RpcError):
+        for _ in stub.Generate(pb.GenerateRequest(model=IMAGE, prompt="long", **LONG), timeout=1.0):
+            pass
+    for timeout in (0.05, 0.15, 0.3):              # cancelled during the restart: spawn, import, load
+        with pytest.raises(grpc.RpcError):
+            list(stub.Generate(pb.GenerateRequest(model=IMAGE, prompt="b", width=64, height=64, steps=2,
+                                                  options=pb.Options(seed=2)), timeout=timeout))
+    mine = client.generate(model=IMAGE, prompt="c", options={"seed": 3}, **SMALL).image
+    again = client.generate(model=IMAGE, prompt="c", options={"seed": 3}, **SMALL).image
+    other = client.generate(model=IMAGE, prompt="b", options={"seed": 2}, width=64, height=64, steps=2).image
+    assert mine == again != other
+
+
+def test_openai_images_on_a_text_model_is_refused(stack):
+    oa = openai.OpenAI(base_url=stack.url + "/v1", api_key="unused")
+    with pytest.raises(openai.BadRequestError) as err:
+        oa.images.generate(model="tiny", prompt="x")
+    assert "does not support image generation" in err.value.message
+
+
+def test_zero_size_is_the_default_as_ollama_omits_it(stack, client):
+    image = post(stack, {"model": IMAGE, "prompt": "x", "width": 0, "height": 0, "steps": 0, "stream": False})
+    assert image.status_code == 200 and png(image.json()["image"]).size == (256, 256)
+    text = post(stack, {"model": "tiny", "prompt": "x", "width": 0, "stream": False, "options": {"num_predict": 1}})
+    assert text.status_code == 200, text.text                  # omitted, as in Ollama: a text model answers
+
+
+def test_create_sorts_files_by_what_they_are(client, files):
+    from tests.tiny_diffusion import write_safetensors
+
+    text_model = write_tiny_llama(files["root"] / "llm.gguf")      # a text model named like a component
+    client.create(model="named-llm", files={"llm.gguf": client.create_blob(text_model)})
+    assert client.show("named-llm").capabilities[0] == "completion"
+    import numpy as np
+    stray = write_safetensors(files["root"] / "notes.safetensors", {"w": np.zeros(4, np.float32)})
+    with pytest.raises(ollama.ResponseError) as err:
+        client.create(model="stray", files={"llm.gguf": client.create_blob(text_model),
+                                            "notes.safetensors": client.create_blob(stray)})
+    assert err.value.status_code == 400 and "notes.safetensors" in err.value.error
+    with pytest.raises(ollama.ResponseError) as err:
+        client.create(model="flux-templated", from_=IMAGE, template="{{ .Prompt }}")
+    assert err.value.status_code == 400 and "an image model takes no template" in err.value.error
+    client.delete("named-llm")
+
+
+def test_hostile_headers_are_refused_within_bounds(client, files):
+    import struct
+    many = b"{" + b",".join(b'"%d":{"data_offsets":[0,0]}' % i for i in range(300_000)) + b"}"
+    hostile = files["root"] / "many.safetensors"
+    hostile.write_bytes(struct.pack("<Q", len(many)) + many)
+    with pytest.raises(ollama.ResponseError) as err:
+        client.create(model="many", files={"many.safetensors": client.create_blob(hostile)})
+    assert err.value.status_code == 400
+    import gguf
+    import numpy as np
+    long_name = write_gguf(files["root"] / "long.gguf", "flux2-klein", [("x" * 300, np.zeros(4, np.float32), None)])
+    with pytest.raises(ollama.ResponseError) as err:
+        client.create(model="long", files={"long.gguf": client.create_blob(long_name)})
+    assert err.value.status_code == 400 and "not in GGUF format" in err.value.error
+    assert gguf.GGUFReader(str(long_name)).tensors[0].name == "x" * 300
+
+
+def test_engine_messages_name_no_server_path(stack, client, files):
+    import gguf
+    lost = "text_encoders.llm.model.norm.weight"
+    broken = write_gguf(files["root"] / "no-norm.gguf", "flux2-klein",
+                        [(t.name, t.data, t.tensor_type) for t in gguf.GGUFReader(str(files["checkpoint"])).tensors
+                         if t.name != lost])
+    with pytest.raises(ollama.ResponseError) as err:
+        client.create(model="no-norm", files={"no-norm.gguf": client.create_blob(broken)})
+    assert err.value.status_code == 400 and str(stack.settings.models) not in err.value.error
+    assert "/" not in err.value.error.replace("n/a", "")
+
+
+def test_other_load_options_do_not_reload_the_worker(stack, client):
+    client.generate(model=IMAGE, prompt="", keep_alive="10m")
+    pid = runner(stack).worker_pid
+    client.generate(model=IMAGE, prompt="x", options={"num_batch": 64, "num_ctx": 512, "seed": 1}, **SMALL)
+    assert runner(stack).worker_pid == pid
+
+
+def test_two_image_jobs_do_not_hold_text_back(stack, client):
+    """Two image jobs on one model (one runs, one waits for the worker in the admission queue) on a stack of two
+    generation slots: a text request still runs at once."""
+    running = threading.Event()
+
+    def image_job(prompt: str) -> float:
+        for part in client.generate(model=IMAGE, prompt=prompt, stream=True, **LONG):
+            if part.completed:
+                running.set()
+        return time.monotonic()
+    reg = stack.service.metrics.registry
+    with cf.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(image_job, "busy")
+        assert running.wait(60)
+        second = pool.submit(image_job, "queued")
+        deadline = time.monotonic() + 10
+        while value(reg, "gengate_requests_waiting") < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert value(reg, "gengate_requests_waiting") == 1
+        text = ollama.Client(host=stack.url).generate(model="tiny", prompt="hi", options={"num_predict": 2})
+        text_end = time.monotonic()
+        ended = first.result(120)
+        second.result(120)
+    assert text.done and text_end < ended
+
+
+def test_stopping_while_an_image_model_loads_leaves_no_worker(tmp_path, files):
+    before = set(workers())                      # other stacks' workers
+
+    def new_workers() -> set[int]:
+        return set(workers()) - before
+    root = tmp_path / "store"
+    ModelStore(root).import_file("tiny", write_tiny_llama(root / "tiny.gguf"))
+    stack = Stack(root, BatchEngine(num_parallel=1)).start()
+    with cf.ThreadPoolExecutor(1) as pool:
+        try:
+            c = ollama.Client(host=stack.url)
+            c.create(model=IMAGE, files={files["checkpoint"].name: c.create_blob(files["checkpoint"])})
+            loading = pool.submit(lambda: post(stack, {"model": IMAGE, "prompt": ""}))
+            deadline = time.monotonic() + 10
+            while not new_workers() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert new_workers(), "no worker was started"
+        finally:
+            stack.stop()                         # while the model loads
+        loading.exception(30)
+    deadline = time.monotonic() + 10
+    while new_workers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not new_workers()
+
+
+def workers() -> list[int]:
+    """The live diffusion workers that are this process's children."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().split(") ")[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as cmd:
+                line = cmd.read()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"diffusion_worker" in line:
+            found.append(int(entry))
+    return found
+
+
+def test_every_role_reaches_the_worker():
+    from service.engines.diffusion_worker import COMPONENT_ARGUMENTS
+    from service.models import checkpoint
+    assert set(checkpoint.ROLES.values()) == set(COMPONENT_ARGUMENTS)

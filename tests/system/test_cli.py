@@ -155,6 +155,8 @@ def test_import_and_run_an_image_model(tmp_path, fake):
     assert Image.open(tmp_path / "a-red-kite.png").size == Image.open(tmp_path / "a-red-kite-2.png").size == (64, 64)
     too_big = gengate("run", "cli-flux", "x", "--width", "5000", "--host", fake.grpc_target)
     assert too_big.returncode == 1 and "width and height must be <= 4096" in too_big.stderr
+    old_habit = gengate("run", "cli-flux", "x", "-o", "temperature=0", "--host", fake.grpc_target)
+    assert old_habit.returncode == 1 and "use --option temperature=0" in old_habit.stderr
 
     (tmp_path / "Modelfile").write_text("FROM ./klein.gguf\nFROM ./ae.safetensors\n")
     made = gengate("create", "cli-flux-2", "-f", str(tmp_path / "Modelfile"), "--host", fake.grpc_target)

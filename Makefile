@@ -71,6 +71,7 @@ test-fast: $(VENV)/.installed $(STUBS)
 # report recorded in docs/benchmarks.md. BENCH_ARGS, e.g. BENCH_ARGS="--ns 1,8 --rounds 1", narrows it.
 bench: setup
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+	$(BIN)/python bench/speculation.py
 	$(BIN)/python bench/images.py
 
 clean:

@@ -47,6 +47,15 @@ beyond a few concurrent sequences (measured in docs/benchmarks.md).
 Sequence ids of a decode step must be consecutive for llama.cpp to decode them as one
 micro-batch, so a request takes the lowest free sequence.
 
+Speculative decoding (service/engines/speculation.py): a request that samples here (no grammar worker) drafts
+tokens from its own prompt and output and verifies them in the step: its next token and its draft of k tokens are
+k + 1 rows of the step's batch; it keeps the drafted tokens the model itself chooses, and the KV of the others is
+removed at once. Sequences with drafts of one length share a llama_decode, plain ones another (llama.cpp splits a
+batch over per-sequence KV caches into micro-batches of equal rows per sequence). How long a draft is depends on
+the request's own history only, so a request gives the same text every time, alone or beside others. Not in the
+invariant layout: a verified token's KV comes from multi-row kernels, which round differently from the one-row
+decode step (docs/benchmarks.md, "Speculative decoding").
+
 Images (a model loaded with a vision projector, service/engines/vision.py): a prompt's image chunk is one
 prefill step of its own, evaluated by libmtmd into the request's sequence, so running streams decode between
 an image and the next chunk and a cancellation is seen between them. Its positions hold a placeholder id
@@ -70,7 +79,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
 
-from service.engines import grammar_sampler, llama, vision
+from service.engines import grammar_sampler, llama, speculation, vision
 from service.engines.base import (
     Bitmap,
     DecodeStats,
@@ -96,6 +105,7 @@ log = logging.getLogger(__name__)
 PREFILL_CHUNK = 128          # prompt tokens per llama_decode call (running streams wait at most one chunk)
 VISION_UBATCH = 512          # a vision model's micro-batch: a non-causal projector's image must fit in one
 MIN_REUSE = 16               # shortest cached prefix worth taking another sequence than the lowest free one
+MAX_DRAFT = 16               # most draft tokens a sequence verifies in a step (draft_num_predict is capped at it)
 _DONE = object()             # end of a stream
 _RELEASED = object()         # the request's sequence is free again
 
@@ -141,6 +151,7 @@ class _Request:
         self.next_token = -1              # sampled, to be decoded in the next step
         self.sampler = sampler            # its grammar's worker (service.engines.grammar_sampler)
         self.awaiting = False             # its next token is being sampled there
+        self.lookup: speculation.PromptLookup | None = None      # its drafts, when it speculates
 
 
 class _Embed:
@@ -158,7 +169,7 @@ class BatchRunner(llama.LlamaRunner):
     def __init__(self, model: internals.LlamaModel, ctx: internals.LlamaContext, *, n_seq: int, n_ctx: int,
                  chunk: int, metadata: dict, reuse: bool, projector: vision.Projector | None = None,
                  path: str = "", stats: DecodeStats | None = None,
-                 invariant: bool = False):
+                 invariant: bool = False, on_gpu: bool = False):
         self._model = model
         self._invariant = invariant
         self._ctx = ctx
@@ -181,8 +192,12 @@ class BatchRunner(llama.LlamaRunner):
         # Prompt KV may be kept and reused (not for sliding-window or recurrent memory).
         self._reuse = reuse
         self._can_shift = bool(self._mem) and bool(llama_cpp.llama_memory_can_shift(self._mem))
+        # Speculative decoding (service.engines.speculation): greedy requests verify drafts of their own tokens,
+        # not in the invariant layout (a sequence's rows would depend on the others' drafts).
+        self._speculate = not invariant
+        self._row_cost = speculation.ROW_COST_GPU if on_gpu else speculation.ROW_COST_CPU
         # The batch, over numpy arrays so a step fills it without a Python loop per field.
-        cap = max(chunk, n_seq)
+        cap = self._cap = max(chunk, n_seq)
         self._b_token = np.zeros(cap, np.int32)
         self._b_pos = np.zeros(cap, np.int32)
         self._b_nseq = np.ones(cap, np.int32)
@@ -463,6 +478,8 @@ class BatchRunner(llama.LlamaRunner):
             if req.decoding.limit == 0 or not req.prompt:
                 self._finish(req, "length")
                 continue
+            if self._speculate and req.sampler is None and req.s.draft_num_predict > 0:
+                req.lookup = speculation.PromptLookup(req.prompt, self.n_vocab)
             seq, reuse = self._pick(req.prompt)
             for start, image in req.images.items():       # a reused prefix never ends inside an image
                 if start < reuse < start + image.n_tokens:
@@ -499,21 +516,83 @@ class BatchRunner(llama.LlamaRunner):
             raise RuntimeError(f"llama_decode failed ({rc})")
 
     def _step(self) -> bool:
-        """Decodes one token for every running sequence whose token is ready, in one batch, and samples each."""
-        reqs = [self._running[seq] for seq in sorted(self._running) if not self._running[seq].awaiting]
-        n = len(reqs)
-        if not n:
+        """Decodes one token for every running sequence whose token is ready and samples each. A sequence with a
+        draft verifies it in the same step: sequences with drafts of one length share a llama_decode (each with
+        1 + k rows: its token, its draft), plain ones another (module docstring of service.engines.speculation)."""
+        ready = [self._running[seq] for seq in sorted(self._running) if not self._running[seq].awaiting]
+        if not ready:
             return False
-        self._b_token[:n] = [r.next_token for r in reqs]
-        self._b_pos[:n] = [r.n_past for r in reqs]
-        self._b_seq[:n] = [r.seq for r in reqs]
-        self._b_logits[:n] = 1
-        self._decode(n)
-        self.stats.steps += 1
-        for i, req in enumerate(reqs):
-            req.n_past += 1
-            self._sample(req, i)
+        groups: dict[int, list[tuple[_Request, list[int]]]] = {}
+        for req in ready:
+            draft = self._draft(req, len(ready))
+            groups.setdefault(len(draft), []).append((req, draft))
+        for k in sorted(groups):
+            group = groups[k]
+            if k == 0:
+                n = len(group)
+                self._b_token[:n] = [r.next_token for r, _ in group]
+                self._b_pos[:n] = [r.n_past for r, _ in group]
+                self._b_seq[:n] = [r.seq for r, _ in group]
+                self._b_logits[:n] = 1
+                self._decode(n)
+                for i, (req, _) in enumerate(group):
+                    req.n_past += 1
+                    self._sample(req, i)
+            else:
+                for i, (req, draft) in enumerate(group):
+                    a = i * (1 + k)
+                    self._b_token[a:a + 1 + k] = [req.next_token, *draft]
+                    self._b_pos[a:a + 1 + k] = np.arange(req.n_past, req.n_past + 1 + k, dtype=np.int32)
+                    self._b_seq[a:a + 1 + k] = req.seq
+                    self._b_logits[a:a + 1 + k] = 1
+                self._decode(len(group) * (1 + k))
+                for i, (req, draft) in enumerate(group):
+                    self._verify(req, i * (1 + k), draft)
+            self.stats.steps += 1
         return True
+
+    def _draft(self, req: _Request, n_ready: int) -> list[int]:
+        """The request's draft for this step: none unless it speculates and its lookup finds one worth verifying
+        (speculation.draft_length), within its context, its token limit and the batch."""
+        if req.lookup is None or req.decoding is None:
+            return []
+        left = req.decoding.limit - len(req.decoding.tokens) - 1             # tokens it may still make, less one
+        room = min(self.n_ctx - req.n_past - 2, req.s.draft_num_predict, left, MAX_DRAFT,
+                   self._cap // n_ready - 1)
+        draft = req.lookup.draft(room)
+        k = speculation.draft_length(req.lookup.acceptance, len(draft), self._row_cost)
+        if draft and not k:
+            req.lookup.unused()
+        return draft[:k]
+
+    def _verify(self, req: _Request, row: int, draft: list[int]) -> None:
+        """Takes the tokens the model agrees with: row `row` holds the sequence's token, the next rows its draft.
+        After each row the request chooses its next token as it always does (greedy, or its sampler chain with
+        its seed), and goes on while that is the draft's next token; the first that differs (or the one after a
+        draft taken whole) is its next token. Every token is the model's own choice from the rows before it, so
+        the output follows the model's distribution: for a draft of known tokens this is the speculative-sampling
+        rule (a drafted token is kept with the probability the model gives it; in its place, a token drawn from
+        the model's distribution without it), and each token still costs one draw of the request's generator."""
+        assert req.lookup is not None
+        req.n_past += 1
+        accepted = 0
+        for i in range(len(draft) + 1):
+            logits = self._row_logits(row + i)
+            self._accept(req, self._choose(req, row + i, logits), logits)
+            if req.seq < 0 or i == len(draft) or req.next_token != draft[i]:
+                break                             # ended, drafted no further, or the model chose otherwise
+            req.n_past += 1                       # the drafted token is the model's: its KV stays
+            accepted += 1
+        self.stats.drafted += len(draft)
+        self.stats.accepted += accepted
+        req.lookup.verified(len(draft), accepted)
+        if req.seq >= 0:                          # the rejected drafts' KV
+            llama_cpp.llama_memory_seq_rm(self._mem, req.seq, req.n_past, -1)
+
+    def _row_logits(self, index: int):
+        def logits() -> np.ndarray:
+            return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, index), shape=(self.n_vocab,))
+        return logits
 
     def _prefill(self) -> None:
         """Evaluates one chunk of the oldest prompt (text, or one image); its last chunk gives the first token."""
@@ -568,13 +647,16 @@ class BatchRunner(llama.LlamaRunner):
             req.sampler.submit(ctypes.cast(llama_cpp.llama_get_logits_ith(self._ctx.ctx, index), ctypes.c_void_p))
             req.awaiting = True
             return
-        def logits() -> np.ndarray:
-            return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, index), shape=(self.n_vocab,))
-        if decoding.greedy:                 # the largest logit (the first of equals, as llama.cpp's greedy)
-            token = int(np.argmax(logits()))
-        else:
-            token = llama.sample_holding_gil(decoding.sampler, self._ctx.ctx, index)
-        self._accept(req, token, logits)
+        logits = self._row_logits(index)
+        self._accept(req, self._choose(req, index, logits), logits)
+
+    def _choose(self, req: _Request, index: int, logits) -> int:
+        """The request's token from batch row `index`, by its own sampler chain (which takes it into its history:
+        penalties), or for plain greedy decoding the largest logit (the first of equals, as llama.cpp's greedy)."""
+        assert req.decoding is not None
+        if req.decoding.greedy:
+            return int(np.argmax(logits()))
+        return llama.sample_holding_gil(req.decoding.sampler, self._ctx.ctx, index)
 
     def _accept(self, req: _Request, token: int, logits) -> None:
         """Takes the request's sampled token: streams what it completes, and ends the request or queues the token
@@ -591,6 +673,8 @@ class BatchRunner(llama.LlamaRunner):
             self._finish(req, reason)
         else:
             req.next_token = token
+            if req.lookup is not None:
+                req.lookup.extend((token,))
 
     def _shift(self, req: _Request) -> bool:
         """Frees half the sequence's context after its first num_keep tokens (Ollama's context shift)."""
@@ -725,7 +809,8 @@ class BatchEngine(Engine):
             reuse = not (llama_cpp.llama_model_n_swa(m) or llama_cpp.llama_model_is_recurrent(m)
                          or llama_cpp.llama_model_is_hybrid(m))
             return BatchRunner(model, ctx, n_seq=n_seq, n_ctx=n_ctx, chunk=chunk, metadata=read_metadata(path),
-                               reuse=reuse, projector=sight, invariant=self.invariant, path=path, stats=self.stats)
+                               reuse=reuse, projector=sight, invariant=self.invariant, path=path, stats=self.stats,
+                               on_gpu=on_gpu)
 
         try:
             return await asyncio.to_thread(build)

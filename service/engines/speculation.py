@@ -1,0 +1,96 @@
+"""Speculative decoding's two halves that need no model: where drafts come from, and how long a sequence's draft is.
+
+Drafts come from the sequence's own tokens (prompt lookup, as llama.cpp's n-gram speculation and vLLM's): the
+tokens that followed the latest earlier occurrence of its last few tokens. Text that copies (a rewrite, code
+edited in place, a quoted passage, a list that repeats its shape) drafts well; free writing rarely matches.
+
+How many drafted tokens a sequence verifies in a step is a function of its own history only, never of timing or
+of the other sequences, so that the same request gives the same text every time (the engine verifies a draft of k
+tokens in k + 1 rows, and ggml rounds a one-row step differently from a multi-row one: the rows a token was
+computed in must not depend on anything but the request). `draft_length` weighs the tokens expected from a draft
+(from the sequence's acceptance so far) against its cost: each row of a step costs `row_cost` times what a step
+costs whatever its rows (about 1 on a CPU, where a step's time grows with its rows; about 0.05 on a GPU).
+Lengths are powers of two, so that the sequences of a step fall into few groups of equal rows (one llama_decode
+each: llama.cpp splits a batch over per-sequence KV caches into micro-batches of equal rows per sequence).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+NGRAMS = (4, 3)                      # the lengths of suffix looked up, longest first
+DECAY = 0.9                          # how much of its past acceptance a sequence keeps at each draft
+ROW_COST_CPU = 0.9                   # a step's cost per row over its fixed cost (measured: docs/benchmarks.md)
+ROW_COST_GPU = 0.05
+
+
+class PromptLookup:
+    """Drafts for one sequence from its tokens so far (prompt and output), and how well its drafts have done:
+    decayed counts of drafted tokens the model took and of drafts it cut short, over a uniform prior."""
+
+    def __init__(self, tokens: Sequence[int], n_vocab: int):
+        self.tokens = list(tokens)
+        self._n_vocab = n_vocab
+        self._index: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in NGRAMS}
+        self._indexed = 0               # n-grams ending before this position are in the index
+        self._taken = 0.0
+        self._missed = 0.0
+
+    @property
+    def acceptance(self) -> float:
+        """The estimated chance that a drafted token is the model's own, given the ones before it were."""
+        return (self._taken + 1) / (self._taken + self._missed + 2)
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        self.tokens.extend(tokens)
+
+    def draft(self, limit: int) -> list[int]:
+        """Up to `limit` tokens that followed the latest earlier occurrence of the longest suffix seen before."""
+        tokens, end = self.tokens, len(self.tokens)
+        if limit <= 0 or end < 2:
+            return []
+        for stop in range(max(self._indexed, 1), end):       # n-grams ending at stop (exclusive), not the suffix
+            for n, index in self._index.items():
+                if stop >= n:
+                    index[tuple(tokens[stop - n:stop])] = stop
+        self._indexed = end
+        for n in NGRAMS:
+            if end >= n:
+                found = self._index[n].get(tuple(tokens[end - n:]))
+                if found is not None:
+                    out = []
+                    for token in tokens[found:found + limit]:
+                        if not 0 <= token < self._n_vocab:        # an image's placeholder: not a token
+                            break
+                        out.append(token)
+                    return out
+        return []
+
+    def verified(self, drafted: int, accepted: int) -> None:
+        """Counts a verified draft: `accepted` of its `drafted` tokens taken (a draft cut short is one miss)."""
+        self._taken = DECAY * self._taken + accepted
+        self._missed = DECAY * self._missed + (accepted < drafted)
+
+    def unused(self) -> None:
+        """A draft was there but not tried: the estimate drifts back towards the prior, so a sequence whose
+        drafts failed tries again later (its text may have begun to copy)."""
+        self._taken *= DECAY
+        self._missed *= DECAY
+
+
+def expected_run(acceptance: float, length: int) -> float:
+    """Tokens expected to be accepted from a draft of `length`, each accepted with `acceptance` after the ones
+    before it were: a + a² + … + a^length."""
+    return sum(acceptance ** i for i in range(1, length + 1))
+
+
+def draft_length(acceptance: float, available: int, row_cost: float) -> int:
+    """How many of `available` drafted tokens to verify: 0, or the power of two with the most tokens expected per
+    unit of step time, if that beats decoding one token alone."""
+    best, best_rate = 0, 1 / (1 + row_cost)
+    k = 1
+    while k <= available:
+        rate = (1 + expected_run(acceptance, k)) / (1 + row_cost * (k + 1))
+        if rate > best_rate:
+            best, best_rate = k, rate
+        k *= 2
+    return best

@@ -109,8 +109,9 @@ def pattern_problem(pattern: str) -> str | None:
     """Why llama.cpp's grammar matcher would choke on this pattern, or None. It keeps one parse stack for each way
     to skip optional parts and compares them pairwise for every candidate token, so a token's cost grows with the
     cube of the optional parts in a row: `(a?){100}` takes seconds a token, `(a?){1000}` hours, and a part that can
-    match nothing repeated without bound (`(a?)*`, `(a|)+`) never ends. Read without recursion (a pattern is client
-    input)."""
+    match nothing repeated without bound (`(a?)*`, `(a|)+`) never ends. The alternatives of a group that can match
+    nothing count together, not the largest alone: each keeps stacks of its own, and alternatives that match the
+    same text (`(a|[a-z]*){15}`) multiply them. Read without recursion (a pattern is client input)."""
     groups: list[list[_Alternative]] = [[_Alternative()]]
     last: tuple[bool, int] | None = None              # the last atom read (nullable, weight), until its quantifier
     i, n = 0, len(pattern)
@@ -161,8 +162,9 @@ def pattern_problem(pattern: str) -> str | None:
             longest = max(a.longest for a in alternatives)
             if longest > MAX_OPTIONAL_RUN:
                 return _too_many(longest)
-            empty = [a.weight for a in alternatives if a.nullable]
-            last, i = (bool(empty), max(max(empty, default=0), 1)), i + 1
+            nullable = any(a.nullable for a in alternatives)
+            weight = sum(a.weight if a.nullable else 1 for a in alternatives) if nullable else 1
+            last, i = (nullable, weight), i + 1
         elif c in "^$":
             i += 1
         else:

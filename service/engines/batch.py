@@ -50,9 +50,10 @@ micro-batch, so a request takes the lowest free sequence.
 Speculative decoding (service/engines/speculation.py): a request that samples here (no grammar worker) drafts
 tokens from its own prompt and output and verifies them in the step: its next token and its draft of k tokens are
 k + 1 rows of the step's batch; it keeps the drafted tokens the model itself chooses, and the KV of the others is
-removed at once. Sequences with drafts of one length share a llama_decode, plain ones another (llama.cpp splits a
-batch over per-sequence KV caches into micro-batches of equal rows per sequence). How long a draft is depends on
-the request's own history only, so a request gives the same text every time, alone or beside others. Not in the
+removed at once. The drafting sequences share a llama_decode (shorter drafts padded), plain ones another
+(llama.cpp splits a batch over per-sequence KV caches into micro-batches of equal rows per sequence). Whether a
+request drafts depends on its own history only, so it gives the same text every time, alone or beside others (how
+many of its drafted tokens a step verifies is the step's choice: multi-row steps agree whatever their rows). Not in the
 invariant layout: a verified token's KV comes from multi-row kernels, which round differently from the one-row
 decode step (docs/benchmarks.md, "Speculative decoding").
 
@@ -522,48 +523,58 @@ class BatchRunner(llama.LlamaRunner):
         ready = [self._running[seq] for seq in sorted(self._running) if not self._running[seq].awaiting]
         if not ready:
             return False
-        groups: dict[int, list[tuple[_Request, list[int]]]] = {}
+        plain: list[_Request] = []
+        drafting: list[tuple[_Request, list[int]]] = []
         for req in ready:
             draft = self._draft(req, len(ready))
-            groups.setdefault(len(draft), []).append((req, draft))
-        for k in sorted(groups):
-            group = groups[k]
-            if k == 0:
-                n = len(group)
-                self._b_token[:n] = [r.next_token for r, _ in group]
-                self._b_pos[:n] = [r.n_past for r, _ in group]
-                self._b_seq[:n] = [r.seq for r, _ in group]
-                self._b_logits[:n] = 1
-                self._decode(n)
-                for i, (req, _) in enumerate(group):
-                    req.n_past += 1
-                    self._sample(req, i)
+            if draft:
+                drafting.append((req, draft))
             else:
-                for i, (req, draft) in enumerate(group):
-                    a = i * (1 + k)
-                    self._b_token[a:a + 1 + k] = [req.next_token, *draft]
-                    self._b_pos[a:a + 1 + k] = np.arange(req.n_past, req.n_past + 1 + k, dtype=np.int32)
-                    self._b_seq[a:a + 1 + k] = req.seq
-                    self._b_logits[a:a + 1 + k] = 1
-                self._decode(len(group) * (1 + k))
-                for i, (req, draft) in enumerate(group):
-                    self._verify(req, i * (1 + k), draft)
+                plain.append(req)
+        if plain:
+            n = len(plain)
+            self._b_token[:n] = [r.next_token for r in plain]
+            self._b_pos[:n] = [r.n_past for r in plain]
+            self._b_seq[:n] = [r.seq for r in plain]
+            self._b_logits[:n] = 1
+            self._decode(n)
             self.stats.steps += 1
+            for i, req in enumerate(plain):
+                req.n_past += 1
+                self._sample(req, i)
+        if drafting:
+            k = speculation.step_length([(r.lookup.acceptance, len(d)) for r, d in drafting if r.lookup is not None],
+                                        len(plain), self._row_cost)
+            k = min(k, *(self.n_ctx - r.n_past - 2 for r, _ in drafting))    # padding within every context
+            drafting = [(r, d[:k]) for r, d in drafting]
+            k = max(len(d) for _, d in drafting)     # shorter drafts padded: multi-row kernels agree whatever the rows
+            for i, (req, draft) in enumerate(drafting):
+                a = i * (1 + k)
+                self._b_token[a:a + 1 + k] = [req.next_token, *draft, *[req.next_token] * (k - len(draft))]
+                self._b_pos[a:a + 1 + k] = np.arange(req.n_past, req.n_past + 1 + k, dtype=np.int32)
+                self._b_seq[a:a + 1 + k] = req.seq
+                self._b_logits[a:a + 1 + k] = 0
+                self._b_logits[a:a + 1 + len(draft)] = 1
+            self._decode(len(drafting) * (1 + k))
+            self.stats.steps += 1
+            for i, (req, draft) in enumerate(drafting):
+                self._verify(req, i * (1 + k), draft)
         return True
 
     def _draft(self, req: _Request, n_ready: int) -> list[int]:
-        """The request's draft for this step: none unless it speculates and its lookup finds one worth verifying
-        (speculation.draft_length), within its context, its token limit and the batch."""
+        """The request's draft for this step: none unless it speculates, its lookup finds one, and its own record
+        says it is worth verifying (speculation.draft_length); within its context, its token limit and the batch.
+        The step then decides how much of it to verify."""
         if req.lookup is None or req.decoding is None:
             return []
         left = req.decoding.limit - len(req.decoding.tokens) - 1             # tokens it may still make, less one
         room = min(self.n_ctx - req.n_past - 2, req.s.draft_num_predict, left, MAX_DRAFT,
                    self._cap // n_ready - 1)
         draft = req.lookup.draft(room)
-        k = speculation.draft_length(req.lookup.acceptance, len(draft), self._row_cost)
-        if draft and not k:
+        if draft and not speculation.draft_length(req.lookup.acceptance, len(draft), self._row_cost):
             req.lookup.unused()
-        return draft[:k]
+            return []
+        return draft
 
     def _verify(self, req: _Request, row: int, draft: list[int]) -> None:
         """Takes the tokens the model agrees with: row `row` holds the sequence's token, the next rows its draft.

@@ -4,14 +4,16 @@ Drafts come from the sequence's own tokens (prompt lookup, as llama.cpp's n-gram
 tokens that followed the latest earlier occurrence of its last few tokens. Text that copies (a rewrite, code
 edited in place, a quoted passage, a list that repeats its shape) drafts well; free writing rarely matches.
 
-How many drafted tokens a sequence verifies in a step is a function of its own history only, never of timing or
-of the other sequences, so that the same request gives the same text every time (the engine verifies a draft of k
-tokens in k + 1 rows, and ggml rounds a one-row step differently from a multi-row one: the rows a token was
-computed in must not depend on anything but the request). `draft_length` weighs the tokens expected from a draft
-(from the sequence's acceptance so far) against its cost: each row of a step costs `row_cost` times what a step
-costs whatever its rows (about 1 on a CPU, where a step's time grows with its rows; about 0.05 on a GPU).
-Lengths are powers of two, so that the sequences of a step fall into few groups of equal rows (one llama_decode
-each: llama.cpp splits a batch over per-sequence KV caches into micro-batches of equal rows per sequence).
+Whether a sequence drafts in a step is a function of its own history only, never of timing or of the other
+sequences, so that the same request gives the same text every time: ggml computes a one-row step with other
+kernels than a multi-row one, and they round differently, while multi-row steps agree whatever their rows. So
+`draft_length` decides, for the sequence alone, whether a draft is worth verifying: the tokens expected from it
+(from the sequence's acceptance so far) against its cost, each row of a step costing `row_cost` times what a step
+costs whatever its rows (about 1 on a CPU, where a step's time grows with its rows; about 0.05 on a GPU). How
+many drafted tokens are verified is then the step's choice (`step_length`): it sees every drafting sequence and
+the plain ones, and its choice changes no sequence's arithmetic. The drafting sequences are verified in one
+llama_decode with the same rows for each (llama.cpp splits a batch over per-sequence KV caches into micro-batches
+of equal rows per sequence): shorter drafts are padded.
 """
 from __future__ import annotations
 
@@ -90,6 +92,22 @@ def draft_length(acceptance: float, available: int, row_cost: float) -> int:
     k = 1
     while k <= available:
         rate = (1 + expected_run(acceptance, k)) / (1 + row_cost * (k + 1))
+        if rate > best_rate:
+            best, best_rate = k, rate
+        k *= 2
+    return best
+
+
+def step_length(drafts: Sequence[tuple[float, int]], n_plain: int, row_cost: float) -> int:
+    """How many drafted tokens each drafting sequence verifies this step (at least 1; a power of two): the most
+    tokens per unit of time for the whole step. `drafts` are the drafting sequences' (acceptance, draft length);
+    `n_plain` the sequences decoded without a draft, in a call of their own."""
+    longest = max((d for _, d in drafts), default=0)
+    plain_time = (1 + row_cost * n_plain) if n_plain else 0.0
+    best, best_rate, k = 1, -1.0, 1
+    while k <= max(longest, 1):
+        tokens = n_plain + sum(1 + expected_run(a, min(k, d)) for a, d in drafts)
+        rate = tokens / (plain_time + 1 + row_cost * len(drafts) * (1 + k))
         if rate > best_rate:
             best, best_rate = k, rate
         k *= 2

@@ -71,3 +71,14 @@ def test_draft_length_is_a_power_of_two_where_it_pays():
     for a in (0.5, 0.7, 0.9, 0.97, 1.0):
         k = draft_length(a, 16, ROW_COST_CPU)
         assert k == 0 or k & (k - 1) == 0
+
+
+
+def test_the_step_verifies_as_much_as_pays_for_everyone():
+    from service.engines.speculation import step_length
+    assert step_length([(0.99, 16)], 0, ROW_COST_CPU) >= 8           # alone, a good draft: long
+    assert step_length([(0.99, 16)] * 8, 0, ROW_COST_CPU) <= 16
+    assert step_length([(0.6, 16)] * 8, 0, ROW_COST_CPU) == 1        # eight mediocre drafts on a CPU: one token each
+    assert step_length([(0.9, 16)] * 8, 0, ROW_COST_GPU) >= 4        # rows nearly free
+    assert step_length([(0.9, 4)], 0, ROW_COST_CPU) in (1, 2, 4)
+    assert step_length([(0.1, 0)], 3, ROW_COST_CPU) == 1             # at least one

@@ -14,7 +14,8 @@ It prints one Markdown report:
    same GGUF with the same context per sequence: aggregate tokens per second and time to first
    token (p50, p99); plots of both against N (SVG);
 3. the serving ceiling (bench/paced.py): the real service and gateway over an engine that only
-   paces tokens, 64 and 256 streams: the share of the paced rate delivered, CPU per token;
+   paces tokens, 64 and 256 streams, the gateway with 1 and 2 worker processes: the share of the paced rate
+   delivered, CPU per token;
 4. peak RSS of each process with the model loaded.
 
 Every stream has its own prompt (no shared prefix, so no prompt cache helps either side), 87 tokens
@@ -440,7 +441,7 @@ async def main() -> None:
         from bench import paced
         try:
             results["ceiling"] = await paced.measure(argparse.Namespace(streams=[64, 256], step_ms=5.5, tokens=200,
-                                                                        rounds=args.rounds))
+                                                                        rounds=args.rounds, workers=[1, 2]))
         except (SystemExit, Exception) as exc:        # the report of parts 1 and 2 still comes
             print(f"serving ceiling failed: {exc}", flush=True)
     results["rss_mib"] = rss

@@ -10,8 +10,9 @@ deployments measured on a machine without a GPU.
     python -m bench.paced [--streams 64,256] [--step-ms 5.5] [--tokens 200]
 
 starts the service (over the paced engine, `python -m bench.paced serve`) and the gateway as processes, drives
-N concurrent streams over gRPC (grpc.aio) and then through the gateway (aiohttp, NDJSON), and prints the share
-of the paced rate each delivered and the CPU time per token of each process (from /proc, user + system).
+N concurrent streams over gRPC (grpc.aio) and then through the gateway (aiohttp, NDJSON) with 1 and 2 worker
+processes (GENGATE_GATEWAY_WORKERS), and prints the share of the paced rate each delivered and the CPU time per
+token of each process (from /proc, user + system; a gateway's workers counted with it).
 The client runs on the same machine and competes for its cores: on two cores the figures are a floor.
 """
 from __future__ import annotations
@@ -158,8 +159,16 @@ def serve_main(step_ms: float) -> None:
 
 # -- the driver ----------------------------------------------------------------------------------------------
 def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and of its live children (a gateway's workers)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and entry != str(pid):
+            with contextlib.suppress(OSError):
+                child = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                if int(child[1]) == pid:
+                    total += (int(child[11]) + int(child[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 async def grpc_streams(target: str, n: int, tokens: int) -> tuple[int, float, list[float]]:
@@ -217,23 +226,31 @@ async def measure(args) -> dict:
            "GENGATE_GATEWAY_METRICS_ADDR": "", "GENGATE_API_KEY": "", "GENGATE_DRAIN_SECONDS": "1",
            "GENGATE_MAX_LARGE_BODIES": "1024"}
     server = Server()
-    results: dict = {"step_ms": args.step_ms, "tokens": args.tokens, "rows": []}
+    results: dict = {"step_ms": args.step_ms, "tokens": args.tokens, "workers": args.workers, "rows": []}
     try:
         service = server.start("paced-service", [sys.executable, "-m", "bench.paced", "serve", "--step-ms",
                                                  str(args.step_ms)], env)
-        gateway = server.start("gateway", [sys.executable, "-m", "gateway"], env)
-        url = f"http://127.0.0.1:{http_port}"
-        await wait_ready(server, url + "/readyz")
-        await http_streams(url, 2, 10)                                  # warm: the model "loads"
+        gateways, urls = {}, {}
+        for w in args.workers:                          # one gateway per worker count, all started at once
+            port = http_port if w == args.workers[0] else free_port()
+            gateways[w] = server.start(f"gateway-{w}", [sys.executable, "-m", "gateway"],
+                                       {**env, "GENGATE_HTTP_ADDR": f"127.0.0.1:{port}",
+                                        "GENGATE_GATEWAY_WORKERS": str(w)})
+            urls[w] = f"http://127.0.0.1:{port}"
+        for url in urls.values():
+            await wait_ready(server, url + "/readyz")
+            await http_streams(url, 2, 10)                              # warm: the model "loads"
         for n in args.streams:
             ideal = n / (args.step_ms / 1000)
             row: dict = {"streams": n, "ideal_tok_s": ideal}
-            for path in ("grpc", "gateway") * args.rounds:
+            paths = ["grpc", *(f"gateway-{w}" for w in args.workers)]
+            for path in paths * args.rounds:
+                gateway = gateways[int(path.split("-")[1])] if path != "grpc" else gateways[args.workers[0]]
                 cpu0 = cpu_seconds(service.pid), cpu_seconds(gateway.pid)
                 if path == "grpc":
                     count, wall, firsts = await grpc_streams(f"127.0.0.1:{grpc_port}", n, args.tokens)
                 else:
-                    count, wall, firsts = await http_streams(url, n, args.tokens)
+                    count, wall, firsts = await http_streams(urls[int(path.split("-")[1])], n, args.tokens)
                 cpu1 = cpu_seconds(service.pid), cpu_seconds(gateway.pid)
                 if count != n * args.tokens:
                     raise SystemExit(f"{path}: {count} tokens of {n * args.tokens}")
@@ -250,16 +267,22 @@ async def measure(args) -> dict:
 
 def report(results: dict) -> str:
     med = lambda runs, key: statistics.median(r[key] for r in runs)     # noqa: E731
+    workers = results.get("workers", [1])
     out = [f"Serving ceiling: paced engine, one token per stream every {results['step_ms']} ms, "
-           f"{results['tokens']} tokens a stream (median of the rounds)", "",
-           "| streams | paced rate | over gRPC | share | through the gateway | share | service CPU/token "
-           "(gRPC / gateway run) | gateway CPU/token |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           f"{results['tokens']} tokens a stream (median of the rounds); the gateway with "
+           f"{' and '.join(map(str, workers))} worker process(es)", "",
+           "| streams | paced rate | over gRPC | share | service CPU/token | "
+           + " | ".join(f"gateway ×{w} | share | service / gateway CPU/token" for w in workers) + " |",
+           "|---:|---:|---:|---:|---:|" + "---:|---:|---:|" * len(workers)]
     for row in results["rows"]:
-        g, h = row["grpc"], row["gateway"]
-        out.append(f"| {row['streams']} | {row['ideal_tok_s']:.0f} tok/s | {med(g, 'tok_s'):.0f} | "
-                   f"{med(g, 'share'):.3f} | {med(h, 'tok_s'):.0f} | {med(h, 'share'):.3f} | "
-                   f"{med(g, 'service_us_per_token'):.0f} / {med(h, 'service_us_per_token'):.0f} µs | "
-                   f"{med(h, 'gateway_us_per_token'):.0f} µs |")
+        g = row["grpc"]
+        cells = [f"{row['streams']}", f"{row['ideal_tok_s']:.0f} tok/s", f"{med(g, 'tok_s'):.0f}",
+                 f"{med(g, 'share'):.3f}", f"{med(g, 'service_us_per_token'):.0f} µs"]
+        for w in workers:
+            h = row[f"gateway-{w}"]
+            cells += [f"{med(h, 'tok_s'):.0f}", f"{med(h, 'share'):.3f}",
+                      f"{med(h, 'service_us_per_token'):.0f} / {med(h, 'gateway_us_per_token'):.0f} µs"]
+        out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -270,11 +293,13 @@ def main() -> None:
     ap.add_argument("--step-ms", type=float, default=5.5, help="one token per stream every this many ms")
     ap.add_argument("--tokens", type=int, default=200, help="tokens per stream")
     ap.add_argument("--rounds", type=int, default=3, help="rounds per path and N (alternating); the median")
+    ap.add_argument("--workers", default="1,2", help="gateway worker processes to compare (default 1,2)")
     args = ap.parse_args()
     if args.command == "serve":
         serve_main(args.step_ms)
         return
     args.streams = [int(n) for n in str(args.streams).split(",")]
+    args.workers = [int(w) for w in str(args.workers).split(",")]
     results = asyncio.run(measure(args))
     print(report(results))
     out = ROOT / ".cache" / "paced.json"

@@ -1,4 +1,5 @@
-"""python -m gateway: runs the HTTP gateway.
+"""python -m gateway: runs the HTTP gateway (with GENGATE_GATEWAY_WORKERS > 1, that many processes on one address:
+gateway.workers).
 
 On SIGTERM (or SIGINT) it drains: the listener stays open and new API requests get 503 with Retry-After
 (and `Connection: close`), so a client or a mesh sidecar retries elsewhere instead of meeting a refused
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 
 import prometheus_client
 from aiohttp import web
@@ -19,20 +21,23 @@ from common.settings import load
 from gateway.app import create_app, start_drain
 from gateway.settings import GatewaySettings
 from gateway.state import DRAIN, METRICS
+from gateway.workers import supervise
 
 log = logging.getLogger("gateway")
 
 
-async def serve(settings: GatewaySettings) -> None:
+async def serve(settings: GatewaySettings, worker: bool = False) -> None:
+    """Serves until SIGTERM or SIGINT, then drains. A `worker` (gateway.workers) shares the address with the
+    others (SO_REUSEPORT), and its supervisor serves the metrics."""
     tracing.setup("gengate-gateway", settings.otlp_endpoint)
     app = create_app(settings)
-    if settings.metrics_addr:
+    if settings.metrics_addr and not worker:
         host, _, port = settings.metrics_addr.rpartition(":")
         prometheus_client.start_http_server(int(port), addr=host.strip("[]"), registry=app[METRICS].registry)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0, access_log=None)  # ours: gateway.access
     await runner.setup()
     host, _, port = settings.http_addr.rpartition(":")
-    await web.TCPSite(runner, host.strip("[]") or None, int(port)).start()
+    await web.TCPSite(runner, host.strip("[]") or None, int(port), reuse_port=worker or None).start()
     log.info("HTTP listening on %s", settings.http_addr)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -52,6 +57,8 @@ async def serve(settings: GatewaySettings) -> None:
 def main() -> None:
     settings = load(GatewaySettings)
     logs.configure(settings.log_level, settings.log_format)
+    if settings.workers > 1:
+        sys.exit(supervise(settings))
     asyncio.run(serve(settings))
 
 

@@ -11,6 +11,8 @@ class GatewaySettings:
     """gengate HTTP gateway (Ollama's JSON API)."""
 
     http_addr: str = setting("127.0.0.1:11434", "GENGATE_HTTP_ADDR", "address the HTTP gateway listens on")
+    workers: int = setting(1, "GENGATE_GATEWAY_WORKERS",
+                           "gateway processes serving the address together (SO_REUSEPORT; 1: this process alone)")
     service_addr: str = setting("127.0.0.1:50051", "GENGATE_SERVICE_ADDR",
                                 "gRPC target of the service: host:port, ipv4:a:p,b:p or dns:///name:port "
                                 "(round-robin over all)")

@@ -1,0 +1,112 @@
+"""Gateway workers: GENGATE_GATEWAY_WORKERS processes serving one HTTP address, so the gateway's JSON work spreads
+over cores (one asyncio process tops out near one core).
+
+The process started as `python -m gateway` becomes a supervisor. It starts the workers (`python -m gateway.workers`,
+the same settings from the same environment); each binds the address with SO_REUSEPORT, so the kernel spreads new
+connections over them. The supervisor serves the metrics of all of them (prometheus_client's multiprocess mode:
+each worker writes its counts to files in a directory of the supervisor's) and passes SIGTERM and SIGINT on: each
+worker drains as a single gateway does, and the supervisor exits when all have (its status: 0, or the first
+non-zero one). A worker that dies otherwise is started again, at most once a second.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from common import logs
+from common.settings import load
+from gateway.settings import GatewaySettings
+
+log = logging.getLogger("gateway")
+
+RESTART_SECONDS = 1.0                # the least time between two starts of one worker
+
+
+def _start(env: dict[str, str]) -> subprocess.Popen:
+    """A worker, with the supervisor's flags and environment (so its settings are the same)."""
+    return subprocess.Popen([sys.executable, "-m", "gateway.workers", *sys.argv[1:]], env=env)
+
+
+def supervise(settings: GatewaySettings) -> int:
+    """Runs settings.workers workers until SIGTERM or SIGINT; returns the exit status."""
+    metrics_dir = tempfile.mkdtemp(prefix="gengate-gateway-metrics-")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in workers:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        metrics = _serve_metrics(settings, metrics_dir)
+        workers = [_start(env) for _ in range(settings.workers)]
+        started = [time.monotonic()] * settings.workers
+        log.info("gateway: %d workers on %s (SO_REUSEPORT)", settings.workers, settings.http_addr)
+        status = 0
+        while True:
+            alive = False
+            for i, proc in enumerate(workers):
+                code = proc.poll()
+                if code is None:
+                    alive = True
+                    continue
+                if stopping:
+                    status = status or code
+                    continue
+                log.error("gateway worker %d exited with status %d; starting another", proc.pid, code)
+                from prometheus_client import multiprocess
+                multiprocess.mark_process_dead(proc.pid, metrics_dir)
+                time.sleep(max(0.0, started[i] + RESTART_SECONDS - time.monotonic()))
+                workers[i], started[i] = _start(env), time.monotonic()
+                alive = True
+            if stopping and not alive:
+                return status
+            time.sleep(0.05)
+    finally:
+        for proc in workers if "workers" in locals() else ():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if "metrics" in locals() and metrics is not None:
+            metrics.shutdown()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _serve_metrics(settings: GatewaySettings, metrics_dir: str):
+    """The workers' metrics together, on settings.metrics_addr (None when it is off)."""
+    if not settings.metrics_addr:
+        return None
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir          # read by prometheus_client at import
+    import prometheus_client
+    from prometheus_client import multiprocess
+
+    registry = prometheus_client.CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=metrics_dir)
+    host, _, port = settings.metrics_addr.rpartition(":")
+    server, _thread = prometheus_client.start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+    return server
+
+
+def worker_main() -> None:
+    """One worker: a gateway on the shared address (SO_REUSEPORT), its metrics to the supervisor's directory."""
+    from gateway.__main__ import serve
+
+    settings = load(GatewaySettings)
+    logs.configure(settings.log_level, settings.log_format)
+    asyncio.run(serve(settings, worker=True))
+
+
+if __name__ == "__main__":
+    worker_main()

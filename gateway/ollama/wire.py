@@ -355,7 +355,8 @@ _CREATE_FIELDS: Fields = {
     "model": ("model", _string), "from": ("from", _string), "files": ("files", _string_map),
     "adapters": ("adapters", _string_map), "template": ("template", _string), "system": ("system", _string),
     "license": ("license", _licenses), "parameters": ("parameters", _parameters),
-    "messages": ("messages", _messages), "quantize": ("quantize", _string), "stream": ("stream", _bool)}
+    "messages": ("messages", _messages), "quantize": ("quantize", _string), "stream": ("stream", _bool),
+    "draft_files": ("draft_files", _string_map), "draft_quantize": ("draft_quantize", _string)}
 
 
 def create_request(body: bytes) -> mpb.CreateModelRequest:

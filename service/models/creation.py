@@ -94,6 +94,9 @@ class Creation:
             target = names.parse(req.model.strip())
         except names.InvalidName:
             raise invalid("invalid model name", "model") from None
+        if req.draft_files or req.draft_quantize:
+            raise invalid("draft models are not supported: speculative decoding drafts from the prompt and output "
+                          "(draft_num_predict)", "draft_files" if req.draft_files else "draft_quantize")
         if not getattr(req, "from") and not req.files:
             raise invalid(NO_SOURCE, "from")
         return target

@@ -323,6 +323,10 @@ def test_create_from_local_files_with_the_official_client(empty, tmp_path):
      "unsupported quantization type Q5_K_M - supported types are F32, F16, BF16, Q8_0, Q4_K_M, Q4_K_S, Q4_0"),
     ({"model": "x", "from": "tiny", "messages": [{"role": "robot", "content": "beep"}], "stream": False}, 400,
      'message role must be one of "system", "user", "assistant", "tool"'),
+    ({"model": "x", "from": "tiny", "draft_files": {"draft.gguf": ZERO}}, 400,
+     "draft models are not supported: speculative decoding drafts from the prompt and output (draft_num_predict)"),
+    ({"model": "x", "from": "tiny", "draft_quantize": "q4_K_M"}, 400,
+     "draft models are not supported: speculative decoding drafts from the prompt and output (draft_num_predict)"),
 ])
 def test_create_errors_are_ollamas(fake, body, status, error):
     resp = httpx.post(fake.url + "/api/create", json=body)

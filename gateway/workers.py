@@ -6,7 +6,8 @@ the same settings from the same environment); each binds the address with SO_REU
 connections over them. The supervisor serves the metrics of all of them (prometheus_client's multiprocess mode:
 each worker writes its counts to files in a directory of the supervisor's) and passes SIGTERM and SIGINT on: each
 worker drains as a single gateway does, and the supervisor exits when all have (its status: 0, or the first
-non-zero one). A worker that dies otherwise is started again, at most once a second.
+non-zero one). A worker that dies otherwise is started again, at most once a second; a supervisor that dies
+(even by SIGKILL) takes its workers with it.
 """
 from __future__ import annotations
 
@@ -99,10 +100,24 @@ def _serve_metrics(settings: GatewaySettings, metrics_dir: str):
     return server
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _end_with_the_supervisor() -> None:
+    """A worker gets SIGTERM (and drains) when its supervisor ends, even by SIGKILL: no orphan keeps the port."""
+    supervisor = os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if supervisor == 1 or os.getppid() != supervisor:        # it ended before the signal was asked for
+        sys.exit(1)
+
+
 def worker_main() -> None:
     """One worker: a gateway on the shared address (SO_REUSEPORT), its metrics to the supervisor's directory."""
     from gateway.__main__ import serve
 
+    _end_with_the_supervisor()
     settings = load(GatewaySettings)
     logs.configure(settings.log_level, settings.log_format)
     asyncio.run(serve(settings, worker=True))

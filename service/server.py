@@ -111,6 +111,13 @@ def build(settings: ServiceSettings, engine: Engine | None = None, image_engine:
         metrics.count_decoding(engine.stats)
     log.info("engine: %s, layout %s; CPU weight repacking %s", name, engine.layout or "none",
              "n/a" if not isinstance(engine, BatchEngine) else f"{'on' if repack else 'off'}: {engine.repack_reason}")
+    if isinstance(engine, BatchEngine):
+        found = llama.devices()
+        log.info("compute devices: %s", "; ".join(f"{kind} {what}" for kind, what in found) or "none found")
+        unused = llama.gpu_backends_unused()
+        if unused and not any(kind != "CPU" for kind, _ in found):
+            log.warning("this build carries GPU backends (%s) but no GPU is usable here (no driver or no device): "
+                        "models run on the CPU", ", ".join(unused))
 
     def kv_usage() -> float:
         cells = [m.runner.kv_cells() for m in pool.loaded()]

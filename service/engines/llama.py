@@ -36,11 +36,65 @@ def init_backend() -> None:
     with _backend:
         if not _backend_ready:
             llama_cpp.llama_backend_init()
+            _load_backends()
             # llama.cpp's log goes through llama-cpp-python's logger: errors only (as Llama(verbose=False)).
             llama_log = logging.getLogger("llama-cpp-python")
             if llama_log.level == logging.NOTSET:
                 llama_log.setLevel(logging.ERROR)
             _backend_ready = True
+
+
+_DEVICE_TYPES = {0: "CPU", 1: "GPU", 2: "iGPU", 3: "accelerator"}
+
+
+def _lib_dir() -> Path:
+    return Path(llama_cpp.llama_cpp._lib._name).parent
+
+
+def _load_backends() -> None:
+    """A build whose backends are libraries loaded at run time (GGML_BACKEND_DL: the CUDA image's) has none until
+    asked: load those beside libllama. A backend that cannot start here (no driver, no device) is skipped, and
+    the engine runs on what is left: the CPU."""
+    try:
+        ggml = ctypes.CDLL(str(_lib_dir() / "libggml.so"))
+    except OSError:
+        return
+    ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
+    if ggml.ggml_backend_reg_count() == 0:
+        ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+        ggml.ggml_backend_load_all_from_path(str(_lib_dir()).encode())
+
+
+def devices() -> list[tuple[str, str]]:
+    """The compute devices llama.cpp can use here: (type, description), the CPU included."""
+    init_backend()
+    try:
+        base = ctypes.CDLL(str(_lib_dir() / "libggml-base.so"))
+        ggml = ctypes.CDLL(str(_lib_dir() / "libggml.so"))
+    except OSError:
+        return []
+    ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
+    ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
+    ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    for fn in (base.ggml_backend_dev_name, base.ggml_backend_dev_description):
+        fn.restype, fn.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
+    base.ggml_backend_dev_type.restype, base.ggml_backend_dev_type.argtypes = ctypes.c_int, [ctypes.c_void_p]
+    found = []
+    for i in range(ggml.ggml_backend_dev_count()):
+        dev = ggml.ggml_backend_dev_get(i)
+        kind = _DEVICE_TYPES.get(base.ggml_backend_dev_type(dev), "other")
+        name = (base.ggml_backend_dev_name(dev) or b"").decode(errors="replace")
+        description = (base.ggml_backend_dev_description(dev) or b"").decode(errors="replace")
+        found.append((kind, f"{name} ({description})" if description and description != name else name))
+    return found
+
+
+def gpu_backends_unused() -> list[str]:
+    """GPU backend libraries this build carries that found no device here (no driver, or no GPU)."""
+    carried = {p.name.split("-", 1)[1].removesuffix(".so") for p in _lib_dir().glob("libggml-*.so")}
+    gpu = {"cuda", "hip", "vulkan", "metal", "sycl", "musa", "opencl", "cann"} & carried
+    seen = {d.split(" ")[0].rstrip("0123456789").lower() for k, d in devices() if k != "CPU"}
+    return sorted(b for b in gpu if b not in seen)
 
 
 def _has_amx() -> bool:

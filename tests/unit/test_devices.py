@@ -1,0 +1,33 @@
+"""The compute devices the service finds at start-up, and the warning when a build carries a GPU backend that
+finds no GPU here (the CUDA image on a host without a driver or device runs on the CPU)."""
+from __future__ import annotations
+
+import logging
+
+from service.engines import llama
+
+
+def test_this_build_finds_the_cpu():
+    found = llama.devices()
+    assert found and found[0][0] == "CPU"
+    assert llama.gpu_backends_unused() == []              # the CPU wheel carries no GPU backend
+
+
+def test_a_carried_gpu_backend_without_a_device_is_named(tmp_path, monkeypatch):
+    for name in ("libggml-base.so", "libggml-cpu-haswell.so", "libggml-cuda.so"):
+        (tmp_path / name).touch()
+    monkeypatch.setattr(llama, "_lib_dir", lambda: tmp_path)
+    monkeypatch.setattr(llama, "devices", lambda: [("CPU", "CPU (test)")])
+    assert llama.gpu_backends_unused() == ["cuda"]
+    monkeypatch.setattr(llama, "devices", lambda: [("CPU", "CPU (test)"), ("GPU", "CUDA0 (NVIDIA H100)")])
+    assert llama.gpu_backends_unused() == []
+
+
+def test_the_service_logs_its_devices(tmp_path, monkeypatch, caplog):
+    from service import server
+    from service.settings import ServiceSettings
+    monkeypatch.setattr(llama, "gpu_backends_unused", lambda: ["cuda"])
+    with caplog.at_level(logging.INFO):
+        server.build(ServiceSettings(models=tmp_path))
+    assert "compute devices: CPU" in caplog.text
+    assert "carries GPU backends (cuda) but no GPU is usable here" in caplog.text

@@ -6,7 +6,9 @@ and free writing (a story: little to look up). Systems: gengate through the gate
 default) and without (`draft_num_predict: 0` on the same server), llama-server plain and with
 `--spec-type ngram-simple`, and llama-bench tg128 (plain decoding's kernel limit). They take turns, one request
 each per round; the decode rate (tokens after the first over the time after the first) is the median of the
-rounds after a dropped warm-up. Then N concurrent streams of each task through gengate, speculation on and off.
+rounds after a dropped warm-up. Then N concurrent streams of each task through gengate, speculation on and off:
+all streams' tokens over the round's wall time, every stream with a prompt of its own (numbered), so the prompts'
+evaluation counts for both and no cache favours the one that runs second.
 """
 from __future__ import annotations
 
@@ -96,10 +98,21 @@ async def llama_server(binary: Path, gguf: Path, parallel: int, threads: int, ct
         server.stop()
 
 
-async def together(client, url: str, text: str, draft: int | None, n: int) -> list[Stream]:
+_numbers = iter(range(1000, 10**6))
+
+
+def numbered(text: str) -> str:
+    """The task with a number of its own at the start of the user's turn, so that no cached prompt helps whichever
+    system runs after another (an aggregate rate counts the prompt's evaluation too)."""
+    head, _, rest = text.partition("user\n")
+    return f"{head}user\nRequest {next(_numbers)}. {rest}"
+
+
+async def together(client, url: str, text: str, draft: int | None, n: int, fresh: bool = False) -> list[Stream]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900),
                                      connector=aiohttp.TCPConnector(limit=0)) as session:
-        return await asyncio.gather(*[client(session, url, text, draft) for _ in range(n)])
+        return await asyncio.gather(*[client(session, url, numbered(text) if fresh else text, draft)
+                                      for _ in range(n)])
 
 
 def rate(streams: list[Stream]) -> float:
@@ -148,8 +161,9 @@ async def main() -> None:
     async with gengate(args.n, args.threads, args.ctx) as (url, _):
         for round_ in range(args.rounds + 1):
             for task, text in TASKS.items():
-                for name, draft in (("speculation", None), ("plain", 0)):
-                    r = rate(await together(gengate_stream, url, text, draft, args.n))
+                order = (("speculation", None), ("plain", 0))
+                for name, draft in order[::-1] if round_ % 2 else order:      # neither always runs first
+                    r = rate(await together(gengate_stream, url, text, draft, args.n, fresh=True))
                     if round_:
                         wide[task][name].append(r)
     results["wide"] = {task: {k: statistics.median(v) for k, v in by.items()} for task, by in wide.items()}

@@ -12,7 +12,7 @@
 #                              at N = 1, 8, 32, 64 → $OUT/gpu.json (or .cache/gpu-report.json)
 #
 # GPU_CMAKE_ARGS replaces the CUDA flags (GPU_CMAKE_ARGS="-DGGML_CUDA=OFF" GPU_NGL=0 checks the script on a CPU);
-# GPU_PYTHON the interpreter (python3); GPU_NS, GPU_ROUNDS narrow the run.
+# GPU_PYTHON the interpreter (python3); GPU_NS, GPU_BATCHES, GPU_ROUNDS narrow the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 G=.cache/gpu
@@ -66,7 +66,8 @@ run)
     mkdir -p "$pkg/llama_cpp/lib" && cp -a /tmp/gengate-gpu-build/bin/*.so* "$pkg/llama_cpp/lib/"   # as a wheel has them
     export PYTHONPATH="$site:$pkg:$PWD${PYTHONPATH:+:$PYTHONPATH}"
     "$PY" -m bench.gpu --desc "$G/smollm2.json.gz" --tools /tmp/gengate-gpu-build/bin --out "$out" \
-        --ngl "${GPU_NGL:-999}" --ns "${GPU_NS:-1,8,32,64}" --rounds "${GPU_ROUNDS:-3}"
+        --ngl "${GPU_NGL:-999}" --ns "${GPU_NS:-1,8,32,64}" --batches "${GPU_BATCHES:-8,32,64}" \
+        --rounds "${GPU_ROUNDS:-3}"
     echo "in all $(( $(date +%s) - start )) s; report: $out" >&2
     ;;
 *)

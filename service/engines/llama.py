@@ -51,12 +51,23 @@ def _lib_dir() -> Path:
     return Path(llama_cpp.llama_cpp._lib._name).parent
 
 
+def _ggml(name: str) -> ctypes.CDLL:
+    """The ggml library `name` ("libggml.so", "libggml-base.so") that libllama itself loaded: a wheel holds its
+    versioned names as copies, not links, so opening another copy would give another registry of backends."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.rstrip("\n").split(maxsplit=5)[-1]
+            if Path(path).name.startswith(name) and Path(path).parent == _lib_dir():
+                return ctypes.CDLL(path)
+    return ctypes.CDLL(str(_lib_dir() / name))
+
+
 def _load_backends() -> None:
     """A build whose backends are libraries loaded at run time (GGML_BACKEND_DL: the CUDA image's) has none until
     asked: load those beside libllama. A backend that cannot start here (no driver, no device) is skipped, and
     the engine runs on what is left: the CPU."""
     try:
-        ggml = ctypes.CDLL(str(_lib_dir() / "libggml.so"))
+        ggml = _ggml("libggml.so")
     except OSError:
         return
     ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
@@ -69,8 +80,7 @@ def devices() -> list[tuple[str, str]]:
     """The compute devices llama.cpp can use here: (type, description), the CPU included."""
     init_backend()
     try:
-        base = ctypes.CDLL(str(_lib_dir() / "libggml-base.so"))
-        ggml = ctypes.CDLL(str(_lib_dir() / "libggml.so"))
+        base, ggml = _ggml("libggml-base.so"), _ggml("libggml.so")
     except OSError:
         return []
     ggml.ggml_backend_dev_count.restype = ctypes.c_size_t

@@ -31,3 +31,12 @@ def test_the_service_logs_its_devices(tmp_path, monkeypatch, caplog):
         server.build(ServiceSettings(models=tmp_path))
     assert "compute devices: CPU" in caplog.text
     assert "carries GPU backends (cuda) but no GPU is usable here" in caplog.text
+
+
+def test_the_ggml_read_is_the_one_libllama_loaded():
+    """A wheel holds libggml.so and libggml.so.0 as copies: opening the other one would load a second ggml with
+    a registry of its own (a backend-loading build then has no backend, and no model loads)."""
+    llama.devices()
+    with open("/proc/self/maps") as maps:
+        paths = {line.split()[-1] for line in maps if line.split()[-1].rsplit("/", 1)[-1].startswith("libggml.so")}
+    assert len(paths) == 1, paths

@@ -115,7 +115,7 @@ def build(settings: ServiceSettings, engine: Engine | None = None, image_engine:
         found = llama.devices()
         log.info("compute devices: %s", "; ".join(f"{kind} {what}" for kind, what in found) or "none found")
         unused = llama.gpu_backends_unused()
-        if unused and not any(kind != "CPU" for kind, _ in found):
+        if unused and not any(kind in ("GPU", "iGPU") for kind, _ in found):
             log.warning("this build carries GPU backends (%s) but no GPU is usable here (no driver or no device): "
                         "models run on the CPU", ", ".join(unused))
 

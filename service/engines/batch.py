@@ -538,7 +538,6 @@ class BatchRunner(llama.LlamaRunner):
             self._b_seq[:n] = [r.seq for r in plain]
             self._b_logits[:n] = 1
             self._decode(n)
-            self.stats.steps += 1
             for i, req in enumerate(plain):
                 req.n_past += 1
                 self._sample(req, i)
@@ -556,9 +555,9 @@ class BatchRunner(llama.LlamaRunner):
                 self._b_logits[a:a + 1 + k] = 0
                 self._b_logits[a:a + 1 + len(draft)] = 1
             self._decode(len(drafting) * (1 + k))
-            self.stats.steps += 1
             for i, (req, draft) in enumerate(drafting):
                 self._verify(req, i * (1 + k), draft)
+        self.stats.steps += 1
         return True
 
     def _draft(self, req: _Request, n_ready: int) -> list[int]:

@@ -7,6 +7,7 @@ one request's generation: what it has produced, what text may be sent, and when 
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import logging
@@ -54,12 +55,13 @@ def _lib_dir() -> Path:
 def _ggml(name: str) -> ctypes.CDLL:
     """The ggml library `name` ("libggml.so", "libggml-base.so") that libllama itself loaded: a wheel holds its
     versioned names as copies, not links, so opening another copy would give another registry of backends."""
-    with open("/proc/self/maps") as maps:
+    lib_dir = _lib_dir().resolve()
+    with contextlib.suppress(OSError), open("/proc/self/maps") as maps:
         for line in maps:
-            path = line.rstrip("\n").split(maxsplit=5)[-1]
-            if Path(path).name.startswith(name) and Path(path).parent == _lib_dir():
-                return ctypes.CDLL(path)
-    return ctypes.CDLL(str(_lib_dir() / name))
+            path = Path(line.rstrip("\n").split(maxsplit=5)[-1])
+            if path.name.startswith(name) and path.parent.resolve() == lib_dir:
+                return ctypes.CDLL(str(path))
+    return ctypes.CDLL(str(lib_dir / name))
 
 
 def _load_backends() -> None:
@@ -103,8 +105,9 @@ def gpu_backends_unused() -> list[str]:
     """GPU backend libraries this build carries that found no device here (no driver, or no GPU)."""
     carried = {p.name.split("-", 1)[1].removesuffix(".so") for p in _lib_dir().glob("libggml-*.so")}
     gpu = {"cuda", "hip", "vulkan", "metal", "sycl", "musa", "opencl", "cann"} & carried
-    seen = {d.split(" ")[0].rstrip("0123456789").lower() for k, d in devices() if k != "CPU"}
-    return sorted(b for b in gpu if b not in seen)
+    names = [d.split(" ")[0].lower() for k, d in devices() if k != "CPU"]      # CUDA0, ROCm0, Vulkan0, GPUOpenCL
+    aliases = {"hip": "rocm"}
+    return sorted(b for b in gpu if not any(aliases.get(b, b) in n for n in names))
 
 
 def _has_amx() -> bool:

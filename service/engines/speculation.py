@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 NGRAMS = (4, 3)                      # the lengths of suffix looked up, longest first
-DECAY = 0.9                          # how much of its past acceptance a sequence keeps at each draft
+DECAY = 0.95                         # how much of its past acceptance a sequence keeps at each draft
 ROW_COST_CPU = 0.9                   # a step's cost per row over its fixed cost (measured: docs/benchmarks.md)
 ROW_COST_GPU = 0.05
 
@@ -68,9 +68,11 @@ class PromptLookup:
         return []
 
     def verified(self, drafted: int, accepted: int) -> None:
-        """Counts a verified draft: `accepted` of its `drafted` tokens taken (a draft cut short is one miss)."""
-        self._taken = DECAY * self._taken + accepted
-        self._missed = DECAY * self._missed + (accepted < drafted)
+        """Counts a verified draft by its first token, taken or not: how many drafted tokens a step verifies
+        depends on the other sequences (step_length), the first is always verified, so the record (and whether the
+        sequence drafts next) depends on the sequence alone."""
+        self._taken = DECAY * self._taken + (accepted > 0)
+        self._missed = DECAY * self._missed + (accepted == 0)
 
     def unused(self) -> None:
         """A draft was there but not tried: the estimate drifts back towards the prior, so a sequence whose

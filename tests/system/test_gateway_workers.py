@@ -112,3 +112,26 @@ def test_a_supervisor_killed_outright_takes_its_workers_with_it(two):
     two.gateway.kill()
     two.gateway.wait()
     wait_for(lambda: not any(alive(pid) for pid in pids), timeout=30)    # no orphan keeps the port
+
+
+def test_workers_that_cannot_start_end_the_gateway_with_status_1():
+    """A port held by a socket without SO_REUSEPORT: every worker fails to bind; the supervisor gives up (as one
+    gateway process would exit) instead of starting them again for ever."""
+    import socket
+    import subprocess
+    import sys
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    env = {**os.environ, "GENGATE_GATEWAY_WORKERS": "2", "GENGATE_HTTP_ADDR": f"127.0.0.1:{held.getsockname()[1]}",
+           "GENGATE_SERVICE_ADDR": "127.0.0.1:1", "GENGATE_GATEWAY_METRICS_ADDR": ""}
+    try:
+        gateway = subprocess.Popen([sys.executable, "-m", "gateway"], env=env, stderr=subprocess.PIPE)
+        try:
+            assert gateway.wait(timeout=90) == 1
+        finally:
+            gateway.kill()
+        assert b"times in a row at start" in gateway.stderr.read()
+        assert workers(gateway.pid) == []
+    finally:
+        held.close()

@@ -27,7 +27,8 @@ ROW_COST_GPU = 0.05
 
 class PromptLookup:
     """Drafts for one sequence from its tokens so far (prompt and output), and how well its drafts have done:
-    decayed counts of drafted tokens the model took and of drafts it cut short, over a uniform prior."""
+    decayed counts of drafts whose first token the model took and of those whose first token it did not, over a
+    uniform prior."""
 
     def __init__(self, tokens: Sequence[int], n_vocab: int):
         self.tokens = list(tokens)

@@ -51,8 +51,12 @@ class Processes:
             [sys.executable, "-m", "gateway", "--http-addr", f"127.0.0.1:{self.http_port}",
              "--service-addr", f"127.0.0.1:{self.grpc_port}"], env={**self.env, "GENGATE_HTTP_ADDR": "x"})
         self.url = f"http://127.0.0.1:{self.http_port}"
-        wait_for(lambda: httpx.get(self.url).text == "Ollama is running")
-        wait_for(lambda: httpx.get(self.url + "/readyz").status_code == 200)   # the default model is loaded
+        try:
+            wait_for(lambda: httpx.get(self.url).text == "Ollama is running")
+            wait_for(lambda: httpx.get(self.url + "/readyz").status_code == 200)   # the default model is loaded
+        except BaseException:
+            self.stop()                          # a start that failed leaves no process behind
+            raise
 
     def stub(self) -> pb_grpc.GenerateServiceStub:
         return pb_grpc.GenerateServiceStub(grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}"))

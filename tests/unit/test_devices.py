@@ -23,12 +23,13 @@ def test_a_carried_gpu_backend_without_a_device_is_named(tmp_path, monkeypatch):
     assert llama.gpu_backends_unused() == []
 
 
-def test_the_service_logs_its_devices(tmp_path, monkeypatch, caplog):
+async def test_the_service_logs_its_devices(tmp_path, monkeypatch, caplog):
     from service import server
     from service.settings import ServiceSettings
     monkeypatch.setattr(llama, "gpu_backends_unused", lambda: ["cuda"])
     with caplog.at_level(logging.INFO):
-        server.build(ServiceSettings(models=tmp_path))
+        service = server.build(ServiceSettings(models=tmp_path))
+    await service.close()
     assert "compute devices: CPU" in caplog.text
     assert "carries GPU backends (cuda) but no GPU is usable here" in caplog.text
 

@@ -32,29 +32,14 @@ class Admission:
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """Holds one generation slot for the block; raises QUEUE_FULL when the queue is full."""
-        if self._slots.locked() and self.waiting >= self.max_queue:
-            raise GenerateError(Kind.QUEUE_FULL, QUEUE_FULL)
-        self.waiting += 1
-        start = time.perf_counter()
-        try:
-            await self._slots.acquire()
-        finally:
-            self.waiting -= 1
-        if self._metrics is not None:
-            self._metrics.queue_wait.observe(time.perf_counter() - start)
-        self.running += 1
-        try:
+        async with self.turn(self._slots):
             yield
-        finally:
-            self.running -= 1
-            self._slots.release()
-
 
     @contextlib.asynccontextmanager
-    async def turn(self, lock: asyncio.Lock) -> AsyncIterator[None]:
-        """Holds `lock` for the block: a resource of its own (an image model's worker), queued for as a slot is
-        (among the waiting, QUEUE_FULL past max_queue; then among the running) but taking no generation slot, so
-        image jobs never keep text requests waiting."""
+    async def turn(self, lock: asyncio.Lock | asyncio.Semaphore) -> AsyncIterator[None]:
+        """Holds `lock` for the block (the generation slots, or a resource of its own such as an image model's
+        worker), counted among the waiting (QUEUE_FULL past max_queue) and then the running. Image jobs take
+        their worker's lock, not a generation slot, so they never keep text requests waiting."""
         if lock.locked() and self.waiting >= self.max_queue:
             raise GenerateError(Kind.QUEUE_FULL, QUEUE_FULL)
         self.waiting += 1

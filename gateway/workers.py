@@ -146,7 +146,7 @@ def worker_main() -> None:
     supervisor = int(sys.argv[2])
     del sys.argv[1:3]
     _end_with_the_supervisor(supervisor)
-    from gateway.__main__ import serve
+    from gateway.server import serve
 
     settings = load(GatewaySettings)
     logs.configure(settings.log_level, settings.log_format)

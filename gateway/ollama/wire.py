@@ -494,14 +494,25 @@ def show_response(msg: mpb.ShowModelResponse) -> dict[str, Any]:
     out["model_info"] = protojson.struct_dict(msg.model_info)
     if msg.HasField("projector_info"):
         out["projector_info"] = protojson.struct_dict(msg.projector_info)
+    if msg.HasField("draft"):
+        out["draft"] = _details(msg.draft)
     out.update(capabilities=list(msg.capabilities), modified_at=protojson.timestamp(msg.modified_at))
+    if msg.speculative_decoding:
+        out["speculative_decoding"] = _speculation(msg.speculative_decoding)
     return out
+
+
+def _speculation(value: int) -> str:
+    """gengate's field: "off", "prompt_lookup" or "draft_model"."""
+    return mpb.SpeculativeDecoding.Name(value).removeprefix("SPECULATIVE_DECODING_").lower()
 
 
 def ps_response(msg: mpb.ListRunningModelsResponse) -> dict[str, Any]:
     return {"models": [{"name": m.name, "model": m.model, "size": m.size, "digest": m.digest,
                         "details": _details(m.details), "expires_at": protojson.timestamp(m.expires_at),
-                        "size_vram": m.size_vram, "context_length": m.context_length} for m in msg.models]}
+                        "size_vram": m.size_vram, "context_length": m.context_length,
+                        **({"speculative_decoding": _speculation(m.speculative_decoding)}
+                           if m.speculative_decoding else {})} for m in msg.models]}
 
 
 # -- framing ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from gengate.v1 import model_pb2_grpc as mpb_grpc
 from service.errors import GenerateError, Kind, invalid
 from service.generation.models import Models, parse_name
 from service.models.gguf import LICENSE_TEXT
+from service.models.model import Model
 
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -76,13 +77,18 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
         if entry.projector is not None:
             reply.projector_info.CopyFrom(_info(await self._models.store.read_metadata(entry.projector),
                                                 request.verbose))
+        if entry.draft is not None:
+            draft = Model(entry, await self._models.store.read_metadata(entry.draft))
+            reply.draft.CopyFrom(mpb.ModelDetails(**{**draft.details(), "parent_model": ""}))
+        reply.speculative_decoding = self._models.speculation(model)
         return reply
 
     async def ListRunningModels(self, request, context):
         return mpb.ListRunningModelsResponse(models=[mpb.RunningModel(
             name=r.model.entry.name.short, model=r.model.entry.name.short, size=r.size, size_vram=0,
             digest=r.model.entry.digest, details=mpb.ModelDetails(**r.model.details()),
-            expires_at=_timestamp(r.expires_at), context_length=r.context_length)
+            expires_at=_timestamp(r.expires_at), context_length=r.context_length,
+            speculative_decoding=self._models.speculation(r.model))
             for r in await self._models.running()])
 
     async def CopyModel(self, request, context):

@@ -287,11 +287,12 @@ class Engine(abc.ABC):
     """Loads models."""
 
     layout: str = ""                     # how it lays out batches ("fast", "invariant"), for the operator
+    speculates: bool = False             # it drafts and verifies tokens (speculative decoding)
     stats: DecodeStats | None = None     # counts, where the engine keeps them
 
     @abc.abstractmethod
     async def load(self, path: str, options: LoadOptions, *, adapters: Sequence[str] = (),
-                   projector: str | None = None) -> Runner:
+                   projector: str | None = None, draft: str | None = None) -> Runner:
         """Loads the GGUF at `path` (without blocking the event loop), with LoRA `adapters` applied and, for a
-        model that can see, its vision `projector`. OutOfMemory when it does not fit; LoadError when it cannot
-        load for a reason clients may read."""
+        model that can see, its vision `projector`; with its `draft` model, where it speculates. OutOfMemory when
+        it does not fit; LoadError when it cannot load for a reason clients may read."""

@@ -97,6 +97,7 @@ from service.engines.base import (
     Sampling,
     coalesce,
 )
+from service.engines.drafter import Drafter
 from service.engines.embedding import EmbeddingRunner
 from service.engines.grammar_sampler import GrammarSampler, GrammarSamplers
 from service.models.gguf import read_metadata
@@ -170,7 +171,7 @@ class BatchRunner(llama.LlamaRunner):
     def __init__(self, model: internals.LlamaModel, ctx: internals.LlamaContext, *, n_seq: int, n_ctx: int,
                  chunk: int, metadata: dict, reuse: bool, projector: vision.Projector | None = None,
                  path: str = "", stats: DecodeStats | None = None,
-                 invariant: bool = False, on_gpu: bool = False):
+                 invariant: bool = False, on_gpu: bool = False, drafter: Drafter | None = None):
         self._model = model
         self._invariant = invariant
         self._ctx = ctx
@@ -196,6 +197,7 @@ class BatchRunner(llama.LlamaRunner):
         # Speculative decoding (service.engines.speculation): greedy requests verify drafts of their own tokens,
         # not in the invariant layout (a sequence's rows would depend on the others' drafts).
         self._speculate = not invariant
+        self._drafter = drafter                   # the model's draft model (service.engines.drafter), if it has one
         self._row_cost = speculation.ROW_COST_GPU if on_gpu else speculation.ROW_COST_CPU
         # The batch, over numpy arrays so a step fills it without a Python loop per field.
         cap = self._cap = max(chunk, n_seq)
@@ -346,6 +348,8 @@ class BatchRunner(llama.LlamaRunner):
                     self._abort_all(exc)
                     llama_cpp.llama_memory_clear(self._mem, True)
                     self._cached = [[] for _ in range(self.n_seq)]
+                    if self._drafter is not None:
+                        self._drafter.clear()
                 self._flush()
         finally:
             # Whatever ended the loop, no stream is left waiting for a thread that is gone.
@@ -365,6 +369,8 @@ class BatchRunner(llama.LlamaRunner):
             os.close(self._wake_w)
             if self._projector is not None:
                 self._projector.close()
+            if self._drafter is not None:
+                self._drafter.close()
             self._ctx.close()
             self._model.close()
 
@@ -525,12 +531,25 @@ class BatchRunner(llama.LlamaRunner):
             return False
         plain: list[_Request] = []
         drafting: list[tuple[_Request, list[int]]] = []
+        asking: list[tuple[_Request, int]] = []          # what each asks of the draft model
         for req in ready:
             draft = self._draft(req, len(ready))
-            if draft:
+            if isinstance(draft, int):
+                asking.append((req, draft))
+            elif draft:
                 drafting.append((req, draft))
             else:
                 plain.append(req)
+        if asking:
+            assert self._drafter is not None
+            try:
+                drafts = self._drafter.draft([(r.seq, r.lookup.tokens, k) for r, k in asking if r.lookup is not None])
+            except Exception:
+                log.exception("the draft model failed: this step decodes without drafts")
+                drafts = [[] for _ in asking]
+            for (req, _), draft in zip(asking, drafts, strict=True):
+                (drafting.append((req, draft)) if draft else plain.append(req))
+            plain.sort(key=lambda r: r.seq)
         if plain:
             n = len(plain)
             self._b_token[:n] = [r.next_token for r in plain]
@@ -560,15 +579,21 @@ class BatchRunner(llama.LlamaRunner):
         self.stats.steps += 1
         return True
 
-    def _draft(self, req: _Request, n_ready: int) -> list[int]:
+    def _draft(self, req: _Request, n_ready: int) -> list[int] | int:
         """The request's draft for this step: none unless it speculates, its lookup finds one, and its own record
         says it is worth verifying (speculation.draft_length); within its context, its token limit and the batch.
-        The step then decides how much of it to verify."""
+        The step then decides how much of it to verify. Where the model has a draft model (and the request no
+        images, and its context never shifted), how many tokens to ask the draft model for instead."""
         if req.lookup is None or req.decoding is None:
             return []
         left = req.decoding.limit - len(req.decoding.tokens) - 1             # tokens it may still make, less one
         room = min(self.n_ctx - req.n_past - 2, req.s.draft_num_predict, left, MAX_DRAFT,
                    self._cap // n_ready - 1)
+        if self._drafter is not None and not req.images and not req.shifted:
+            k = speculation.draft_length(req.lookup.acceptance, room, self._row_cost)
+            if k == 0 and room > 0:
+                req.lookup.unused()
+            return k or []
         draft = req.lookup.draft(room)
         if draft and not speculation.draft_length(req.lookup.acceptance, len(draft), self._row_cost):
             req.lookup.unused()
@@ -767,14 +792,47 @@ class BatchEngine(Engine):
         self.chunk = max(3, chunk)
         self.invariant = invariant
         self.layout = "invariant" if invariant else "fast"
+        self.speculates = not invariant
         self.repack, self.repack_reason = llama.repack_weights(repack)
         self.stats = DecodeStats()
 
     async def load(self, path: str, options: LoadOptions, *, adapters: Sequence[str] = (),
-                   projector: str | None = None) -> Runner:
+                   projector: str | None = None, draft: str | None = None) -> Runner:
         threads = options.num_thread or os.cpu_count() or 1
         n_seq = self.num_parallel
         chunk = max(3, min(self.chunk, options.num_batch))
+        # The layout (module docstring): a KV cache per sequence; flash attention on a GPU only, and not in the
+        # invariant layout.
+        on_gpu = options.num_gpu != 0 and bool(llama_cpp.llama_supports_gpu_offload())
+
+        def context(model: internals.LlamaModel, n_batch: int) -> internals.LlamaContext:
+            cp = llama_cpp.llama_context_default_params()
+            cp.n_ctx = options.num_ctx * n_seq
+            cp.n_batch = cp.n_ubatch = n_batch
+            cp.n_seq_max = n_seq
+            cp.n_threads = cp.n_threads_batch = threads
+            cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO if on_gpu and not self.invariant \
+                else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            cp.kv_unified = False
+            cp.embeddings = False
+            cp.no_perf = True
+            return internals.LlamaContext(model=model, params=cp, verbose=False)
+
+        def drafter(vocab: int) -> Drafter:
+            """The draft model, in a context like the model's (a KV sequence for each of the model's)."""
+            assert draft is not None
+            model = llama.load_model(draft, options, repack=self.repack)
+            try:
+                if llama_cpp.llama_vocab_n_tokens(model.vocab) != vocab:
+                    raise LoadError("the draft model's vocabulary differs from the model's")
+                ctx = context(model, max(chunk, n_seq * 4))
+                if not llama_cpp.llama_get_memory(ctx.ctx):
+                    ctx.close()
+                    raise LoadError("the draft model writes no text")
+            except BaseException:
+                model.close()
+                raise
+            return Drafter(model, ctx, n_seq, vocab)
 
         def build() -> Runner:
             if projector:           # before anything is loaded here: a projector that would abort the process
@@ -782,34 +840,24 @@ class BatchEngine(Engine):
                 vision.probe(path, projector, (stat.st_size, stat.st_mtime_ns))
             model = llama.load_model(path, options, repack=self.repack)
             sight: vision.Projector | None = None
+            ctx: internals.LlamaContext | None = None
             try:
                 if projector:
                     sight = vision.Projector(model.model, projector, threads, use_gpu=options.num_gpu != 0)
-                cp = llama_cpp.llama_context_default_params()
-                cp.n_ctx = options.num_ctx * n_seq
-                cp.n_batch = cp.n_ubatch = max(chunk, n_seq, VISION_UBATCH if sight else 0)
-                cp.n_seq_max = n_seq
-                cp.n_threads = cp.n_threads_batch = threads
-                # The layout (module docstring): a KV cache per sequence; flash attention on a GPU only, and
-                # not in the invariant layout.
-                on_gpu = options.num_gpu != 0 and bool(llama_cpp.llama_supports_gpu_offload())
-                cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO if on_gpu and not self.invariant \
-                    else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-                cp.kv_unified = False
-                cp.embeddings = False
-                cp.no_perf = True
-                ctx = internals.LlamaContext(model=model, params=cp, verbose=False)
+                ctx = context(model, max(chunk, n_seq, VISION_UBATCH if sight else 0))
                 if not llama_cpp.llama_get_memory(ctx.ctx):         # an encoder (BERT): nothing to batch over
                     ctx.close()
+                    ctx = None
                     if sight is not None:
                         raise vision.ProjectorError("an embedding model takes no vision projector")
                     return EmbeddingRunner(model, options, threads, read_metadata(path))
-                try:
-                    llama.apply_adapters(model, ctx, adapters)
-                except BaseException:
-                    ctx.close()
-                    raise
+                llama.apply_adapters(model, ctx, adapters)
+                # Speculative decoding is off in the invariant layout: its draft model is not loaded.
+                helper = drafter(llama_cpp.llama_vocab_n_tokens(model.vocab)) if draft and not self.invariant \
+                    else None
             except BaseException:
+                if ctx is not None:
+                    ctx.close()
                 if sight is not None:
                     sight.close()
                 model.close()
@@ -820,7 +868,7 @@ class BatchEngine(Engine):
                          or llama_cpp.llama_model_is_hybrid(m))
             return BatchRunner(model, ctx, n_seq=n_seq, n_ctx=n_ctx, chunk=chunk, metadata=read_metadata(path),
                                reuse=reuse, projector=sight, invariant=self.invariant, path=path, stats=self.stats,
-                               on_gpu=on_gpu)
+                               on_gpu=on_gpu, drafter=helper)
 
         try:
             return await asyncio.to_thread(build)

@@ -71,6 +71,7 @@ class ModelPool:
     def __init__(self, engine: Engine, default_keep_alive_ns: int, max_loaded: int = 3, load_timeout_s: float = 300,
                  image_engine: ImageEngine | None = None):
         self._engine = engine
+        self.speculates = engine.speculates
         self._image_engine = image_engine
         self._closed = False
         self._load_timeout_s = load_timeout_s if load_timeout_s > 0 else None     # <= 0: wait as long as it takes
@@ -171,7 +172,8 @@ class ModelPool:
             return await self._image_engine.load(str(entry.path), {role: str(p) for role, p in entry.components},
                                                  options.num_thread)
         return await self._engine.load(str(entry.path), options, adapters=[str(p) for p in entry.adapters],
-                                       projector=str(entry.projector) if entry.projector else None)
+                                       projector=str(entry.projector) if entry.projector else None,
+                                       draft=str(entry.draft) if entry.draft else None)
 
     async def _make_room(self, key: str) -> None:
         """Waits until fewer than max_loaded other models are loaded or loading, unloading the least

@@ -146,6 +146,12 @@ class Models:
                 out.append(await self.model(entry))
         return out
 
+    def speculation(self, model: Model) -> mpb.SpeculativeDecoding:
+        """Where the model's drafts come from, on this service's engine."""
+        if not (self.pool.speculates and model.generative):
+            return mpb.SPECULATIVE_DECODING_OFF
+        return mpb.SPECULATIVE_DECODING_DRAFT_MODEL if model.entry.draft else mpb.SPECULATIVE_DECODING_PROMPT_LOOKUP
+
     async def running(self) -> list[Running]:
         """The loaded models, the one that stays longest first. One in use, or kept forever, expires its
         keep-alive from now."""

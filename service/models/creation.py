@@ -8,8 +8,10 @@ the new model's name, and that there is something to build on (`from` or `files`
 - `files`: uploaded GGUF blobs, each "parsing GGUF": checked (a GGUF, its tensor table inside the file) and
   sorted into the weights, a vision projector, or a LoRA adapter;
 - `adapters`: LoRA GGUF blobs, applied when the model loads;
+- `draft_files`: a draft model for speculative decoding (Ollama's DRAFT), a GGUF with the model's tokenizer;
 - `quantize`: llama.cpp's quantizer, in a process of its own, from F32/F16/BF16 weights ("quantizing F16 model
-  to Q4_K_M", "verifying conversion", then the new weights' "creating new layer sha256:...");
+  to Q4_K_M", "verifying conversion", then the new weights' "creating new layer sha256:..."); `draft_quantize`
+  the same for the draft model;
 - the Modelfile layers (template, system, license, parameters, messages): each "creating new layer sha256:..."
   with the digest of its content;
 - "writing manifest", "success".
@@ -40,11 +42,12 @@ from service.chat import prompt
 from service.errors import GenerateError, Kind, invalid
 from service.models import catalog, checkpoint, quantize
 from service.models.catalog import Progress
-from service.models.gguf import GGUFError, kind_of, read_metadata
+from service.models.gguf import GGUFError, kind_of, read_metadata, vocabulary
 from service.models.jobs import ModelJobs, waiting_status
-from service.models.store import WORK_PREFIX, ModelStore, lock_alive, parse_digest
+from service.models.store import WORK_PREFIX, ModelStore, blobs_of, lock_alive, parse_digest
 
 NO_SOURCE = "neither 'from' or 'files' was specified"
+DRAFT_QUANTIZE_ALONE = "--draft-quantize requires a DRAFT model"          # Ollama's words
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,9 +97,13 @@ class Creation:
             target = names.parse(req.model.strip())
         except names.InvalidName:
             raise invalid("invalid model name", "model") from None
-        if req.draft_files or req.draft_quantize:
-            raise invalid("draft models are not supported: speculative decoding drafts from the prompt and output "
-                          "(draft_num_predict)", "draft_files" if req.draft_files else "draft_quantize")
+        for name, digest in req.draft_files.items():
+            if not _valid_path(name):
+                raise invalid("file path must be relative", "draft_files")
+            if not digest:
+                raise invalid("invalid digest format", "draft_files")
+        if req.draft_quantize and not req.draft_files:
+            raise invalid(DRAFT_QUANTIZE_ALONE, "draft_quantize")
         if not getattr(req, "from") and not req.files:
             raise invalid(NO_SOURCE, "from")
         return target
@@ -112,7 +119,7 @@ class Creation:
                       hold: Callable[[str], None]) -> AsyncGenerator[Progress, None]:
         layers: dict[str, Any] = {}
         source = getattr(req, "from")
-        for digest in [*req.files.values(), *req.adapters.values()]:
+        for digest in [*req.files.values(), *req.adapters.values(), *req.draft_files.values()]:
             with contextlib.suppress(GenerateError):
                 hold(parse_digest(digest))
         if source:
@@ -137,9 +144,16 @@ class Creation:
                 layers["adapters"].append(digest)
             yield _layer(digest, created=False)
         if req.quantize:
-            async for step in self._quantize(req.quantize, layers):
+            async for step in self._quantize(req.quantize, layers, "digest"):
                 yield step
             hold(layers["digest"])
+        if req.draft_files:
+            async for step in self._draft(req, layers):
+                yield step
+        if req.draft_quantize:
+            async for step in self._quantize(req.draft_quantize, layers, "draft"):
+                yield step
+            hold(layers["draft"])
         async for step in self._text_layers(req, layers):
             yield step
         yield Progress("writing manifest")
@@ -161,13 +175,12 @@ class Creation:
                     yield step
             record = self._store.record(parsed)
             assert record is not None
-        for key in ("digest", "adapters", "projector", "template", "system", "parameters", "messages", "license",
-                    "kind", "architecture", "components"):
+        for key in ("digest", "adapters", "projector", "draft", "template", "system", "parameters", "messages",
+                    "license", "kind", "architecture", "components"):
             if record.get(key):
                 layers[key] = record[key]
         layers["parent"] = parsed.short
-        for digest in [record["digest"], *(record.get("adapters") or ()), *filter(None, [record.get("projector")]),
-                       *(record.get("components") or {}).values()]:
+        for digest in blobs_of(record):
             yield _layer(digest, created=False)
         for key in ("template", "system", "parameters", "messages", "license"):
             if record.get(key):
@@ -220,7 +233,34 @@ class Creation:
         if problem:
             raise invalid(problem, "files")
 
-    async def _inspect(self, digest: str) -> tuple[str, str]:
+    async def _draft(self, req: mpb.CreateModelRequest, layers: dict[str, Any]) -> AsyncGenerator[Progress, None]:
+        """The draft model (Ollama's DRAFT): one GGUF model that shares the model's tokenizer, which speculative
+        decoding runs ahead of the model to propose its next tokens. It replaces a draft taken with `from`."""
+        if layers.get("kind") == "image":
+            raise invalid("an image model takes no draft model", "draft_files")
+        found: list[str] = []
+        for name in sorted(req.draft_files):
+            yield Progress("parsing GGUF")
+            digest = self._blob(req.draft_files[name], "draft_files")
+            kind, _ = await self._inspect(digest, "draft_files")
+            if kind != "model":
+                raise invalid(f"{name}: a draft is a GGUF model, not a {kind}", "draft_files")
+            found.append(digest)
+        if len(found) != 1:
+            raise invalid("more than one model among the draft files", "draft_files")
+        draft = found[0]
+        model, drafter = self._store.blob_path(layers["digest"]), self._store.blob_path(draft)
+        same = await asyncio.to_thread(lambda: vocabulary(model) == vocabulary(drafter))
+        if not same:
+            raise invalid("the draft model's vocabulary differs from the model's: a draft must use the same "
+                          "tokenizer", "draft_files")
+        problem = await asyncio.to_thread(self._probes.text, drafter)
+        if problem:
+            raise invalid(problem, "draft_files")
+        layers["draft"] = draft
+        yield _layer(draft, created=False)
+
+    async def _inspect(self, digest: str, field: str = "files") -> tuple[str, str]:
         """(what an uploaded blob holds: "model", "projector", "adapter", "diffusion" or "component"; a diffusion
         checkpoint's architecture), its table checked to stay inside the file (off the event loop: the file is
         the client's)."""
@@ -237,7 +277,7 @@ class Creation:
         try:
             return await asyncio.to_thread(read)
         except (ValueError, GGUFError):
-            raise invalid("supplied file was not in GGUF format", "files") from None
+            raise invalid("supplied file was not in GGUF format", field) from None
 
     def _check_projector(self, layers: dict[str, Any]) -> None:
         """Tries the projector with the model (the engine's probe, in a child process): one that cannot be used
@@ -253,20 +293,22 @@ class Creation:
             raise GenerateError(Kind.INVALID_ARGUMENT, f'blob "sha256:{digest}" not found: upload it first', field)
         return digest
 
-    async def _quantize(self, text: str, layers: dict[str, Any]) -> AsyncGenerator[Progress, None]:
+    async def _quantize(self, text: str, layers: dict[str, Any], key: str) -> AsyncGenerator[Progress, None]:
+        """Quantizes the weights (`key` "digest") or the draft model ("draft") to the type `text` names."""
+        field = "quantize" if key == "digest" else "draft_quantize"
         if layers.get("kind") == "image":
-            raise invalid("quantize is for text models: an image model is used as its checkpoint is", "quantize")
+            raise invalid("quantize is for text models: an image model is used as its checkpoint is", field)
         wanted = text.upper()
         file_type = quantize.TARGETS.get(wanted)
         if file_type is None:
-            raise invalid(quantize.UNSUPPORTED.format(wanted), "quantize")
-        source = self._store.blob_path(layers["digest"])
+            raise invalid(quantize.UNSUPPORTED.format(wanted), field)
+        source = self._store.blob_path(layers[key])
         current = int((await asyncio.to_thread(read_metadata, source)).get("general.file_type", -1))
         if current == file_type:
             return
         if current not in quantize.SOURCES:
-            raise invalid(quantize.NOT_FROM_FLOAT, "quantize")
-        step = f"quantizing {quantize.SOURCES[current]} model to {wanted}"
+            raise invalid(quantize.NOT_FROM_FLOAT, field)
+        step = f"quantizing {quantize.SOURCES[current]} {'model' if key == 'digest' else 'draft model'} to {wanted}"
         async for ahead in self._jobs.turn():
             yield Progress(waiting_status(ahead))
         try:
@@ -286,7 +328,7 @@ class Creation:
                     os.close(alive)
         finally:
             self._jobs.done()
-        layers["digest"] = digest
+        layers[key] = digest
         yield _layer(digest, created=True)
 
     # -- the Modelfile layers ------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ metadata cannot fit in its size is a GGUFError at once, whatever it declares.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from pathlib import Path
@@ -117,11 +118,22 @@ class _Reader:
             raise GGUFError("GGUF metadata runs past the end of the file")
         return n_tensors, n_kv
 
-    def metadata(self, n_kv: int) -> dict[str, Any]:
+    def metadata(self, n_kv: int, digest: Any = None) -> dict[str, Any]:
+        """The key/value pairs; with a hashlib `digest`, the tokenizer's keys and values are fed to it as the file
+        holds them (its token list is one long array)."""
         out: dict[str, Any] = {}
         for _ in range(n_kv):
             key = self.string()
-            out[key] = self.value(self.read("<I"))
+            if digest is not None and key.startswith(VOCABULARY_PREFIX) and key not in VOCABULARY_IGNORED:
+                start = self.f.tell()
+                out[key] = self.value(self.read("<I"))
+                end = self.f.tell()
+                self.f.seek(start)
+                digest.update(key.encode())
+                while self.f.tell() < end:
+                    digest.update(self.f.read(min(end - self.f.tell(), 1 << 20)))
+            else:
+                out[key] = self.value(self.read("<I"))
         return out
 
 
@@ -142,6 +154,23 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         reader = _Reader(f, os.fstat(f.fileno()).st_size)
         _, n_kv = reader.header()
         return reader.metadata(n_kv)
+
+
+# What two models must share for one to draft for the other (speculative decoding): every tokenizer key but the
+# chat template, which tells how to write a prompt, not how to read tokens.
+VOCABULARY_PREFIX = "tokenizer."
+VOCABULARY_IGNORED = frozenset({"tokenizer.chat_template"})
+
+
+def vocabulary(path: str | Path) -> str:
+    """A digest of the file's tokenizer (its token list, scores, types, merges, special ids): equal for two models
+    exactly when they read and write the same tokens. Reads the file (off the event loop)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        reader = _Reader(f, os.fstat(f.fileno()).st_size)
+        _, n_kv = reader.header()
+        reader.metadata(n_kv, digest)
+    return digest.hexdigest()
 
 
 MAX_TENSORS = 1 << 20

@@ -114,6 +114,7 @@ class ModelEntry:
     license: tuple[str, ...] = ()
     adapters: tuple[Path, ...] = ()                # LoRA adapter blobs, applied at load
     projector: Path | None = None                  # the vision projector blob (models that can see)
+    draft: Path | None = None                      # the draft model blob (speculative decoding)
     parent: str = ""                               # the model it was created from
     kind: str = "text"                             # "text" (llama.cpp), or "image" (a diffusion checkpoint)
     architecture: str = ""                         # an image model's, as create detected it ("flux2-klein", …)
@@ -124,9 +125,9 @@ class ModelEntry:
         return self.name.key
 
     @property
-    def files(self) -> tuple[Path, tuple[Path, ...], Path | None, tuple[tuple[str, Path], ...]]:
-        """The blobs a load reads: weights, adapters, projector, components (a change means a reload)."""
-        return self.path, self.adapters, self.projector, self.components
+    def files(self) -> tuple[Path, tuple[Path, ...], Path | None, Path | None, tuple[tuple[str, Path], ...]]:
+        """The blobs a load reads: weights, adapters, projector, draft, components (a change means a reload)."""
+        return self.path, self.adapters, self.projector, self.draft, self.components
 
 
 class ModelStore:
@@ -187,7 +188,7 @@ class ModelStore:
         removed = []
         now = time.time()
         with self._lock:
-            used = {d for r in self._read().values() for d in _blobs_of(r)} | set(self._held)
+            used = {d for r in self._read().values() for d in blobs_of(r)} | set(self._held)
             for path in self._blobs.glob("sha256-*"):
                 digest = path.name[len("sha256-"):]
                 try:
@@ -258,6 +259,7 @@ class ModelStore:
             license=tuple(record.get("license") or ()),
             adapters=tuple(self.blob_path(d) for d in record.get("adapters") or ()),
             projector=self.blob_path(projector) if projector else None,
+            draft=self.blob_path(record["draft"]) if record.get("draft") else None,
             parent=record.get("parent", ""),
             kind=record.get("kind", "text"),
             architecture=record.get("architecture", ""),
@@ -291,10 +293,8 @@ class ModelStore:
     def add(self, name: str, digest: str, **layers: Any) -> ModelEntry:
         """Adds (or replaces) a model: its weights blob and its layers (`adapters` and `projector` by digest)."""
         parsed = names.parse(name)
-        blobs = [digest, *(layers.get("adapters") or ()), *([layers["projector"]] if layers.get("projector") else []),
-                 *(layers.get("components") or {}).values()]
         record = {"name": parsed.short, "digest": digest,
-                  "size": sum(self.blob_path(d).stat().st_size for d in blobs),
+                  "size": sum(self.blob_path(d).stat().st_size for d in blobs_of({"digest": digest, **layers})),
                   "modified_at": dt.datetime.now(dt.UTC).isoformat(), **{k: v for k, v in layers.items() if v}}
         with self._lock:
             models = self._read()
@@ -325,8 +325,8 @@ class ModelStore:
 
     def _drop_unused(self, record: dict[str, Any], models: dict[str, dict[str, Any]]) -> None:
         """Removes the blobs of a deleted or replaced manifest record that no model uses any more."""
-        used = {d for r in models.values() for d in _blobs_of(r)}
-        for digest in set(_blobs_of(record)) - used:
+        used = {d for r in models.values() for d in blobs_of(r)}
+        for digest in set(blobs_of(record)) - used:
             with _writable():
                 self.blob_path(digest).unlink(missing_ok=True)
 
@@ -409,9 +409,11 @@ def _abandoned(path: Path) -> bool:
         os.close(fd)
 
 
-def _blobs_of(record: dict[str, Any]) -> list[str]:
-    return [record["digest"], *(record.get("adapters") or ()), *([record["projector"]] if record.get("projector")
-                                                                 else []), *(record.get("components") or {}).values()]
+def blobs_of(record: dict[str, Any]) -> list[str]:
+    """The blobs a model's record names: weights, adapters, projector, draft, components."""
+    return [record["digest"], *(record.get("adapters") or ()),
+            *(record[key] for key in ("projector", "draft") if record.get(key)),
+            *(record.get("components") or {}).values()]
 
 
 def check_messages(messages: list[dict[str, str]]) -> None:

@@ -47,14 +47,15 @@ beyond a few concurrent sequences (measured in docs/benchmarks.md).
 Sequence ids of a decode step must be consecutive for llama.cpp to decode them as one
 micro-batch, so a request takes the lowest free sequence.
 
-Speculative decoding (service/engines/speculation.py): a request that samples here (no grammar worker) drafts
-tokens from its own prompt and output and verifies them in the step: its next token and its draft of k tokens are
-k + 1 rows of the step's batch; it keeps the drafted tokens the model itself chooses, and the KV of the others is
-removed at once. The drafting sequences share a llama_decode (shorter drafts padded), plain ones another
+Speculative decoding (service/engines/speculation.py): a request that samples here (no grammar worker) drafts tokens
+from its own prompt and output, or from the model's draft model where it has one (service/engines/drafter.py: all
+drafting sequences in one draft decode a token), and verifies them in the step: its next token and its draft of k
+tokens are k + 1 rows of the step's batch; it keeps the drafted tokens the model itself chooses, and the KV of the
+others is removed at once. The drafting sequences share a llama_decode (shorter drafts padded), plain ones another
 (llama.cpp splits a batch over per-sequence KV caches into micro-batches of equal rows per sequence). Whether a
 request drafts depends on its own history only, so it gives the same text every time, alone or beside others (how
-many of its drafted tokens a step verifies is the step's choice: multi-row steps agree whatever their rows). Not in the
-invariant layout: a verified token's KV comes from multi-row kernels, which round differently from the one-row
+many of its drafted tokens a step verifies is the step's choice: multi-row steps agree whatever their rows). Not in
+the invariant layout: a verified token's KV comes from multi-row kernels, which round differently from the one-row
 decode step (docs/benchmarks.md, "Speculative decoding").
 
 Images (a model loaded with a vision projector, service/engines/vision.py): a prompt's image chunk is one

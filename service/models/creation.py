@@ -250,7 +250,10 @@ class Creation:
             raise invalid("more than one model among the draft files", "draft_files")
         draft = found[0]
         model, drafter = self._store.blob_path(layers["digest"]), self._store.blob_path(draft)
-        same = await asyncio.to_thread(lambda: vocabulary(model) == vocabulary(drafter))
+        try:
+            same = await asyncio.to_thread(lambda: vocabulary(model) == vocabulary(drafter))
+        except GGUFError:
+            raise invalid("supplied file was not in GGUF format", "draft_files") from None
         if not same:
             raise invalid("the draft model's vocabulary differs from the model's: a draft must use the same "
                           "tokenizer", "draft_files")

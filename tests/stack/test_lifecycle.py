@@ -28,6 +28,7 @@ from service.models.store import ModelStore
 from tests.fake_engine import FakeEngine
 from tests.harness import Stack
 from tests.tiny_gguf import write_tiny_llama, write_tiny_lora
+from tests.tiny_mmproj import write_tiny_mmproj
 
 ZERO = "sha256:" + "0" * 64
 
@@ -323,10 +324,11 @@ def test_create_from_local_files_with_the_official_client(empty, tmp_path):
      "unsupported quantization type Q5_K_M - supported types are F32, F16, BF16, Q8_0, Q4_K_M, Q4_K_S, Q4_0"),
     ({"model": "x", "from": "tiny", "messages": [{"role": "robot", "content": "beep"}], "stream": False}, 400,
      'message role must be one of "system", "user", "assistant", "tool"'),
-    ({"model": "x", "from": "tiny", "draft_files": {"draft.gguf": ZERO}}, 400,
-     "draft models are not supported: speculative decoding drafts from the prompt and output (draft_num_predict)"),
-    ({"model": "x", "from": "tiny", "draft_quantize": "q4_K_M"}, 400,
-     "draft models are not supported: speculative decoding drafts from the prompt and output (draft_num_predict)"),
+    ({"model": "x", "from": "tiny", "draft_files": {"draft.gguf": ZERO}, "stream": False}, 400,
+     f'blob "{ZERO}" not found: upload it first'),
+    ({"model": "x", "from": "tiny", "draft_files": {"../draft.gguf": ZERO}}, 400, "file path must be relative"),
+    ({"model": "x", "from": "tiny", "draft_files": {"draft.gguf": ""}}, 400, "invalid digest format"),
+    ({"model": "x", "from": "tiny", "draft_quantize": "q4_K_M"}, 400, "--draft-quantize requires a DRAFT model"),
 ])
 def test_create_errors_are_ollamas(fake, body, status, error):
     resp = httpx.post(fake.url + "/api/create", json=body)
@@ -384,6 +386,31 @@ def test_create_quantizes_uploaded_files_in_one_step_from_f32_and_bf16(llama, tm
     assert store_of(llama).get(names.parse("q")).size < weights.stat().st_size
     reply = client.generate(model="q", prompt="Hello", options={"num_predict": 4, "temperature": 0})
     assert reply.done and reply.eval_count == 4
+
+
+def test_a_draft_model_is_created_quantized_shown_and_loaded(llama, tmp_path):
+    """Ollama's draft_files and draft_quantize on the tiny llama (its own tokenizer, so it can draft for itself):
+    the draft is quantized like weights, /api/show gives its details, and the model loads with it and drafts."""
+    client = ollama.Client(host=llama.url)
+    assert client.create(model="base", files={"m.gguf": client.create_blob(write_tiny_llama(tmp_path / "m.gguf"))}
+                         ).status == "success"
+    draft = client.create_blob(write_tiny_llama(tmp_path / "d.gguf", f16=True))
+    body = {"model": "drafted", "from": "base", "draft_files": {"d.gguf": draft}, "draft_quantize": "q8_0"}
+    steps = [json.loads(line)["status"] for line in
+             httpx.post(f"{llama.url}/api/create", json=body, timeout=120).text.splitlines()]
+    assert "quantizing F16 draft model to Q8_0" in steps and steps[-1] == "success", steps
+    show = httpx.post(f"{llama.url}/api/show", json={"model": "drafted"}).json()
+    assert show["draft"]["quantization_level"] == "Q8_0" and show["details"]["quantization_level"] == "F32"
+    assert show["speculative_decoding"] == "draft_model"
+    reply = client.generate(model="drafted", prompt="Hello", options={"num_predict": 6, "temperature": 0})
+    assert reply.done and reply.eval_count == 6
+    ps = httpx.get(f"{llama.url}/api/ps").json()["models"]
+    assert [m["speculative_decoding"] for m in ps if m["name"] == "drafted:latest"] == ["draft_model"]
+    # A vision projector is no draft.
+    projector = client.create_blob(write_tiny_mmproj(tmp_path / "p.gguf"))
+    bad = httpx.post(f"{llama.url}/api/create", json={"model": "x", "from": "base", "draft_files": {"p.gguf": projector},
+                                                     "stream": False})
+    assert (bad.status_code, bad.json()) == (400, {"error": "p.gguf: a draft is a GGUF model, not a projector"})
 
 
 def test_a_lora_adapter_changes_what_the_model_says(llama, tmp_path):

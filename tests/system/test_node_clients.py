@@ -19,7 +19,9 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from common import names
 from gengate.v1 import generate_pb2 as pb
+from service.models.store import ModelStore
 from tests.conftest import REAL
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
@@ -160,6 +162,22 @@ def test_ollama_npm_client_generates_through_the_gateway(real, node_modules, pyt
 def test_ollama_npm_client_gets_404_for_an_unknown_model(real, node_modules, stream):
     rc, messages = node("ollama.mjs", real.url, {**REQUEST, "model": "nope", "stream": stream})
     assert rc == 2 and messages == [{"error": NOT_FOUND, "status_code": 404}]
+
+
+def test_ollama_npm_client_creates_a_model_with_a_draft(real, node_modules):
+    """ollama-js sends create's request as given: Ollama's draft_files (here SmolLM2 as its own draft, by the digest
+    of the blob the store already has) make a model that drafts from its draft model."""
+    weights = "sha256:" + ModelStore(real.settings.models).get(names.parse(REAL)).digest
+    request = {"model": "smol-js-drafted", "from": REAL, "draft_files": {"draft.gguf": weights}}
+    rc, [reply] = node("ollama.mjs", real.url, request, "create")
+    try:
+        assert rc == 0 and reply == {"status": "success"}
+        rc, [show] = node("ollama.mjs", real.url, {"model": "smol-js-drafted"}, "show")
+        assert rc == 0 and show["speculative_decoding"] == "draft_model" and show["draft"]["format"] == "gguf"
+        rc, [bad] = node("ollama.mjs", real.url, {**request, "draft_files": {}, "draft_quantize": "q8_0"}, "create")
+        assert rc == 2 and bad == {"error": "--draft-quantize requires a DRAFT model", "status_code": 400}
+    finally:
+        ModelStore(real.settings.models).delete(names.parse("smol-js-drafted"))
 
 
 @pytest.mark.parametrize("model", [REAL, "gemma3:270m"])

@@ -11,7 +11,7 @@ from common import names
 from common.golang import parse_duration, quote
 from service.chat.thinking import ThinkingParser, thinking_tags
 from service.engines.detokenizer import Detokenizer
-from service.models.gguf import GGUFError, read_metadata
+from service.models.gguf import GGUFError, read_metadata, vocabulary
 from tests.tiny_gguf import write_tiny_llama
 
 
@@ -79,6 +79,19 @@ def test_thinking_parser():
     p = ThinkingParser("<think>", "</think>", starts_inside=True)
     assert p.feed("unfinished </thi") == ("unfinished ", "") and p.flush() == ("</thi", "")
     assert thinking_tags("x <think> y </think>") == ("<think>", "</think>") and thinking_tags("plain") is None
+
+
+def test_gguf_vocabulary_is_the_tokenizer_only(tmp_path):
+    """What a draft model must share with its model: the tokenizer's keys, not the chat template or the weights."""
+    a = vocabulary(write_tiny_llama(tmp_path / "a.gguf"))
+    assert vocabulary(write_tiny_llama(tmp_path / "b.gguf", chat_template="{{ x }}", f16=True)) == a
+    assert vocabulary(write_tiny_llama(tmp_path / "c.gguf", extra_metadata={"tokenizer.ggml.eos_token_id": 1})) != a
+    data = bytearray((tmp_path / "a.gguf").read_bytes())
+    at = data.index(b"tokenizer.ggml.tokens") + len(b"tokenizer.ggml.tokens") + 4      # the array's item type
+    data[at + 4:at + 12] = (1 << 40).to_bytes(8, "little")                            # a count past the file
+    (tmp_path / "bad.gguf").write_bytes(bytes(data))
+    with pytest.raises(GGUFError):
+        vocabulary(tmp_path / "bad.gguf")
 
 
 def test_gguf_metadata(tmp_path):

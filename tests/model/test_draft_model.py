@@ -1,0 +1,181 @@
+"""Speculative decoding from a draft model, on the real SmolLM2: the engine loads a draft beside the model and
+verifies its drafts in the model's step.
+
+Two drafts: SmolLM2 itself (its drafts are what the model writes: acceptance near 1) and a tiny random-weight
+model with SmolLM2's tokenizer (tests/tiny_draft.py: acceptance near 0). Either way the text is the text plain
+decoding gives (or parts from it only where two tokens were nearly tied, as with prompt lookup:
+tests/model/test_speculation.py), alone or beside others; a request cancelled mid-draft frees its sequence and
+its KV. Through the service: create with draft_files (over HTTP, and through the official ollama npm client, which
+sends the field as given), show and ps say the model drafts from its draft model, a draft whose tokenizer differs
+is a 400, and a model created `from` a drafted one keeps its draft (the official Python client's create).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import httpx
+import ollama
+import pytest
+
+from common import names
+from service.engines.base import LoadOptions, Sampling
+from service.engines.batch import BatchEngine
+from service.models.store import ModelStore
+from tests.conftest import REAL
+from tests.model.test_speculation import COPY, FREE, TIE, chat_prompt, decode
+from tests.stack.test_observability import value
+from tests.tiny_draft import write_tiny_draft
+
+
+@pytest.fixture(scope="module")
+def tiny_draft(real_models, tmp_path_factory):
+    store = ModelStore(real_models)
+    return write_tiny_draft(store.get(names.parse(REAL)).path, tmp_path_factory.mktemp("draft") / "draft.gguf")
+
+
+@pytest.fixture(scope="module")
+def drafted(real_models, tiny_draft):
+    """SmolLM2 three times over: without a draft, with itself as its draft, with the tiny random draft."""
+    path = str(ModelStore(real_models).get(names.parse(REAL)).path)
+    engine = BatchEngine(num_parallel=2)
+    loop = asyncio.new_event_loop()
+    options = LoadOptions(num_ctx=2048, num_thread=2)
+    runners = {name: loop.run_until_complete(engine.load(path, options, draft=draft))
+               for name, draft in (("plain", None), ("self", path), ("random", str(tiny_draft)))}
+    yield engine, runners, loop
+    for runner in runners.values():
+        loop.run_until_complete(runner.close())
+    loop.close()
+
+
+def same_text(plain, spec) -> None:
+    """The same tokens, or parting only where plain decoding's two best tokens were nearly tied."""
+    a, b = [e.token for e in plain], [e.token for e in spec]
+    part = next((i for i in range(min(len(a), len(b))) if a[i] != b[i]), None)
+    if part is None:
+        assert a == b
+        return
+    top = plain[part].top
+    assert len(top) == 2 and top[1].token == b[part], (a[part], b[part], top)
+    assert top[0].logprob - top[1].logprob < TIE, (part, top)
+
+
+@pytest.mark.parametrize("draft", ["self", "random"])
+@pytest.mark.parametrize("task", ["copy", "free"])
+def test_greedy_text_with_a_draft_model_is_the_text_without(drafted, draft, task):
+    engine, runners, loop = drafted
+    prompt = chat_prompt(REAL, COPY if task == "copy" else FREE)
+    plain = loop.run_until_complete(decode(runners["plain"], prompt, draft=0))
+    before = engine.stats.drafted, engine.stats.accepted
+    off = loop.run_until_complete(decode(runners[draft], prompt, draft=0))
+    assert (engine.stats.drafted, engine.stats.accepted) == before            # draft_num_predict 0: no drafts
+    spec = loop.run_until_complete(decode(runners[draft], prompt, draft=8))
+    n, taken = engine.stats.drafted - before[0], engine.stats.accepted - before[1]
+    assert n >= 1
+    if draft == "self":
+        assert n >= 32 and taken >= 0.8 * n, (n, taken)      # its own drafts: near all taken (ties part)
+    else:
+        assert taken <= 0.2 * n, (n, taken)                  # random drafts: near none
+    assert [(e.token, e.logprob) for e in off] == [(e.token, e.logprob) for e in plain]
+    same_text(plain, spec)
+
+
+def test_a_request_gives_the_same_text_alone_and_beside_others(drafted):
+    _, runners, loop = drafted
+    runner = runners["self"]
+    copy, free = chat_prompt(REAL, COPY), chat_prompt(REAL, FREE)
+
+    async def both():
+        return await asyncio.gather(decode(runner, copy, 8), decode(runner, free, 8))
+    alone = [loop.run_until_complete(decode(runner, p, 8)) for p in (copy, free)]
+    together = loop.run_until_complete(both())
+    for x, y in zip(alone, together, strict=True):
+        assert [(e.token, e.logprob) for e in x] == [(e.token, e.logprob) for e in y]
+
+
+def test_cancelling_mid_draft_frees_the_sequence_and_its_kv(drafted):
+    engine, runners, loop = drafted
+    runner = runners["self"]
+    prompt = runner.tokenize(chat_prompt(REAL, COPY), add_bos=False)
+
+    async def cancel_after_drafts():
+        drafted = engine.stats.drafted
+        stream = runner.generate(prompt, Sampling(seed=1, temperature=0, num_predict=200))
+        async for _ in stream:
+            if engine.stats.drafted > drafted:
+                break
+        await stream.aclose()
+    loop.run_until_complete(cancel_after_drafts())
+    assert runner.active == 0 and runner.kv_cells()[0] == 0
+    again = loop.run_until_complete(decode(runner, chat_prompt(REAL, COPY), 8))
+    assert "".join(e.token for e in again).strip().startswith("The river town")
+
+
+# -- through the service -------------------------------------------------------------------------------------------
+def _upload(url: str, path) -> str:
+    data = path.read_bytes()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert httpx.post(f"{url}/api/blobs/{digest}", content=data, timeout=120).status_code in (200, 201)
+    return digest
+
+
+def test_create_show_ps_and_generate_with_a_draft_model(real, tiny_draft):
+    url = real.url
+    weights = ModelStore(real.settings.models).get(names.parse(REAL)).digest
+    created = httpx.post(f"{url}/api/create", timeout=300, json={
+        "model": "smol-drafted", "from": REAL, "draft_files": {"draft.gguf": f"sha256:{weights}"}, "stream": False})
+    assert created.status_code == 200 and created.json()["status"] == "success", created.text
+    try:
+        show = httpx.post(f"{url}/api/show", json={"model": "smol-drafted"}, timeout=60).json()
+        assert show["speculative_decoding"] == "draft_model"
+        assert show["draft"]["family"] == "llama" and show["draft"]["format"] == "gguf"
+        assert "draft" not in httpx.post(f"{url}/api/show", json={"model": REAL}, timeout=60).json()
+        assert httpx.post(f"{url}/api/show", json={"model": REAL}, timeout=60).json()[
+            "speculative_decoding"] == "prompt_lookup"
+        reg = real.service.metrics.registry
+        drafted, accepted = (value(reg, "gengate_engine_draft_tokens_total"),
+                             value(reg, "gengate_engine_draft_tokens_accepted_total"))
+        body = {"prompt": COPY, "stream": False, "options": {"temperature": 0, "num_predict": 64}}
+        spec = httpx.post(f"{url}/api/generate", json={"model": "smol-drafted", **body}, timeout=300).json()
+        assert value(reg, "gengate_engine_draft_tokens_total") > drafted
+        assert value(reg, "gengate_engine_draft_tokens_accepted_total") > accepted
+        plain = httpx.post(f"{url}/api/generate", timeout=300,
+                           json={"model": "smol-drafted", **body, "options": {**body["options"],
+                                                                             "draft_num_predict": 0}}).json()
+        assert spec["response"] == plain["response"] and spec["eval_count"] == plain["eval_count"]
+        ps = {m["name"]: m for m in httpx.get(f"{url}/api/ps", timeout=60).json()["models"]}
+        assert ps["smol-drafted:latest"]["speculative_decoding"] == "draft_model"
+        # The official Python client creates from it: the draft comes along.
+        client = ollama.Client(host=url)
+        assert client.create(model="smol-drafted-2", from_="smol-drafted").status == "success"
+        try:
+            again = httpx.post(f"{url}/api/show", json={"model": "smol-drafted-2"}, timeout=60).json()
+            assert again["speculative_decoding"] == "draft_model" and again["draft"] == show["draft"]
+        finally:
+            client.delete("smol-drafted-2")
+    finally:
+        httpx.request("DELETE", f"{url}/api/delete", json={"model": "smol-drafted"}, timeout=60)
+
+
+def test_a_random_draft_with_the_models_tokenizer_is_taken_and_another_is_refused(real, tiny_draft, models):
+    url = real.url
+    draft = _upload(url, tiny_draft)
+    other = _upload(url, models / "tiny.gguf")              # the tiny llama: another tokenizer
+    bad = httpx.post(f"{url}/api/create", timeout=120, json={
+        "model": "smol-bad-draft", "from": REAL, "draft_files": {"draft.gguf": other}, "stream": False})
+    assert bad.status_code == 400
+    assert bad.json()["error"] == ("the draft model's vocabulary differs from the model's: a draft must use the same "
+                                   "tokenizer")
+    ok = httpx.post(f"{url}/api/create", timeout=300, json={
+        "model": "smol-random-draft", "from": REAL, "draft_files": {"draft.gguf": draft}, "stream": False})
+    assert ok.status_code == 200, ok.text
+    try:
+        body = {"model": "smol-random-draft", "prompt": FREE, "stream": False,
+                "options": {"temperature": 0, "num_predict": 24}}
+        spec = httpx.post(f"{url}/api/generate", json=body, timeout=300).json()
+        plain = httpx.post(f"{url}/api/generate", timeout=300,
+                           json={**body, "options": {**body["options"], "draft_num_predict": 0}}).json()
+        assert spec["response"] == plain["response"]
+    finally:
+        httpx.request("DELETE", f"{url}/api/delete", json={"model": "smol-random-draft"}, timeout=60)

@@ -12,7 +12,8 @@ deployments measured on a machine without a GPU.
 starts the service (over the paced engine, `python -m bench.paced serve`) and the gateway as processes, drives
 N concurrent streams over gRPC (grpc.aio) and then through the gateway (aiohttp, NDJSON) with 1 and 2 worker
 processes (GENGATE_GATEWAY_WORKERS), and prints the share of the paced rate each delivered and the CPU time per
-token of each process (from /proc, user + system; a gateway's workers counted with it).
+token of each process (from /proc, user + system; a gateway's workers counted with it). Beside them, the floor:
+a bare grpc.aio server paced alike (`python -m bench.paced floor`), one message a token and nothing else.
 The client runs on the same machine and competes for its cores: on two cores the figures are a floor.
 """
 from __future__ import annotations
@@ -146,6 +147,50 @@ class PacedEngine(Engine):
         return PacedRunner(self._step)
 
 
+def floor_main(port: int, step_ms: float) -> None:
+    """The floor under the service: a bare grpc.aio GenerateService that streams one message a stream every step
+    (the model name and "x "), paced by one thread as the engine is. Nothing of gengate runs in it."""
+    import grpc
+
+    from gengate.v1 import generate_pb2 as pb
+    from gengate.v1 import generate_pb2_grpc as pb_grpc
+
+    streams: list[_Stream] = []
+    lock = threading.Lock()
+
+    class Bare(pb_grpc.GenerateServiceServicer):
+        async def Generate(self, request, context):
+            stream = _Stream(asyncio.get_running_loop(), request.options.num_predict, 0)
+            with lock:
+                streams.append(stream)
+            try:
+                for _ in range(stream.left):
+                    await stream.queue.get()
+                    yield pb.GenerateResponse(model=request.model, response="x ")
+                yield pb.GenerateResponse(model=request.model, done=True)
+            finally:
+                with lock:
+                    streams.remove(stream)
+
+    def pace() -> None:
+        while True:
+            time.sleep(step_ms / 1000)
+            with lock:
+                items = [(s, None) for s in streams]
+            if items:
+                with contextlib.suppress(RuntimeError):
+                    items[0][0].loop.call_soon_threadsafe(_deliver, items)
+
+    async def run() -> None:
+        server = grpc.aio.server()
+        pb_grpc.add_GenerateServiceServicer_to_server(Bare(), server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        threading.Thread(target=pace, daemon=True).start()
+        await server.wait_for_termination()
+    asyncio.run(run())
+
+
 def serve_main(step_ms: float) -> None:
     from common import logs
     from common.settings import load
@@ -230,6 +275,9 @@ async def measure(args) -> dict:
     try:
         service = server.start("paced-service", [sys.executable, "-m", "bench.paced", "serve", "--step-ms",
                                                  str(args.step_ms)], env)
+        floor_port = free_port()
+        floor = server.start("paced-floor", [sys.executable, "-m", "bench.paced", "floor", "--step-ms",
+                                             str(args.step_ms), "--port", str(floor_port)], env)
         gateways, urls = {}, {}
         for w in args.workers:                          # one gateway per worker count, all started at once
             port = http_port if w == args.workers[0] else free_port()
@@ -243,15 +291,17 @@ async def measure(args) -> dict:
         for n in args.streams:
             ideal = n / (args.step_ms / 1000)
             row: dict = {"streams": n, "ideal_tok_s": ideal}
-            paths = ["grpc", *(f"gateway-{w}" for w in args.workers)]
+            paths = ["floor", "grpc", *(f"gateway-{w}" for w in args.workers)]
             for path in paths * args.rounds:
-                gateway = gateways[int(path.split("-")[1])] if path != "grpc" else gateways[args.workers[0]]
-                cpu0 = cpu_seconds(service.pid), cpu_seconds(gateway.pid)
-                if path == "grpc":
-                    count, wall, firsts = await grpc_streams(f"127.0.0.1:{grpc_port}", n, args.tokens)
+                gateway = gateways[int(path.split("-")[1])] if "-" in path else gateways[args.workers[0]]
+                served = floor if path == "floor" else service
+                cpu0 = cpu_seconds(served.pid), cpu_seconds(gateway.pid)
+                if path in ("grpc", "floor"):
+                    port = floor_port if path == "floor" else grpc_port
+                    count, wall, firsts = await grpc_streams(f"127.0.0.1:{port}", n, args.tokens)
                 else:
                     count, wall, firsts = await http_streams(urls[int(path.split("-")[1])], n, args.tokens)
-                cpu1 = cpu_seconds(service.pid), cpu_seconds(gateway.pid)
+                cpu1 = cpu_seconds(served.pid), cpu_seconds(gateway.pid)
                 if count != n * args.tokens:
                     raise SystemExit(f"{path}: {count} tokens of {n * args.tokens}")
                 row.setdefault(path, []).append({
@@ -271,13 +321,14 @@ def report(results: dict) -> str:
     out = [f"Serving ceiling: paced engine, one token per stream every {results['step_ms']} ms, "
            f"{results['tokens']} tokens a stream (median of the rounds); the gateway with "
            f"{' and '.join(map(str, workers))} worker process(es)", "",
-           "| streams | paced rate | over gRPC | share | service CPU/token | "
+           "| streams | paced rate | bare grpc.aio: share | CPU/message | over gRPC | share | service CPU/token | "
            + " | ".join(f"gateway ×{w} | share | service / gateway CPU/token" for w in workers) + " |",
-           "|---:|---:|---:|---:|---:|" + "---:|---:|---:|" * len(workers)]
+           "|---:|---:|---:|---:|---:|---:|---:|" + "---:|---:|---:|" * len(workers)]
     for row in results["rows"]:
-        g = row["grpc"]
-        cells = [f"{row['streams']}", f"{row['ideal_tok_s']:.0f} tok/s", f"{med(g, 'tok_s'):.0f}",
-                 f"{med(g, 'share'):.3f}", f"{med(g, 'service_us_per_token'):.0f} µs"]
+        g, f = row["grpc"], row.get("floor")
+        cells = [f"{row['streams']}", f"{row['ideal_tok_s']:.0f} tok/s",
+                 f"{med(f, 'share'):.3f}" if f else "", f"{med(f, 'service_us_per_token'):.0f} µs" if f else "",
+                 f"{med(g, 'tok_s'):.0f}", f"{med(g, 'share'):.3f}", f"{med(g, 'service_us_per_token'):.0f} µs"]
         for w in workers:
             h = row[f"gateway-{w}"]
             cells += [f"{med(h, 'tok_s'):.0f}", f"{med(h, 'share'):.3f}",
@@ -288,7 +339,8 @@ def report(results: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", nargs="?", default="measure", choices=["measure", "serve"])
+    ap.add_argument("command", nargs="?", default="measure", choices=["measure", "serve", "floor"])
+    ap.add_argument("--port", type=int, default=0, help="floor: the bare server's port")
     ap.add_argument("--streams", default="64,256", help="concurrent streams (default 64,256)")
     ap.add_argument("--step-ms", type=float, default=5.5, help="one token per stream every this many ms")
     ap.add_argument("--tokens", type=int, default=200, help="tokens per stream")
@@ -297,6 +349,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.command == "serve":
         serve_main(args.step_ms)
+        return
+    if args.command == "floor":
+        floor_main(args.port, args.step_ms)
         return
     args.streams = [int(n) for n in str(args.streams).split(",")]
     args.workers = [int(w) for w in str(args.workers).split(",")]

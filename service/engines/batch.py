@@ -101,6 +101,7 @@ from service.engines.base import (
 from service.engines.drafter import Drafter
 from service.engines.embedding import EmbeddingRunner
 from service.engines.grammar_sampler import GrammarSampler, GrammarSamplers
+from service.models import tokenizer
 from service.models.gguf import read_metadata
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,13 @@ MIN_REUSE = 16               # shortest cached prefix worth taking another seque
 MAX_DRAFT = 16               # most draft tokens a sequence verifies in a step (draft_num_predict is capped at it)
 _DONE = object()             # end of a stream
 _RELEASED = object()         # the request's sequence is free again
+
+
+def speculates(invariant: bool, model: internals.LlamaModel) -> bool:
+    """Whether a model's requests draft: not in the invariant layout, nor where the memory is recurrent or hybrid
+    (it cannot drop the KV of rejected drafts)."""
+    m = model.model
+    return not (invariant or llama_cpp.llama_model_is_recurrent(m) or llama_cpp.llama_model_is_hybrid(m))
 
 
 def chunk_end(start: int, end: int, size: int) -> int:
@@ -197,8 +205,10 @@ class BatchRunner(llama.LlamaRunner):
         self._can_shift = bool(self._mem) and bool(llama_cpp.llama_memory_can_shift(self._mem))
         # Speculative decoding (service.engines.speculation): greedy requests verify drafts of their own tokens,
         # not in the invariant layout (a sequence's rows would depend on the others' drafts).
-        self._speculate = not invariant
+        # Nor for recurrent or hybrid memory, which cannot drop the KV of rejected drafts.
+        self._speculate = speculates(invariant, model)
         self._drafter = drafter                   # the model's draft model (service.engines.drafter), if it has one
+        self.speculation = "off" if not self._speculate else "draft_model" if drafter else "prompt_lookup"
         self._row_cost = speculation.ROW_COST_GPU if on_gpu else speculation.ROW_COST_CPU
         # The batch, over numpy arrays so a step fills it without a Python loop per field.
         cap = self._cap = max(chunk, n_seq)
@@ -550,7 +560,8 @@ class BatchRunner(llama.LlamaRunner):
                 drafts = [[] for _ in asking]
             for (req, _), draft in zip(asking, drafts, strict=True):
                 (drafting.append((req, draft)) if draft else plain.append(req))
-            plain.sort(key=lambda r: r.seq)
+            plain.sort(key=lambda r: r.seq)          # a batch's sequences in order: one micro-batch
+            drafting.sort(key=lambda d: d[0].seq)
         if plain:
             n = len(plain)
             self._b_token[:n] = [r.next_token for r in plain]
@@ -591,7 +602,8 @@ class BatchRunner(llama.LlamaRunner):
         room = min(self.n_ctx - req.n_past - 2, req.s.draft_num_predict, left, MAX_DRAFT,
                    self._cap // n_ready - 1)
         if self._drafter is not None and not req.images and not req.shifted:
-            k = speculation.draft_length(req.lookup.acceptance, room, self._row_cost)
+            k = speculation.draft_length(req.lookup.acceptance, room, self._row_cost,
+                                         self._drafter.cost * (1 + self._row_cost))
             if k == 0 and room > 0:
                 req.lookup.unused()
             return k or []
@@ -622,8 +634,8 @@ class BatchRunner(llama.LlamaRunner):
         self.stats.drafted += len(draft)
         self.stats.accepted += accepted
         req.lookup.verified(len(draft), accepted)
-        if req.seq >= 0:                          # the rejected drafts' KV
-            llama_cpp.llama_memory_seq_rm(self._mem, req.seq, req.n_past, -1)
+        if req.seq >= 0 and not llama_cpp.llama_memory_seq_rm(self._mem, req.seq, req.n_past, -1):
+            raise RuntimeError("the KV of rejected drafts could not be removed")
 
     def _row_logits(self, index: int):
         def logits() -> np.ndarray:
@@ -819,21 +831,32 @@ class BatchEngine(Engine):
             cp.no_perf = True
             return internals.LlamaContext(model=model, params=cp, verbose=False)
 
-        def drafter(vocab: int) -> Drafter:
-            """The draft model, in a context like the model's (a KV sequence for each of the model's)."""
+        def drafter(target: internals.LlamaModel) -> Drafter | None:
+            """The draft model, in a context like the model's (a KV sequence for each of the model's); None, and
+            the model drafts by prompt lookup, when it cannot be used (logged)."""
             assert draft is not None
-            model = llama.load_model(draft, options, repack=self.repack)
+            model: internals.LlamaModel | None = None
+            ctx: internals.LlamaContext | None = None
             try:
-                if llama_cpp.llama_vocab_n_tokens(model.vocab) != vocab:
-                    raise LoadError("the draft model's vocabulary differs from the model's")
+                model = llama.load_model(draft, options, repack=self.repack)
+                vocab = llama_cpp.llama_vocab_n_tokens(target.vocab)
+                if abs(llama_cpp.llama_vocab_n_tokens(model.vocab) - vocab) > tokenizer.MAX_SIZE_DIFFERENCE:
+                    raise ValueError("its vocabulary differs from the model's")
+                if not speculates(False, model):
+                    raise ValueError("its memory is recurrent")
                 ctx = context(model, max(chunk, n_seq * 4))
                 if not llama_cpp.llama_get_memory(ctx.ctx):
+                    raise ValueError("it writes no text")
+                n_params = llama_cpp.llama_model_n_params
+                cost = n_params(model.model) / max(1, n_params(target.model))
+                return Drafter(model, ctx, n_seq, vocab, cost, llama.Vocab(target).is_eog)
+            except Exception as exc:
+                if ctx is not None:
                     ctx.close()
-                    raise LoadError("the draft model writes no text")
-            except BaseException:
-                model.close()
-                raise
-            return Drafter(model, ctx, n_seq, vocab)
+                if model is not None:
+                    model.close()
+                log.warning("the draft model %s is not used (%s): the model drafts by prompt lookup", draft, exc)
+                return None
 
         def build() -> Runner:
             if projector:           # before anything is loaded here: a projector that would abort the process
@@ -842,6 +865,7 @@ class BatchEngine(Engine):
             model = llama.load_model(path, options, repack=self.repack)
             sight: vision.Projector | None = None
             ctx: internals.LlamaContext | None = None
+            helper: Drafter | None = None
             try:
                 if projector:
                     sight = vision.Projector(model.model, projector, threads, use_gpu=options.num_gpu != 0)
@@ -853,23 +877,26 @@ class BatchEngine(Engine):
                         raise vision.ProjectorError("an embedding model takes no vision projector")
                     return EmbeddingRunner(model, options, threads, read_metadata(path))
                 llama.apply_adapters(model, ctx, adapters)
-                # Speculative decoding is off in the invariant layout: its draft model is not loaded.
-                helper = drafter(llama_cpp.llama_vocab_n_tokens(model.vocab)) if draft and not self.invariant \
-                    else None
+                # Where the model does not speculate, its draft model is not loaded.
+                if draft and speculates(self.invariant, model):
+                    helper = drafter(model)
+                n_ctx = min(options.num_ctx, llama_cpp.llama_n_ctx_seq(ctx.ctx))
+                m = model.model
+                reuse = not (llama_cpp.llama_model_n_swa(m) or llama_cpp.llama_model_is_recurrent(m)
+                             or llama_cpp.llama_model_is_hybrid(m))
+                return BatchRunner(model, ctx, n_seq=n_seq, n_ctx=n_ctx, chunk=chunk,
+                                   metadata=read_metadata(path), reuse=reuse, projector=sight,
+                                   invariant=self.invariant, path=path, stats=self.stats, on_gpu=on_gpu,
+                                   drafter=helper)
             except BaseException:
+                if helper is not None:
+                    helper.close()
                 if ctx is not None:
                     ctx.close()
                 if sight is not None:
                     sight.close()
                 model.close()
                 raise
-            n_ctx = min(options.num_ctx, llama_cpp.llama_n_ctx_seq(ctx.ctx))
-            m = model.model
-            reuse = not (llama_cpp.llama_model_n_swa(m) or llama_cpp.llama_model_is_recurrent(m)
-                         or llama_cpp.llama_model_is_hybrid(m))
-            return BatchRunner(model, ctx, n_seq=n_seq, n_ctx=n_ctx, chunk=chunk, metadata=read_metadata(path),
-                               reuse=reuse, projector=sight, invariant=self.invariant, path=path, stats=self.stats,
-                               on_gpu=on_gpu, drafter=helper)
 
         try:
             return await asyncio.to_thread(build)

@@ -13,24 +13,33 @@ The draft decides nothing about the text: the target verifies every drafted toke
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
 
-SETTLE = 24                     # tokens at the end of a sequence's draft KV that are compared one by one
-
 
 class Drafter:
-    """The draft model's context: per sequence, the tokens its KV holds, and greedy drafts from them."""
+    """The draft model's context: per sequence, the tokens its KV holds, and greedy drafts from them.
 
-    def __init__(self, model: internals.LlamaModel, ctx: internals.LlamaContext, n_seq: int, n_vocab: int):
+    `cost` is what a drafted token costs, as a share of a step of the model (the draft decodes one row a round,
+    in sequence): the ratio of their parameter counts, which is what a memory-bound decode step costs. A step
+    levels at most one decode's worth of tokens (n_batch) into the draft KV: a sequence further behind (its
+    prompt) catches up over several steps and drafts nothing until it has, so a long prompt never stalls the
+    other streams."""
+
+    def __init__(self, model: internals.LlamaModel, ctx: internals.LlamaContext, n_seq: int, n_vocab: int,
+                 cost: float, is_eog: Callable[[int], bool]):
         self._model = model
         self._ctx = ctx
         self._mem = llama_cpp.llama_get_memory(ctx.ctx)
-        self._n_vocab = n_vocab
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(model.vocab)     # its own logits' width
+        self._usable = n_vocab                                          # the ids the model has
+        self.cost = cost
+        self._is_eog = is_eog
         self._held: list[list[int]] = [[] for _ in range(n_seq)]
+        self._source: list[tuple[list[int] | None, int]] = [(None, 0)] * n_seq   # tokens last leveled with
         cap = self._cap = llama_cpp.llama_n_batch(ctx.ctx)
         self._b_token = np.zeros(cap, np.int32)
         self._b_pos = np.zeros(cap, np.int32)
@@ -44,37 +53,43 @@ class Drafter:
             pos=self._b_pos.ctypes.data_as(int_p), n_seq_id=self._b_nseq.ctypes.data_as(int_p),
             seq_id=self._b_seq_ptrs, logits=self._b_logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)))
 
-    def draft(self, wants: Sequence[tuple[int, Sequence[int], int]]) -> list[list[int]]:
-        """For each (sequence, its tokens so far, k): the draft model's k greedy next tokens. The last of the
-        tokens is the one the target decodes next (not in its KV yet). A failed decode forgets the sequences."""
+    def draft(self, wants: Sequence[tuple[int, list[int], int]]) -> list[list[int]]:
+        """For each (sequence, its tokens so far, k): up to k of the draft model's greedy next tokens (none while
+        its KV is catching up). The last of the tokens is the one the target decodes next (not in its KV yet).
+        A failed decode forgets the sequences."""
         try:
             return self._draft(wants)
         except BaseException:
             for seq, _, _ in wants:
                 llama_cpp.llama_memory_seq_rm(self._mem, seq, -1, -1)
                 self._held[seq] = []
+                self._source[seq] = (None, 0)
             raise
 
-    def _draft(self, wants: Sequence[tuple[int, Sequence[int], int]]) -> list[list[int]]:
+    def _draft(self, wants: Sequence[tuple[int, list[int], int]]) -> list[list[int]]:
         drafts: list[list[int]] = [[] for _ in wants]
-        # Level each sequence's draft KV with its tokens, then decode the tokens it lacks; each sequence's last
-        # row gives its first draft token.
-        rows: list[tuple[int, int, int, bool]] = []       # (want index, token, position, logits)
+        # Level each sequence's draft KV with its tokens, then decode the tokens it lacks (within one decode's
+        # worth, shared); each sequence's last row gives its first draft token.
+        rows: list[tuple[int, int, int, bool]] = []       # (sequence, token, position, logits)
+        ends: list[tuple[int, int]] = []                  # (want index, its logits row)
         for i, (seq, tokens, _) in enumerate(wants):
             n = self._level(seq, tokens)
-            for pos in range(n, len(tokens)):
-                rows.append((i, tokens[pos], pos, pos == len(tokens) - 1))
-            self._held[seq].extend(tokens[n:])
-        for start in range(0, len(rows), self._cap):
-            part = rows[start:start + self._cap]
-            self._fill([(wants[i][0], token, pos, logits) for i, token, pos, logits in part])
-            self._decode(len(part))
-            for row, (i, _, _, logits) in enumerate(part):
-                if logits:
-                    drafts[i].append(self._argmax(row))
-        # Then one token a round for the sequences that want more.
+            take = min(len(tokens) - n, self._cap - len(rows))
+            for pos in range(n, n + take):
+                rows.append((seq, tokens[pos], pos, pos == len(tokens) - 1))
+            self._held[seq].extend(tokens[n:n + take])
+            self._source[seq] = (tokens, n + take)        # (the list only grows: these stay the same)
+            if n + take == len(tokens):
+                ends.append((i, len(rows) - 1))
+        if rows:
+            self._fill(rows)
+            self._decode(len(rows))
+        for i, row in ends:
+            drafts[i].append(self._argmax(row))
+        # Then one token a round for the sequences that want more, until a draft ends the text or leaves the ids
+        # the model has.
         for _ in range(1, max((k for _, _, k in wants), default=0)):
-            going = [i for i, (_, _, k) in enumerate(wants) if len(drafts[i]) < k]
+            going = [i for i, (_, _, k) in enumerate(wants) if 0 < len(drafts[i]) < k and self._goes_on(drafts[i])]
             if not going:
                 break
             batch = []
@@ -86,27 +101,35 @@ class Drafter:
             self._decode(len(batch))
             for row, i in enumerate(going):
                 drafts[i].append(self._argmax(row))
+        for draft in drafts:                              # a token the model does not have ends the draft
+            if any(t >= self._usable for t in draft):
+                del draft[next(j for j, t in enumerate(draft) if t >= self._usable):]
         return drafts
+
+    def _goes_on(self, draft: list[int]) -> bool:
+        return draft[-1] < self._usable and not self._is_eog(draft[-1])
 
     def clear(self) -> None:
         """Forgets every sequence (after the target's memory was cleared)."""
         llama_cpp.llama_memory_clear(self._mem, True)
         self._held = [[] for _ in self._held]
+        self._source = [(None, 0)] * len(self._held)
 
     def close(self) -> None:
         self._ctx.close()
         self._model.close()
 
-    def _level(self, seq: int, tokens: Sequence[int]) -> int:
+    def _level(self, seq: int, tokens: list[int]) -> int:
         """Removes the sequence's draft KV past its common prefix with `tokens` (and the last token, which must be
-        decoded again to give logits); returns the prefix's length."""
+        decoded again to give logits); returns the prefix's length. `tokens` only grows while its request runs:
+        what was leveled with the same list last time is known to agree, and is not compared again."""
         held = self._held[seq]
         n = min(len(held), len(tokens) - 1)
-        sure = max(0, n - SETTLE)
-        if held[:sure] != list(tokens[:sure]):
-            sure = 0
+        source, agreed = self._source[seq]
+        sure = min(agreed, n) if source is tokens else 0
         while sure < n and held[sure] == tokens[sure]:
             sure += 1
+        self._source[seq] = (tokens, sure)
         if sure < len(held):
             if not llama_cpp.llama_memory_seq_rm(self._mem, seq, sure, -1):
                 llama_cpp.llama_memory_seq_rm(self._mem, seq, -1, -1)

@@ -85,6 +85,11 @@ class ModelPool:
     def loaded(self) -> list[Loaded]:
         return list(self._loaded.values())
 
+    def loaded_runner(self, entry: ModelEntry) -> Runner | ImageRunner | None:
+        """The runner of `entry` as loaded now (the same files), or None."""
+        model = self._loaded.get(entry.key)
+        return model.runner if model is not None and model.entry.files == entry.files else None
+
     async def acquire(self, entry: ModelEntry, options: LoadOptions, keep_alive_ns: int | None) -> Loaded:
         """`entry` loaded with `options` (loading it if need be), held until `release`. Raises what the engine
         raised (OutOfMemory once idle models were unloaded and it still did not fit, LoadError), or

@@ -88,13 +88,14 @@ def expected_run(acceptance: float, length: int) -> float:
     return sum(acceptance ** i for i in range(1, length + 1))
 
 
-def draft_length(acceptance: float, available: int, row_cost: float) -> int:
+def draft_length(acceptance: float, available: int, row_cost: float, draft_cost: float = 0.0) -> int:
     """How many of `available` drafted tokens to verify: 0, or the power of two with the most tokens expected per
-    unit of step time, if that beats decoding one token alone."""
+    unit of step time, if that beats decoding one token alone. `draft_cost` is what making a drafted token costs
+    in the same unit (0 for prompt lookup; a draft model's decode step otherwise)."""
     best, best_rate = 0, 1 / (1 + row_cost)
     k = 1
     while k <= available:
-        rate = (1 + expected_run(acceptance, k)) / (1 + row_cost * (k + 1))
+        rate = (1 + expected_run(acceptance, k)) / (1 + row_cost * (k + 1) + draft_cost * k)
         if rate > best_rate:
             best, best_rate = k, rate
         k *= 2

@@ -147,10 +147,15 @@ class Models:
         return out
 
     def speculation(self, model: Model) -> mpb.SpeculativeDecoding:
-        """Where the model's drafts come from, on this service's engine."""
-        if not (self.pool.speculates and model.generative):
-            return mpb.SPECULATIVE_DECODING_OFF
-        return mpb.SPECULATIVE_DECODING_DRAFT_MODEL if model.entry.draft else mpb.SPECULATIVE_DECODING_PROMPT_LOOKUP
+        """Where the model's drafts come from, on this service's engine: as its loaded runner says (a model whose
+        memory cannot drop rejected drafts does not draft; a draft model that failed to load leaves lookup), or,
+        not loaded, as the engine and the model's files say."""
+        loaded = self.pool.loaded_runner(model.entry)
+        said = getattr(loaded, "speculation", None)
+        if said is None:
+            said = "off" if not (self.pool.speculates and model.generative) else \
+                "draft_model" if model.entry.draft else "prompt_lookup"
+        return mpb.SpeculativeDecoding.Value("SPECULATIVE_DECODING_" + said.upper())  # type: ignore[return-value]
 
     async def running(self) -> list[Running]:
         """The loaded models, the one that stays longest first. One in use, or kept forever, expires its

@@ -40,10 +40,11 @@ from gengate.v1 import generate_pb2 as pb
 from gengate.v1 import model_pb2 as mpb
 from service.chat import prompt
 from service.errors import GenerateError, Kind, invalid
-from service.models import catalog, checkpoint, quantize
+from service.models import catalog, checkpoint, quantize, tokenizer
 from service.models.catalog import Progress
-from service.models.gguf import GGUFError, kind_of, read_metadata, vocabulary
+from service.models.gguf import GGUFError, kind_of, read_metadata
 from service.models.jobs import ModelJobs, waiting_status
+from service.models.model import NON_GENERATIVE
 from service.models.store import WORK_PREFIX, ModelStore, blobs_of, lock_alive, parse_digest
 
 NO_SOURCE = "neither 'from' or 'files' was specified"
@@ -128,6 +129,8 @@ class Creation:
         else:
             async for step in self._files(req, layers):
                 yield step
+        for digest in blobs_of(layers):            # what the new model takes from `from`, until it is written
+            hold(digest)
         if layers.get("kind") == "image":          # what only text models use: refused, not silently unused
             for field, given in (("adapters", req.adapters), ("template", req.template), ("system", req.system),
                                  ("messages", req.messages)):
@@ -143,13 +146,13 @@ class Creation:
             if digest not in layers["adapters"]:
                 layers["adapters"].append(digest)
             yield _layer(digest, created=False)
+        if req.draft_files:                        # checked before any quantizing
+            async for step in self._draft(req, layers):
+                yield step
         if req.quantize:
             async for step in self._quantize(req.quantize, layers, "digest"):
                 yield step
             hold(layers["digest"])
-        if req.draft_files:
-            async for step in self._draft(req, layers):
-                yield step
         if req.draft_quantize:
             async for step in self._quantize(req.draft_quantize, layers, "draft"):
                 yield step
@@ -250,13 +253,20 @@ class Creation:
             raise invalid("more than one model among the draft files", "draft_files")
         draft = found[0]
         model, drafter = self._store.blob_path(layers["digest"]), self._store.blob_path(draft)
+
+        def compare() -> str | None:
+            """Why the draft cannot draft for the model, or None."""
+            if str(read_metadata(drafter).get("general.architecture", "")) in NON_GENERATIVE:
+                return "the draft model writes no text (an encoder)"
+            if drafter.stat().st_size > model.stat().st_size:
+                return "the draft model is larger than the model: it would cost more than it saves"
+            return tokenizer.difference(tokenizer.read(model), tokenizer.read(drafter))
         try:
-            same = await asyncio.to_thread(lambda: vocabulary(model) == vocabulary(drafter))
-        except GGUFError:
+            problem = await asyncio.to_thread(compare)
+        except (GGUFError, OSError):
             raise invalid("supplied file was not in GGUF format", "draft_files") from None
-        if not same:
-            raise invalid("the draft model's vocabulary differs from the model's: a draft must use the same "
-                          "tokenizer", "draft_files")
+        if problem:
+            raise invalid(problem, "draft_files")
         problem = await asyncio.to_thread(self._probes.text, drafter)
         if problem:
             raise invalid(problem, "draft_files")

@@ -10,7 +10,6 @@ metadata cannot fit in its size is a GGUFError at once, whatever it declares.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 from pathlib import Path
@@ -118,23 +117,24 @@ class _Reader:
             raise GGUFError("GGUF metadata runs past the end of the file")
         return n_tensors, n_kv
 
-    def metadata(self, n_kv: int, digest: Any = None) -> dict[str, Any]:
-        """The key/value pairs; with a hashlib `digest`, the tokenizer's keys and values are fed to it as the file
-        holds them (its token list is one long array)."""
+    def metadata(self, n_kv: int, whole: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """The key/value pairs; the arrays of the keys in `whole` are read whole, however long."""
         out: dict[str, Any] = {}
         for _ in range(n_kv):
             key = self.string()
-            if digest is not None and key.startswith(VOCABULARY_PREFIX) and key not in VOCABULARY_IGNORED:
-                start = self.f.tell()
-                out[key] = self.value(self.read("<I"))
-                end = self.f.tell()
-                self.f.seek(start)
-                digest.update(key.encode())
-                while self.f.tell() < end:
-                    digest.update(self.f.read(min(end - self.f.tell(), 1 << 20)))
-            else:
-                out[key] = self.value(self.read("<I"))
+            kind = self.read("<I")
+            out[key] = self.array() if key in whole and kind == _ARRAY else self.value(kind)
         return out
+
+    def array(self) -> list[Any]:
+        """An array of scalars or strings, every value (each walked, so MAX_WALKED bounds it)."""
+        self._walk()
+        item_kind, count = self.read("<I"), self.read("<Q")
+        if item_kind not in _MIN_SIZE or item_kind == _ARRAY:
+            raise GGUFError(f"unexpected GGUF array of type {item_kind}")
+        if count > self.left() // _MIN_SIZE[item_kind]:
+            raise GGUFError("GGUF array runs past the end of the file")
+        return [self.value(item_kind, 1) for _ in range(count)]
 
 
 def _f32(value: float) -> float:
@@ -147,30 +147,13 @@ def _f32(value: float) -> float:
     return value
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The GGUF key/value pairs; long arrays become {"array_length": n}. Reads the file (slow for a crafted one:
-    call it off the event loop)."""
+def read_metadata(path: str | Path, whole: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The GGUF key/value pairs; long arrays become {"array_length": n}, but for the keys in `whole`. Reads the
+    file (slow for a crafted one: call it off the event loop)."""
     with open(path, "rb") as f:
         reader = _Reader(f, os.fstat(f.fileno()).st_size)
         _, n_kv = reader.header()
-        return reader.metadata(n_kv)
-
-
-# What two models must share for one to draft for the other (speculative decoding): every tokenizer key but the
-# chat template, which tells how to write a prompt, not how to read tokens.
-VOCABULARY_PREFIX = "tokenizer."
-VOCABULARY_IGNORED = frozenset({"tokenizer.chat_template"})
-
-
-def vocabulary(path: str | Path) -> str:
-    """A digest of the file's tokenizer (its token list, scores, types, merges, special ids): equal for two models
-    exactly when they read and write the same tokens. Reads the file (off the event loop)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        reader = _Reader(f, os.fstat(f.fileno()).st_size)
-        _, n_kv = reader.header()
-        reader.metadata(n_kv, digest)
-    return digest.hexdigest()
+        return reader.metadata(n_kv, whole)
 
 
 MAX_TENSORS = 1 << 20

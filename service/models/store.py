@@ -294,7 +294,7 @@ class ModelStore:
         """Adds (or replaces) a model: its weights blob and its layers (`adapters` and `projector` by digest)."""
         parsed = names.parse(name)
         record = {"name": parsed.short, "digest": digest,
-                  "size": sum(self.blob_path(d).stat().st_size for d in blobs_of({"digest": digest, **layers})),
+                  "size": sum(self.blob_path(d).stat().st_size for d in set(blobs_of({"digest": digest, **layers}))),
                   "modified_at": dt.datetime.now(dt.UTC).isoformat(), **{k: v for k, v in layers.items() if v}}
         with self._lock:
             models = self._read()
@@ -325,7 +325,7 @@ class ModelStore:
 
     def _drop_unused(self, record: dict[str, Any], models: dict[str, dict[str, Any]]) -> None:
         """Removes the blobs of a deleted or replaced manifest record that no model uses any more."""
-        used = {d for r in models.values() for d in blobs_of(r)}
+        used = {d for r in models.values() for d in blobs_of(r)} | set(self._held)
         for digest in set(blobs_of(record)) - used:
             with _writable():
                 self.blob_path(digest).unlink(missing_ok=True)

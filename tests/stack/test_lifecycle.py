@@ -406,6 +406,15 @@ def test_a_draft_model_is_created_quantized_shown_and_loaded(llama, tmp_path):
     assert reply.done and reply.eval_count == 6
     ps = httpx.get(f"{llama.url}/api/ps").json()["models"]
     assert [m["speculative_decoding"] for m in ps if m["name"] == "drafted:latest"] == ["draft_model"]
+    # An encoder writes no text; a draft larger than its model costs more than it saves.
+    for name, path, error in (
+            ("e.gguf", write_tiny_llama(tmp_path / "e.gguf", extra_metadata={"general.architecture": "bert"}),
+             "the draft model writes no text (an encoder)"),
+            ("big.gguf", write_tiny_llama(tmp_path / "big.gguf", extra_metadata={"general.description": "x" * 4096}),
+             "the draft model is larger than the model: it would cost more than it saves")):
+        bad = httpx.post(f"{llama.url}/api/create", json={"model": "x", "from": "base", "stream": False,
+                                                          "draft_files": {name: client.create_blob(path)}})
+        assert (bad.status_code, bad.json()) == (400, {"error": error})
     # A vision projector is no draft.
     projector = client.create_blob(write_tiny_mmproj(tmp_path / "p.gguf"))
     bad = httpx.post(f"{llama.url}/api/create", json={"model": "x", "from": "base", "draft_files": {"p.gguf": projector},

@@ -1,6 +1,7 @@
 """Pure pieces: model names, Go durations and quoting, detokenizer, thinking parser, GGUF metadata."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -11,7 +12,8 @@ from common import names
 from common.golang import parse_duration, quote
 from service.chat.thinking import ThinkingParser, thinking_tags
 from service.engines.detokenizer import Detokenizer
-from service.models.gguf import GGUFError, read_metadata, vocabulary
+from service.models import tokenizer
+from service.models.gguf import GGUFError, read_metadata
 from tests.tiny_gguf import write_tiny_llama
 
 
@@ -81,17 +83,27 @@ def test_thinking_parser():
     assert thinking_tags("x <think> y </think>") == ("<think>", "</think>") and thinking_tags("plain") is None
 
 
-def test_gguf_vocabulary_is_the_tokenizer_only(tmp_path):
-    """What a draft model must share with its model: the tokenizer's keys, not the chat template or the weights."""
-    a = vocabulary(write_tiny_llama(tmp_path / "a.gguf"))
-    assert vocabulary(write_tiny_llama(tmp_path / "b.gguf", chat_template="{{ x }}", f16=True)) == a
-    assert vocabulary(write_tiny_llama(tmp_path / "c.gguf", extra_metadata={"tokenizer.ggml.eos_token_id": 1})) != a
+def test_a_draft_needs_the_models_tokenizer_as_llama_cpp_checks_it(tmp_path):
+    """What a draft model must share with its model (service.models.tokenizer): not the chat templates or the
+    weights; the kind, special ids and token texts, sizes at most 128 apart."""
+    a = tokenizer.read(write_tiny_llama(tmp_path / "a.gguf"))
+    b = tokenizer.read(write_tiny_llama(tmp_path / "b.gguf", chat_template="{{ x }}", f16=True,
+                                        extra_metadata={"tokenizer.chat_template.tool_use": "{{ y }}"}))
+    assert len(a.tokens) > 256 and tokenizer.difference(a, b) is None
+    eos = tokenizer.read(write_tiny_llama(tmp_path / "c.gguf", extra_metadata={"tokenizer.ggml.eos_token_id": 1}))
+    assert tokenizer.difference(a, eos) == "the draft model's vocabulary differs from the model's: EOS 1 against 2"
+    padded = dataclasses.replace(a, tokens=a.tokens + ("<pad>",) * 128)
+    assert tokenizer.difference(padded, a) is None and tokenizer.difference(a, padded) is None
+    assert "tokens against" in tokenizer.difference(a, dataclasses.replace(a, tokens=a.tokens + ("x",) * 129))
+    other = dataclasses.replace(a, tokens=a.tokens[:300] + ("other",) + a.tokens[301:])
+    assert tokenizer.difference(a, other).endswith("token 300 is 'other', not " + repr(a.tokens[300]))
+    assert tokenizer.difference(a, dataclasses.replace(a, tokens=("x",) * 5 + a.tokens[5:])) is None
     data = bytearray((tmp_path / "a.gguf").read_bytes())
     at = data.index(b"tokenizer.ggml.tokens") + len(b"tokenizer.ggml.tokens") + 4      # the array's item type
     data[at + 4:at + 12] = (1 << 40).to_bytes(8, "little")                            # a count past the file
     (tmp_path / "bad.gguf").write_bytes(bytes(data))
     with pytest.raises(GGUFError):
-        vocabulary(tmp_path / "bad.gguf")
+        tokenizer.read(tmp_path / "bad.gguf")
 
 
 def test_gguf_metadata(tmp_path):

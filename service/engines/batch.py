@@ -210,19 +210,8 @@ class BatchRunner(llama.LlamaRunner):
         self._drafter = drafter                   # the model's draft model (service.engines.drafter), if it has one
         self.speculation = "off" if not self._speculate else "draft_model" if drafter else "prompt_lookup"
         self._row_cost = speculation.ROW_COST_GPU if on_gpu else speculation.ROW_COST_CPU
-        # The batch, over numpy arrays so a step fills it without a Python loop per field.
         cap = self._cap = max(chunk, n_seq)
-        self._b_token = np.zeros(cap, np.int32)
-        self._b_pos = np.zeros(cap, np.int32)
-        self._b_nseq = np.ones(cap, np.int32)
-        self._b_seq = np.zeros(cap, np.int32)
-        self._b_logits = np.zeros(cap, np.int8)
-        int_p = ctypes.POINTER(ctypes.c_int32)
-        self._b_seq_ptrs = (int_p * cap)(*[ctypes.cast(self._b_seq.ctypes.data + 4 * i, int_p) for i in range(cap)])
-        self._batch = llama_cpp.llama_batch(
-            n_tokens=0, token=self._b_token.ctypes.data_as(int_p), embd=None,
-            pos=self._b_pos.ctypes.data_as(int_p), n_seq_id=self._b_nseq.ctypes.data_as(int_p),
-            seq_id=self._b_seq_ptrs, logits=self._b_logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)))
+        self._b = llama.Batch(cap)
         # Requests with a grammar sample in worker processes of their own.
         self._samplers = GrammarSamplers(path, self.n_vocab, idle=n_seq)
         # Shared with the event loop (under _cond); the pipe wakes the decode thread while it waits on samplers.
@@ -397,11 +386,11 @@ class BatchRunner(llama.LlamaRunner):
             while start < len(tokens):
                 stop = chunk_end(start, len(tokens), self._chunk)
                 n = stop - start
-                self._b_token[:n] = tokens[start:stop]
-                self._b_pos[:n] = np.arange(start, stop, dtype=np.int32)
-                self._b_seq[:n] = seq
-                self._b_logits[:n] = 0
-                self._b_logits[n - 1] = stop == len(tokens)
+                self._b.token[:n] = tokens[start:stop]
+                self._b.pos[:n] = np.arange(start, stop, dtype=np.int32)
+                self._b.seq[:n] = seq
+                self._b.logits[:n] = 0
+                self._b.logits[n - 1] = stop == len(tokens)
                 self._decode(n)
                 start = stop
             n_embd = llama_cpp.llama_model_n_embd(self._model.model)
@@ -528,10 +517,7 @@ class BatchRunner(llama.LlamaRunner):
         return best, reuse
 
     def _decode(self, n: int) -> None:
-        self._batch.n_tokens = n
-        rc = llama_cpp.llama_decode(self._ctx.ctx, self._batch)
-        if rc != 0:
-            raise RuntimeError(f"llama_decode failed ({rc})")
+        self._b.decode(self._ctx.ctx, n)
 
     def _step(self) -> bool:
         """Decodes one token for every running sequence whose token is ready and samples each. A sequence with a
@@ -564,10 +550,10 @@ class BatchRunner(llama.LlamaRunner):
             drafting.sort(key=lambda d: d[0].seq)
         if plain:
             n = len(plain)
-            self._b_token[:n] = [r.next_token for r in plain]
-            self._b_pos[:n] = [r.n_past for r in plain]
-            self._b_seq[:n] = [r.seq for r in plain]
-            self._b_logits[:n] = 1
+            self._b.token[:n] = [r.next_token for r in plain]
+            self._b.pos[:n] = [r.n_past for r in plain]
+            self._b.seq[:n] = [r.seq for r in plain]
+            self._b.logits[:n] = 1
             self._decode(n)
             for i, req in enumerate(plain):
                 req.n_past += 1
@@ -580,11 +566,11 @@ class BatchRunner(llama.LlamaRunner):
             k = max(len(d) for _, d in drafting)     # shorter drafts padded: multi-row kernels agree whatever the rows
             for i, (req, draft) in enumerate(drafting):
                 a = i * (1 + k)
-                self._b_token[a:a + 1 + k] = [req.next_token, *draft, *[req.next_token] * (k - len(draft))]
-                self._b_pos[a:a + 1 + k] = np.arange(req.n_past, req.n_past + 1 + k, dtype=np.int32)
-                self._b_seq[a:a + 1 + k] = req.seq
-                self._b_logits[a:a + 1 + k] = 0
-                self._b_logits[a:a + 1 + len(draft)] = 1
+                self._b.token[a:a + 1 + k] = [req.next_token, *draft, *[req.next_token] * (k - len(draft))]
+                self._b.pos[a:a + 1 + k] = np.arange(req.n_past, req.n_past + 1 + k, dtype=np.int32)
+                self._b.seq[a:a + 1 + k] = req.seq
+                self._b.logits[a:a + 1 + k] = 0
+                self._b.logits[a:a + 1 + len(draft)] = 1
             self._decode(len(drafting) * (1 + k))
             for i, (req, draft) in enumerate(drafting):
                 self._verify(req, i * (1 + k), draft)
@@ -654,11 +640,11 @@ class BatchRunner(llama.LlamaRunner):
         following = [start for start in req.images if start > a]
         b = chunk_end(a, min(following, default=end), self._chunk)
         n = b - a
-        self._b_token[:n] = req.prompt[a:b]
-        self._b_pos[:n] = np.arange(a, b, dtype=np.int32)
-        self._b_seq[:n] = req.seq
-        self._b_logits[:n] = 0
-        self._b_logits[n - 1] = b == end
+        self._b.token[:n] = req.prompt[a:b]
+        self._b.pos[:n] = np.arange(a, b, dtype=np.int32)
+        self._b.seq[:n] = req.seq
+        self._b.logits[:n] = 0
+        self._b.logits[n - 1] = b == end
         try:
             self._decode(n)
         except Exception as exc:

@@ -12,12 +12,13 @@ The draft decides nothing about the text: the target verifies every drafted toke
 """
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable, Sequence
 
 import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
+
+from service.engines.llama import Batch
 
 
 class Drafter:
@@ -40,18 +41,8 @@ class Drafter:
         self._is_eog = is_eog
         self._held: list[list[int]] = [[] for _ in range(n_seq)]
         self._source: list[tuple[list[int] | None, int]] = [(None, 0)] * n_seq   # tokens last leveled with
-        cap = self._cap = llama_cpp.llama_n_batch(ctx.ctx)
-        self._b_token = np.zeros(cap, np.int32)
-        self._b_pos = np.zeros(cap, np.int32)
-        self._b_nseq = np.ones(cap, np.int32)
-        self._b_seq = np.zeros(cap, np.int32)
-        self._b_logits = np.zeros(cap, np.int8)
-        int_p = ctypes.POINTER(ctypes.c_int32)
-        self._b_seq_ptrs = (int_p * cap)(*[ctypes.cast(self._b_seq.ctypes.data + 4 * i, int_p) for i in range(cap)])
-        self._batch = llama_cpp.llama_batch(
-            n_tokens=0, token=self._b_token.ctypes.data_as(int_p), embd=None,
-            pos=self._b_pos.ctypes.data_as(int_p), n_seq_id=self._b_nseq.ctypes.data_as(int_p),
-            seq_id=self._b_seq_ptrs, logits=self._b_logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)))
+        self._cap = llama_cpp.llama_n_batch(ctx.ctx)
+        self._b = Batch(self._cap)
 
     def draft(self, wants: Sequence[tuple[int, list[int], int]]) -> list[list[int]]:
         """For each (sequence, its tokens so far, k): up to k of the draft model's greedy next tokens (none while
@@ -139,16 +130,13 @@ class Drafter:
 
     def _fill(self, rows: Sequence[tuple[int, int, int, bool]]) -> None:
         n = len(rows)
-        self._b_seq[:n] = [r[0] for r in rows]
-        self._b_token[:n] = [r[1] for r in rows]
-        self._b_pos[:n] = [r[2] for r in rows]
-        self._b_logits[:n] = [r[3] for r in rows]
+        self._b.seq[:n] = [r[0] for r in rows]
+        self._b.token[:n] = [r[1] for r in rows]
+        self._b.pos[:n] = [r[2] for r in rows]
+        self._b.logits[:n] = [r[3] for r in rows]
 
     def _decode(self, n: int) -> None:
-        self._batch.n_tokens = n
-        rc = llama_cpp.llama_decode(self._ctx.ctx, self._batch)
-        if rc != 0:
-            raise RuntimeError(f"the draft model's llama_decode failed ({rc})")
+        self._b.decode(self._ctx.ctx, n)
 
     def _argmax(self, row: int) -> int:
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, row), shape=(self._n_vocab,))

@@ -213,6 +213,31 @@ def apply_adapters(model: internals.LlamaModel, ctx: internals.LlamaContext, pat
         raise RuntimeError("the LoRA adapters could not be applied")
 
 
+class Batch:
+    """A llama_batch over numpy arrays of `cap` rows (one sequence id a row), so a step fills it without a Python
+    loop per field: token, pos, seq and logits (1: keep the row's logits)."""
+
+    def __init__(self, cap: int):
+        self.token = np.zeros(cap, np.int32)
+        self.pos = np.zeros(cap, np.int32)
+        self.seq = np.zeros(cap, np.int32)
+        self.logits = np.zeros(cap, np.int8)
+        self._nseq = np.ones(cap, np.int32)
+        int_p = ctypes.POINTER(ctypes.c_int32)
+        self._seq_ptrs = (int_p * cap)(*[ctypes.cast(self.seq.ctypes.data + 4 * i, int_p) for i in range(cap)])
+        self._batch = llama_cpp.llama_batch(
+            n_tokens=0, token=self.token.ctypes.data_as(int_p), embd=None, pos=self.pos.ctypes.data_as(int_p),
+            n_seq_id=self._nseq.ctypes.data_as(int_p), seq_id=self._seq_ptrs,
+            logits=self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)))
+
+    def decode(self, ctx: llama_cpp.llama_context_p, n: int) -> None:
+        """Decodes the first `n` rows."""
+        self._batch.n_tokens = n
+        rc = llama_cpp.llama_decode(ctx, self._batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed ({rc})")
+
+
 class Vocab:
     """A model's tokens: text to tokens and back, each token's bytes, and which tokens end a generation."""
 

@@ -20,7 +20,8 @@ It prints one Markdown report:
 
 Every stream has its own prompt (no shared prefix, so no prompt cache helps either side), 87 tokens
 of text (the same count for every prompt) ending in a number sequence that greedy decoding continues
-past 128 tokens.
+past 128 tokens. gengate decodes plainly here (draft_num_predict 0), as llama-server does: speculation is
+bench/speculation.py's.
 TTFT is measured by the client: from sending the request to the first non-empty response line
 (gateway NDJSON) or event (llama-server SSE). Aggregate throughput is all streams' generated
 tokens over the wall time from the first request sent to the last stream's end.
@@ -115,7 +116,7 @@ class Stream:
 # -- clients ---------------------------------------------------------------------------------------
 async def gateway_stream(session: aiohttp.ClientSession, url: str, text: str) -> Stream:
     body = {"model": MODEL, "prompt": text, "raw": True, "stream": True,
-            "options": {"temperature": 0, "num_predict": TOKENS}}
+            "options": {"temperature": 0, "num_predict": TOKENS, "draft_num_predict": 0}}    # plain decoding
     s = Stream(time.perf_counter())
     async with session.post(url + "/api/generate", json=body) as resp:
         resp.raise_for_status()
@@ -278,7 +279,8 @@ async def main():
     async def one(text):
         prompt = runner.tokenize(text, add_bos=add_bos)            # as the service tokenizes a raw prompt
         start, first, count = time.perf_counter(), None, 0
-        async for item in runner.generate(prompt, Sampling(seed=0, temperature=0, num_predict=tokens)):
+        async for item in runner.generate(prompt, Sampling(seed=0, temperature=0, num_predict=tokens,
+                                                           draft_num_predict=0)):
             if isinstance(item, Finish):
                 count = item.eval_count
             elif first is None and item.text:

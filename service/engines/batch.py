@@ -54,9 +54,11 @@ tokens are k + 1 rows of the step's batch; it keeps the drafted tokens the model
 others is removed at once. The drafting sequences share a llama_decode (shorter drafts padded), plain ones another
 (llama.cpp splits a batch over per-sequence KV caches into micro-batches of equal rows per sequence). Whether a
 request drafts depends on its own history only, so it gives the same text every time, alone or beside others (how
-many of its drafted tokens a step verifies is the step's choice: multi-row steps agree whatever their rows). Not in
-the invariant layout: a verified token's KV comes from multi-row kernels, which round differently from the one-row
-decode step (docs/benchmarks.md, "Speculative decoding").
+many of its drafted tokens a step verifies is the step's choice: multi-row steps agree whatever their rows). With a
+draft model that holds for what the request asks of it; what the draft proposes, and when a long prompt has reached
+it, depend on the batch (README, "Speculative decoding"). Not in the invariant layout: a verified token's KV comes
+from multi-row kernels, which round differently from the one-row decode step (docs/benchmarks.md, "Speculative
+decoding").
 
 Images (a model loaded with a vision projector, service/engines/vision.py): a prompt's image chunk is one
 prefill step of its own, evaluated by libmtmd into the request's sequence, so running streams decode between

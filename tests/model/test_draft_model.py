@@ -19,11 +19,19 @@ import ollama
 import pytest
 
 from common import names
-from service.engines.base import LoadOptions, Sampling
+from service.engines.base import LoadOptions
 from service.engines.batch import BatchEngine
 from service.models.store import ModelStore
 from tests.conftest import REAL
-from tests.model.test_speculation import COPY, FREE, TIE, chat_prompt, decode
+from tests.model.test_speculation import (
+    COPY,
+    FREE,
+    cancel_mid_draft_frees_the_sequence,
+    chat_prompt,
+    decode,
+    same_text,
+    same_text_alone_and_beside_others,
+)
 from tests.stack.test_observability import value
 from tests.tiny_draft import write_tiny_draft
 
@@ -47,18 +55,6 @@ def drafted(real_models, tiny_draft):
     for runner in runners.values():
         loop.run_until_complete(runner.close())
     loop.close()
-
-
-def same_text(plain, spec) -> None:
-    """The same tokens, or parting only where plain decoding's two best tokens were nearly tied."""
-    a, b = [e.token for e in plain], [e.token for e in spec]
-    part = next((i for i in range(min(len(a), len(b))) if a[i] != b[i]), None)
-    if part is None:
-        assert a == b
-        return
-    top = plain[part].top
-    assert len(top) == 2 and top[1].token == b[part], (a[part], b[part], top)
-    assert top[0].logprob - top[1].logprob < TIE, (part, top)
 
 
 @pytest.fixture
@@ -107,34 +103,13 @@ def test_greedy_text_with_a_draft_model_is_the_text_without(drafted, draft, task
 @pytest.mark.usefixtures("free_drafts")
 def test_a_request_gives_the_same_text_alone_and_beside_others(drafted):
     _, runners, loop = drafted
-    runner = runners["self"]
-    copy, free = chat_prompt(REAL, COPY), chat_prompt(REAL, FREE)
-
-    async def both():
-        return await asyncio.gather(decode(runner, copy, 8), decode(runner, free, 8))
-    alone = [loop.run_until_complete(decode(runner, p, 8)) for p in (copy, free)]
-    together = loop.run_until_complete(both())
-    for x, y in zip(alone, together, strict=True):
-        assert [(e.token, e.logprob) for e in x] == [(e.token, e.logprob) for e in y]
+    same_text_alone_and_beside_others(runners["self"], loop)
 
 
 @pytest.mark.usefixtures("free_drafts")
 def test_cancelling_mid_draft_frees_the_sequence_and_its_kv(drafted):
     engine, runners, loop = drafted
-    runner = runners["self"]
-    prompt = runner.tokenize(chat_prompt(REAL, COPY), add_bos=False)
-
-    async def cancel_after_drafts():
-        drafted = engine.stats.drafted
-        stream = runner.generate(prompt, Sampling(seed=1, temperature=0, num_predict=200))
-        async for _ in stream:
-            if engine.stats.drafted > drafted:
-                break
-        await stream.aclose()
-    loop.run_until_complete(cancel_after_drafts())
-    assert runner.active == 0 and runner.kv_cells()[0] == 0
-    again = loop.run_until_complete(decode(runner, chat_prompt(REAL, COPY), 8))
-    assert "".join(e.token for e in again).strip().startswith("The river town")
+    cancel_mid_draft_frees_the_sequence(engine, runners["self"], loop)
 
 
 # -- through the service -------------------------------------------------------------------------------------------

@@ -72,21 +72,24 @@ def test_greedy_text_with_drafts_is_the_text_without(engines, model, task):
     spec = loop.run_until_complete(decode(runners[model], prompt, draft=8))
     if task == "copy":
         assert engine.stats.drafted - drafted >= 16 and engine.stats.accepted - accepted >= 8
+    same_text(plain, spec)
+
+
+def same_text(plain, spec) -> None:
+    """The same tokens, or parting only where plain decoding's two best tokens were nearly tied, the speculative
+    choice among them."""
     a, b = [e.token for e in plain], [e.token for e in spec]
     part = next((i for i in range(min(len(a), len(b))) if a[i] != b[i]), None)
     if part is None:
         assert a == b
         return
-    # They part only where plain decoding's two best tokens were nearly tied, the speculative choice among them.
     top = plain[part].top
     assert len(top) == 2 and top[1].token == b[part], (a[part], b[part], top)
     assert top[0].logprob - top[1].logprob < TIE, (part, top)
 
 
-def test_the_same_request_gives_the_same_text_alone_and_beside_others(engines):
-    """A sequence's drafts depend on its own tokens only: with another drafting beside it, the same rows."""
-    _, runners, loop = engines
-    runner = runners[REAL]
+def same_text_alone_and_beside_others(runner, loop) -> None:
+    """The copy and the free-writing request give the same tokens and logprobs alone as side by side."""
     copy, free = chat_prompt(REAL, COPY), chat_prompt(REAL, FREE)
 
     async def both():
@@ -97,9 +100,9 @@ def test_the_same_request_gives_the_same_text_alone_and_beside_others(engines):
         assert [(e.token, e.logprob) for e in x] == [(e.token, e.logprob) for e in y]
 
 
-def test_cancelling_mid_draft_frees_the_sequence_and_its_kv(engines):
-    engine, runners, loop = engines
-    runner = runners[REAL]
+def cancel_mid_draft_frees_the_sequence(engine, runner, loop) -> None:
+    """A request closed once it has drafted leaves no request and no KV; its sequence kept only its prompt (a
+    cache), and a new request reuses it and gives the whole text again."""
     prompt = runner.tokenize(chat_prompt(REAL, COPY), add_bos=False)
 
     async def cancel_after_drafts():
@@ -111,9 +114,19 @@ def test_cancelling_mid_draft_frees_the_sequence_and_its_kv(engines):
         await stream.aclose()
     loop.run_until_complete(cancel_after_drafts())
     assert runner.active == 0 and runner.kv_cells()[0] == 0
-    # The sequence kept only its prompt (a cache): a new request reuses it and gives the whole text again.
     again = loop.run_until_complete(decode(runner, chat_prompt(REAL, COPY), 8))
     assert "".join(e.token for e in again).strip().startswith("The river town")
+
+
+def test_the_same_request_gives_the_same_text_alone_and_beside_others(engines):
+    """A sequence's drafts depend on its own tokens only: with another drafting beside it, the same rows."""
+    _, runners, loop = engines
+    same_text_alone_and_beside_others(runners[REAL], loop)
+
+
+def test_cancelling_mid_draft_frees_the_sequence_and_its_kv(engines):
+    engine, runners, loop = engines
+    cancel_mid_draft_frees_the_sequence(engine, runners[REAL], loop)
 
 
 def test_speculation_through_the_service(real_models):
